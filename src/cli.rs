@@ -1,0 +1,106 @@
+//! Command-line parsing: the `serve` and `repair` subcommands, their flags
+//! and environment variables, turned into a [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use dododb::config::{Config, FsyncPolicy, Storage};
+
+/// DodoDB: an in-memory JSON key-value database and pub/sub service.
+#[derive(Parser, Debug)]
+#[command(name = "dododb", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Flags of `serve`, which is the default subcommand.
+    #[command(flatten)]
+    pub serve: ServeArgs,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Truncate a damaged WAL at its first bad record, after printing what
+    /// will be lost.
+    Repair(RepairArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// HTTP listen address.
+    #[arg(long, env = "DODODB_LISTEN", default_value = "127.0.0.1:8888")]
+    pub listen: SocketAddr,
+    /// Where the WAL and snapshots live (created if missing).
+    #[arg(long, env = "DODODB_DATA_DIR", default_value = "./dododb-data")]
+    pub data_dir: PathBuf,
+    /// No disk at all; nothing survives a restart.
+    #[arg(long, env = "DODODB_IN_MEMORY")]
+    pub in_memory: bool,
+    /// When the WAL is forced to disk: always, everysec or never.
+    #[arg(long, env = "DODODB_FSYNC", default_value = "always")]
+    pub fsync: FsyncPolicy,
+    /// Seconds between timed snapshots; 0 disables them.
+    #[arg(long, env = "DODODB_SNAPSHOT_INTERVAL", default_value_t = 300)]
+    pub snapshot_interval: u64,
+    /// Snapshots kept on disk.
+    #[arg(long, env = "DODODB_SNAPSHOT_RETAIN", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub snapshot_retain: u64,
+    /// Also snapshot once the WAL since the last snapshot is this large.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    pub snapshot_wal_bytes: u64,
+    /// Keys without their own TTL expire this many seconds after their last write.
+    #[arg(long, env = "DODODB_RETENTION_SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_secs: Option<u64>,
+    /// How often the expiry loop runs, in milliseconds.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    pub cleanup_interval_ms: u64,
+    /// Longest accepted key, in bytes.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_key_bytes: u64,
+    /// Largest accepted value, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_value_bytes: u64,
+    /// What /system/version reports (default: the crate version).
+    #[arg(long, env = "DODODB_SERVER_VERSION")]
+    pub server_version: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct RepairArgs {
+    /// The data directory to repair.
+    #[arg(long, env = "DODODB_DATA_DIR", default_value = "./dododb-data")]
+    pub data_dir: PathBuf,
+}
+
+impl ServeArgs {
+    /// The database configuration these flags describe.
+    pub fn to_config(&self) -> Config {
+        let storage = if self.in_memory {
+            Storage::InMemory
+        } else {
+            Storage::Dir(self.data_dir.clone())
+        };
+        let defaults = Config::default();
+        Config {
+            storage,
+            fsync: self.fsync,
+            snapshot_interval: (self.snapshot_interval > 0)
+                .then(|| Duration::from_secs(self.snapshot_interval)),
+            snapshot_retain: usize::try_from(self.snapshot_retain).unwrap_or(usize::MAX),
+            snapshot_wal_bytes: self.snapshot_wal_bytes,
+            retention: self.retention_secs.map(Duration::from_secs),
+            cleanup_interval: Duration::from_millis(self.cleanup_interval_ms),
+            max_key_bytes: usize::try_from(self.max_key_bytes).unwrap_or(usize::MAX),
+            max_value_bytes: usize::try_from(self.max_value_bytes).unwrap_or(usize::MAX),
+            server_version: self
+                .server_version
+                .clone()
+                .unwrap_or(defaults.server_version),
+            ..defaults
+        }
+    }
+}

@@ -1,0 +1,147 @@
+//! Plain configuration data for a [`crate::Db`] and the HTTP server.
+//!
+//! Everything here is checked once, at start-up, by [`Config::validate`]; the
+//! rest of the crate trusts these values. No I/O happens in this module.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// When the write-ahead log is forced to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FsyncPolicy {
+    /// A write is acknowledged only after its log record is on disk
+    /// (concurrent writers share one fdatasync: group commit).
+    #[default]
+    Always,
+    /// The log is written before the write is acknowledged and forced to
+    /// disk at most once a second: a power loss can lose up to a second.
+    EverySec,
+    /// The log is written before the write is acknowledged; the OS decides
+    /// when it reaches the disk.
+    Never,
+}
+
+impl FsyncPolicy {
+    /// The spelling used by the `--fsync` flag.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncPolicy::Always => "always",
+            FsyncPolicy::EverySec => "everysec",
+            FsyncPolicy::Never => "never",
+        }
+    }
+}
+
+impl std::str::FromStr for FsyncPolicy {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "always" => Ok(FsyncPolicy::Always),
+            "everysec" => Ok(FsyncPolicy::EverySec),
+            "never" => Ok(FsyncPolicy::Never),
+            other => Err(format!(
+                "unknown fsync policy {other:?} (expected always, everysec or never)"
+            )),
+        }
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Storage {
+    /// No files at all: nothing survives a restart.
+    InMemory,
+    /// A write-ahead log and snapshots in this directory.
+    Dir(PathBuf),
+}
+
+/// Every setting of a database and its server.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the WAL and snapshots live, or no disk at all.
+    pub storage: Storage,
+    /// When WAL records are forced to disk.
+    pub fsync: FsyncPolicy,
+    /// Time between timed snapshots; `None` disables them.
+    pub snapshot_interval: Option<Duration>,
+    /// How many snapshots are kept on disk.
+    pub snapshot_retain: usize,
+    /// Snapshot once the WAL written since the last snapshot is this large.
+    pub snapshot_wal_bytes: u64,
+    /// Keys without their own TTL expire this long after their last write.
+    pub retention: Option<Duration>,
+    /// How often the expiry loop looks for expired keys.
+    pub cleanup_interval: Duration,
+    /// Longest accepted key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest accepted value (request body), in bytes.
+    pub max_value_bytes: usize,
+    /// What `/system/version` reports.
+    pub server_version: String,
+    /// Changes kept in memory for `GET /events?since=`.
+    pub feed_retained_events: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            storage: Storage::Dir(PathBuf::from("./dododb-data")),
+            fsync: FsyncPolicy::Always,
+            snapshot_interval: Some(Duration::from_secs(300)),
+            snapshot_retain: 2,
+            snapshot_wal_bytes: 64 * 1024 * 1024,
+            retention: None,
+            cleanup_interval: Duration::from_millis(100),
+            max_key_bytes: 1024,
+            max_value_bytes: 1024 * 1024,
+            server_version: env!("CARGO_PKG_VERSION").to_string(),
+            feed_retained_events: 10_000,
+        }
+    }
+}
+
+impl Config {
+    /// A configuration that keeps everything in memory (no files).
+    pub fn in_memory() -> Self {
+        Config {
+            storage: Storage::InMemory,
+            ..Config::default()
+        }
+    }
+
+    /// A configuration that persists to `dir` with the default settings.
+    pub fn with_dir(dir: impl Into<PathBuf>) -> Self {
+        Config {
+            storage: Storage::Dir(dir.into()),
+            ..Config::default()
+        }
+    }
+
+    /// Checks the limits for values that cannot work.
+    ///
+    /// # Errors
+    ///
+    /// Returns a sentence naming the offending setting.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_key_bytes == 0 {
+            return Err("max-key-bytes must be at least 1".into());
+        }
+        if self.max_value_bytes == 0 {
+            return Err("max-value-bytes must be at least 1".into());
+        }
+        if self.snapshot_retain == 0 {
+            return Err("snapshot-retain must be at least 1".into());
+        }
+        if self.cleanup_interval.is_zero() {
+            return Err("cleanup-interval-ms must be at least 1".into());
+        }
+        if self.retention.is_some_and(|r| r.is_zero()) {
+            return Err("retention-secs must be at least 1".into());
+        }
+        if self.feed_retained_events == 0 {
+            return Err("feed retention must hold at least 1 event".into());
+        }
+        Ok(())
+    }
+}

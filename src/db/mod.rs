@@ -1,0 +1,731 @@
+//! The database facade: owns the store, the WAL writer, snapshots, the
+//! event hub and their background threads. The HTTP layer and library
+//! users call only this.
+
+mod background;
+mod recovery;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::config::{Config, Storage};
+use crate::events::EventHub;
+use crate::snapshot::{self, Step};
+use crate::store::{
+    Change, Entry, Journal, ListPage, Mutation, NoJournal, Outcome, Precondition, Store,
+    StoreError, Submitted,
+};
+use crate::value::{self, ValueError};
+use crate::wal::{BatchSink, Record, WalWriter};
+
+/// Key names taken by routes under `/kv/`.
+pub const RESERVED_KEYS: [&str; 2] = ["count", "clear"];
+
+/// Why the database refused a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DbError {
+    /// The key is empty, too long or reserved.
+    #[error("{0}")]
+    InvalidKey(String),
+    /// The value is not an acceptable JSON document.
+    #[error(transparent)]
+    InvalidValue(#[from] ValueError),
+    /// The value is larger than `max_value_bytes`.
+    #[error("value of {size} bytes is larger than the limit of {max} bytes")]
+    ValueTooLarge {
+        /// The value's size.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// A parameter is out of range.
+    #[error("{0}")]
+    InvalidRequest(String),
+    /// The key does not exist.
+    #[error("key not found")]
+    NotFound,
+    /// `If-Match` / `If-None-Match` did not hold.
+    #[error("precondition failed: the key is {}", match .current { Some(v) => format!("at version {v}"), None => "absent".into() })]
+    PreconditionFailed {
+        /// The key's current version, if it exists.
+        current: Option<u64>,
+    },
+    /// The log refuses writes (disk failure) or the database is closing.
+    #[error("{0}")]
+    Unavailable(String),
+    /// The data directory cannot be used.
+    #[error("{0}")]
+    Storage(String),
+}
+
+impl From<StoreError> for DbError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => DbError::NotFound,
+            StoreError::PreconditionFailed { current } => DbError::PreconditionFailed { current },
+            StoreError::Unavailable(why) => DbError::Unavailable(why),
+        }
+    }
+}
+
+/// Options of a put.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Expire the key this long after the write.
+    pub ttl: Option<Duration>,
+    /// A condition on the key's current state.
+    pub precondition: Option<Precondition>,
+}
+
+/// The result of an accepted write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteResult {
+    /// The key's new version (the revision the write took).
+    pub version: u64,
+    /// Whether the key did not exist before.
+    pub created: bool,
+}
+
+/// A finished snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// The revision the snapshot covers.
+    pub revision: u64,
+    /// Entries written.
+    pub keys: u64,
+    /// File size.
+    pub bytes: u64,
+    /// Where it is.
+    pub file: PathBuf,
+    /// How long it took.
+    pub duration: Duration,
+    /// When it finished (unix ms).
+    pub finished_at_ms: u64,
+}
+
+/// Counters for `/system/stats` and `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DbStats {
+    /// Visible keys.
+    pub keys: usize,
+    /// The last revision handed out.
+    pub revision: u64,
+    /// Seconds since open.
+    pub uptime_secs: u64,
+    /// WAL bytes written since start.
+    pub wal_bytes: u64,
+    /// WAL bytes since the last snapshot.
+    pub wal_bytes_since_snapshot: u64,
+    /// WAL records appended since start.
+    pub wal_appends: u64,
+    /// WAL fdatasync calls since start.
+    pub wal_fsyncs: u64,
+    /// Total fdatasync time, microseconds.
+    pub wal_fsync_micros: u64,
+    /// Why the WAL refuses writes, if it does.
+    pub wal_poisoned: Option<String>,
+    /// Snapshots written since start.
+    pub snapshots: u64,
+    /// Total snapshot time, microseconds.
+    pub snapshot_micros: u64,
+    /// The last snapshot, if any since start.
+    pub last_snapshot: Option<SnapshotInfo>,
+    /// Keys removed by expiry since start.
+    pub expired_keys: u64,
+}
+
+/// An embedded DodoDB database. Cheap to clone; all clones share one state.
+#[derive(Clone)]
+pub struct Db {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    config: Config,
+    store: Arc<Store>,
+    hub: Arc<EventHub>,
+    wal: Option<WalWriter>,
+    dir: Option<PathBuf>,
+    /// Held for the life of the database: the data dir's exclusive lock.
+    _dir_lock: Option<File>,
+    /// Control documents (subscriptions) in apply order.
+    metas: Arc<Mutex<Vec<Bytes>>>,
+    /// One snapshot at a time; held for the whole snapshot (blocking I/O on
+    /// a non-async thread), never by the write path.
+    snapshot_lock: Mutex<()>,
+    last_snapshot: Mutex<Option<SnapshotInfo>>,
+    snapshots: AtomicU64,
+    snapshot_micros: AtomicU64,
+    expired: AtomicU64,
+    opened_at: Instant,
+    closed: AtomicBool,
+    background: background::Background,
+    /// Test hook: abort the process after this snapshot step.
+    crash_at_step: Option<u8>,
+}
+
+/// Applies batches the WAL accepted, on the writer thread, in log order.
+struct ApplySink {
+    store: Arc<Store>,
+    hub: Arc<EventHub>,
+    metas: Arc<Mutex<Vec<Bytes>>>,
+}
+
+impl BatchSink for ApplySink {
+    fn durable(&mut self, records: Vec<Record>) {
+        for record in records {
+            match record {
+                Record::Change(change) => self.store.apply(change, &mut |e| self.hub.emit(e)),
+                Record::Meta(doc) => self
+                    .metas
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(doc),
+            }
+        }
+    }
+
+    fn failed(&mut self, records: Vec<Record>) {
+        for record in &records {
+            if let Record::Change(change) = record {
+                self.store.abort(change);
+            }
+        }
+    }
+}
+
+/// Logs each change through the WAL writer; the writer applies it later.
+struct WalJournal<'a>(&'a WalWriter);
+
+impl Journal for WalJournal<'_> {
+    type Ticket = u64;
+
+    fn submit(&self, change: Change) -> Result<Submitted<u64>, StoreError> {
+        self.0
+            .submit(Record::Change(change))
+            .map(Submitted::Deferred)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+}
+
+/// Unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl Db {
+    /// Opens (or creates) the database described by `config`: locks the data
+    /// directory, loads the newest valid snapshot, replays the WAL and starts
+    /// the writer, expiry and snapshot threads.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Storage`] when the data directory cannot be used or the
+    /// log is damaged (the message names the file and offset);
+    /// [`DbError::InvalidRequest`] for an invalid configuration.
+    pub fn open(config: Config) -> Result<Db, DbError> {
+        config.validate().map_err(DbError::InvalidRequest)?;
+        let hub = Arc::new(EventHub::default());
+        let metas = Arc::new(Mutex::new(Vec::new()));
+        let (store, wal, dir, dir_lock) = match &config.storage {
+            Storage::InMemory => (Arc::new(Store::new()), None, None, None),
+            Storage::Dir(dir) => {
+                let lock = recovery::lock_dir(dir)?;
+                let recovered = recovery::recover(dir)?;
+                *metas.lock().unwrap_or_else(|e| e.into_inner()) =
+                    recovery::meta_docs(&recovered.metas);
+                let store = Arc::new(recovered.store);
+                let sink = ApplySink {
+                    store: Arc::clone(&store),
+                    hub: Arc::clone(&hub),
+                    metas: Arc::clone(&metas),
+                };
+                let wal = WalWriter::start(
+                    dir.clone(),
+                    recovered.next_segment,
+                    config.fsync,
+                    Box::new(sink),
+                )
+                .map_err(|e| DbError::Storage(e.to_string()))?;
+                (store, Some(wal), Some(dir.clone()), Some(lock))
+            }
+        };
+        let crash_at_step = std::env::var("DODODB_TEST_CRASH_AT_SNAPSHOT_STEP")
+            .ok()
+            .and_then(|s| s.parse().ok());
+        let inner = Arc::new(Inner {
+            config,
+            store,
+            hub,
+            wal,
+            dir,
+            _dir_lock: dir_lock,
+            metas,
+            snapshot_lock: Mutex::new(()),
+            last_snapshot: Mutex::new(None),
+            snapshots: AtomicU64::new(0),
+            snapshot_micros: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
+            opened_at: Instant::now(),
+            closed: AtomicBool::new(false),
+            background: background::Background::default(),
+            crash_at_step,
+        });
+        background::start(&inner)?;
+        Ok(Db { inner })
+    }
+
+    /// The configuration the database runs with.
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    /// Stores `value` (a JSON document, kept byte for byte) under `key`.
+    /// Returns once the write is durable per the fsync policy.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::InvalidKey`], [`DbError::InvalidValue`],
+    /// [`DbError::ValueTooLarge`], [`DbError::PreconditionFailed`],
+    /// [`DbError::Unavailable`].
+    pub fn put(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: PutOptions,
+    ) -> Result<WriteResult, DbError> {
+        let outcome = self.inner.begin_put(key, value, options)?;
+        self.inner.finish_blocking(outcome.ticket)?;
+        Ok(outcome.result())
+    }
+
+    /// [`Db::put`] for async callers: waits for durability without blocking
+    /// the executor.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::put`].
+    pub async fn put_async(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: PutOptions,
+    ) -> Result<WriteResult, DbError> {
+        let outcome = self.inner.begin_put(key, value, options)?;
+        self.inner.finish(outcome.ticket).await?;
+        Ok(outcome.result())
+    }
+
+    /// The committed value of `key` with its version and expiry.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::InvalidKey`].
+    pub fn get(&self, key: &str) -> Result<Option<Entry>, DbError> {
+        self.inner.check_key(key)?;
+        Ok(self.inner.store.get(key, now_ms()))
+    }
+
+    /// Whether `key` exists.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::InvalidKey`].
+    pub fn exists(&self, key: &str) -> Result<bool, DbError> {
+        self.inner.check_key(key)?;
+        Ok(self.inner.store.contains(key, now_ms()))
+    }
+
+    /// Removes `key`; returns the revision of the delete.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::NotFound`], [`DbError::PreconditionFailed`],
+    /// [`DbError::InvalidKey`], [`DbError::Unavailable`].
+    pub fn delete(&self, key: &str, precondition: Option<Precondition>) -> Result<u64, DbError> {
+        let outcome = self.inner.begin_delete(key, precondition)?;
+        self.inner.finish_blocking(outcome.ticket)?;
+        Ok(outcome.version)
+    }
+
+    /// [`Db::delete`] for async callers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::delete`].
+    pub async fn delete_async(
+        &self,
+        key: &str,
+        precondition: Option<Precondition>,
+    ) -> Result<u64, DbError> {
+        let outcome = self.inner.begin_delete(key, precondition)?;
+        self.inner.finish(outcome.ticket).await?;
+        Ok(outcome.version)
+    }
+
+    /// Up to `limit` keys under `prefix` after the key `after`, in
+    /// ascending byte order.
+    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> ListPage {
+        self.inner.store.list(prefix, after, limit, now_ms())
+    }
+
+    /// Number of keys, or of keys under `prefix`.
+    pub fn count(&self, prefix: Option<&str>) -> usize {
+        self.inner.store.count(prefix, now_ms())
+    }
+
+    /// Deletes every key (or every key under `prefix`), one delete event
+    /// each; returns how many were removed.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Unavailable`] when the log refuses writes.
+    pub fn clear(&self, prefix: Option<&str>) -> Result<usize, DbError> {
+        let (n, ticket) = self.inner.begin_clear(prefix)?;
+        self.inner.finish_blocking(ticket)?;
+        Ok(n)
+    }
+
+    /// [`Db::clear`] for async callers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::clear`].
+    pub async fn clear_async(&self, prefix: Option<&str>) -> Result<usize, DbError> {
+        let (n, ticket) = self.inner.begin_clear(prefix)?;
+        self.inner.finish(ticket).await?;
+        Ok(n)
+    }
+
+    /// Writes a snapshot now and returns once it is on disk. Blocks; call
+    /// it from a blocking thread in async code.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::InvalidRequest`] without a data directory,
+    /// [`DbError::Unavailable`] when the log refuses writes or the file
+    /// cannot be written.
+    pub fn snapshot(&self) -> Result<SnapshotInfo, DbError> {
+        self.inner.snapshot()
+    }
+
+    /// Streams every entry in the snapshot format to `out` (a backup).
+    ///
+    /// # Errors
+    ///
+    /// Any error of `out`.
+    pub fn export(&self, out: impl Write) -> std::io::Result<snapshot::Written> {
+        let metas = self.inner.meta_docs();
+        snapshot::encode(&self.inner.store, &metas, 0, now_ms(), out)
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> DbStats {
+        self.inner.stats()
+    }
+
+    /// The event hub every applied change passes through.
+    pub fn events(&self) -> &EventHub {
+        &self.inner.hub
+    }
+
+    /// Stops the background threads, writes a final snapshot (with a data
+    /// directory), syncs and closes the WAL. Later writes get
+    /// [`DbError::Unavailable`]. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Unavailable`] when the final snapshot fails (the WAL is
+    /// still synced, so nothing acknowledged is lost).
+    pub fn close(&self) -> Result<(), DbError> {
+        self.inner.close()
+    }
+}
+
+impl<T> Outcome<T> {
+    fn result(&self) -> WriteResult {
+        WriteResult {
+            version: self.version,
+            created: self.created,
+        }
+    }
+}
+
+impl Inner {
+    fn check_key(&self, key: &str) -> Result<(), DbError> {
+        if key.is_empty() {
+            return Err(DbError::InvalidKey("key is empty".into()));
+        }
+        if key.len() > self.config.max_key_bytes {
+            return Err(DbError::InvalidKey(format!(
+                "key of {} bytes is longer than the limit of {} bytes",
+                key.len(),
+                self.config.max_key_bytes
+            )));
+        }
+        if RESERVED_KEYS.contains(&key) {
+            return Err(DbError::InvalidKey(format!(
+                "{key:?} is a reserved name under /kv/"
+            )));
+        }
+        Ok(())
+    }
+
+    fn mutate(
+        &self,
+        key: &str,
+        mutation: Mutation,
+        pre: Precondition,
+    ) -> Result<Outcome<u64>, DbError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(DbError::Unavailable("the database is shutting down".into()));
+        }
+        let now = now_ms();
+        let emit = &mut |event| self.hub.emit(event);
+        let outcome = match &self.wal {
+            Some(wal) => {
+                let o = self
+                    .store
+                    .mutate(key, mutation, pre, now, &WalJournal(wal), emit)?;
+                Outcome {
+                    version: o.version,
+                    created: o.created,
+                    ticket: o.ticket,
+                }
+            }
+            None => {
+                let o = self
+                    .store
+                    .mutate(key, mutation, pre, now, &NoJournal, emit)?;
+                Outcome {
+                    version: o.version,
+                    created: o.created,
+                    ticket: None,
+                }
+            }
+        };
+        Ok(outcome)
+    }
+
+    fn begin_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        options: PutOptions,
+    ) -> Result<Outcome<u64>, DbError> {
+        self.check_key(key)?;
+        if value.len() > self.config.max_value_bytes {
+            return Err(DbError::ValueTooLarge {
+                size: value.len(),
+                max: self.config.max_value_bytes,
+            });
+        }
+        value::validate(value)?;
+        let lifetime = options.ttl.or(self.config.retention);
+        let expires_at_ms = match lifetime {
+            Some(ttl) => {
+                now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
+            }
+            None => 0,
+        };
+        // A copy of its own: a slice of a request buffer would keep the
+        // whole buffer alive for as long as the value lives.
+        let value = Bytes::copy_from_slice(value);
+        self.mutate(
+            key,
+            Mutation::Put {
+                value,
+                expires_at_ms,
+            },
+            options.precondition.unwrap_or(Precondition::None),
+        )
+    }
+
+    fn begin_delete(&self, key: &str, pre: Option<Precondition>) -> Result<Outcome<u64>, DbError> {
+        self.check_key(key)?;
+        self.mutate(key, Mutation::Delete, pre.unwrap_or(Precondition::None))
+    }
+
+    /// Deletes the visible keys under `prefix`; returns how many and the
+    /// last ticket to wait for (tickets are ordered, so that covers all).
+    fn begin_clear(&self, prefix: Option<&str>) -> Result<(usize, Option<u64>), DbError> {
+        let prefix = prefix.unwrap_or("");
+        let mut keys: Vec<Box<str>> = Vec::new();
+        self.store.for_each(now_ms(), |key, _| {
+            if key.starts_with(prefix) {
+                keys.push(Box::from(key));
+            }
+        });
+        let mut removed = 0;
+        let mut last_ticket = None;
+        for key in keys {
+            match self.mutate(&key, Mutation::Delete, Precondition::None) {
+                Ok(outcome) => {
+                    removed += 1;
+                    last_ticket = outcome.ticket.or(last_ticket);
+                }
+                // Deleted or expired meanwhile: nothing to clear.
+                Err(DbError::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok((removed, last_ticket))
+    }
+
+    fn finish_blocking(&self, ticket: Option<u64>) -> Result<(), DbError> {
+        match (ticket, &self.wal) {
+            (Some(seq), Some(wal)) => wal
+                .wait_blocking(seq)
+                .map_err(|e| DbError::Unavailable(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    async fn finish(&self, ticket: Option<u64>) -> Result<(), DbError> {
+        match (ticket, &self.wal) {
+            (Some(seq), Some(wal)) => wal
+                .wait(seq)
+                .await
+                .map_err(|e| DbError::Unavailable(e.to_string())),
+            _ => Ok(()),
+        }
+    }
+
+    /// Expires up to a batch of due keys; returns how many.
+    fn expire_due(&self) -> usize {
+        let now = now_ms();
+        let mut expired = 0;
+        for key in self.store.due_expirations(now, 10_000) {
+            if self
+                .mutate(&key, Mutation::Expire, Precondition::None)
+                .is_ok()
+            {
+                expired += 1;
+            }
+        }
+        self.expired.fetch_add(expired as u64, Ordering::Relaxed);
+        expired
+    }
+
+    fn meta_docs(&self) -> Vec<Bytes> {
+        self.metas.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn snapshot(&self) -> Result<SnapshotInfo, DbError> {
+        let (Some(dir), Some(wal)) = (&self.dir, &self.wal) else {
+            return Err(DbError::InvalidRequest(
+                "snapshots need a data directory; this database runs in memory".into(),
+            ));
+        };
+        let _one_at_a_time = self.snapshot_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        // After the rotation every record of older segments is applied, so
+        // the walk below sees all of them; later changes are replayed from
+        // the new segment on top of it (replay skips what it already has).
+        let segment = wal
+            .rotate()
+            .map_err(|e| DbError::Unavailable(e.to_string()))?;
+        let metas = self.meta_docs();
+        let crash_at = self.crash_at_step;
+        let at_step = move |step: Step| {
+            if crash_at == Some(step as u8) {
+                eprintln!("test hook: aborting after snapshot step {step:?}");
+                std::process::abort();
+            }
+        };
+        let (written, file) = snapshot::write(
+            dir,
+            &self.store,
+            &metas,
+            segment,
+            self.config.snapshot_retain,
+            now_ms(),
+            &at_step,
+        )
+        .map_err(|e| DbError::Unavailable(e.to_string()))?;
+        let info = SnapshotInfo {
+            revision: written.revision,
+            keys: written.keys,
+            bytes: written.bytes,
+            file,
+            duration: started.elapsed(),
+            finished_at_ms: now_ms(),
+        };
+        self.snapshots.fetch_add(1, Ordering::Relaxed);
+        self.snapshot_micros.fetch_add(
+            u64::try_from(info.duration.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        tracing::info!(
+            file = %info.file.display(),
+            keys = info.keys,
+            bytes = info.bytes,
+            revision = info.revision,
+            ms = info.duration.as_millis() as u64,
+            "snapshot written"
+        );
+        *self.last_snapshot.lock().unwrap_or_else(|e| e.into_inner()) = Some(info.clone());
+        Ok(info)
+    }
+
+    fn stats(&self) -> DbStats {
+        let wal = self.wal.as_ref().map(|w| w.stats());
+        let load = |f: fn(&crate::wal::WalStats) -> &AtomicU64| {
+            wal.map_or(0, |s| f(s).load(Ordering::Relaxed))
+        };
+        DbStats {
+            keys: self.store.count(None, now_ms()),
+            revision: self.store.revision(),
+            uptime_secs: self.opened_at.elapsed().as_secs(),
+            wal_bytes: load(|s| &s.bytes),
+            wal_bytes_since_snapshot: load(|s| &s.bytes_since_rotation),
+            wal_appends: load(|s| &s.appends),
+            wal_fsyncs: load(|s| &s.fsyncs),
+            wal_fsync_micros: load(|s| &s.fsync_micros),
+            wal_poisoned: self.wal.as_ref().and_then(|w| w.poisoned()),
+            snapshots: self.snapshots.load(Ordering::Relaxed),
+            snapshot_micros: self.snapshot_micros.load(Ordering::Relaxed),
+            last_snapshot: self
+                .last_snapshot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+            expired_keys: self.expired.load(Ordering::Relaxed),
+        }
+    }
+
+    fn close(&self) -> Result<(), DbError> {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        self.background.stop();
+        let snapshot = match (&self.wal, &self.dir) {
+            (Some(wal), Some(_)) if wal.poisoned().is_none() => self.snapshot().map(|_| ()),
+            _ => Ok(()),
+        };
+        if let Some(wal) = &self.wal {
+            wal.close();
+        }
+        snapshot
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Library users who never call close still get their threads
+        // stopped and the WAL synced (by the writer's own Drop).
+        self.background.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests;

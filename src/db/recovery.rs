@@ -1,0 +1,133 @@
+//! Start-up: lock the data directory, remove leftovers, load the newest
+//! valid snapshot and replay the WAL after it.
+
+use std::fs::File;
+use std::path::Path;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::DbError;
+use crate::snapshot;
+use crate::store::Store;
+use crate::wal::{self, Record, segment};
+
+/// What recovery rebuilt.
+pub(super) struct Recovered {
+    pub store: Store,
+    pub metas: Vec<Record>,
+    /// The segment the new writer starts.
+    pub next_segment: u64,
+}
+
+/// Takes an exclusive lock on `dir/LOCK` so two servers never share a
+/// data directory. The lock lives as long as the returned file.
+pub(super) fn lock_dir(dir: &Path) -> Result<File, DbError> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| DbError::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
+    let path = dir.join("LOCK");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| DbError::Storage(format!("cannot open {}: {e}", path.display())))?;
+    file.try_lock().map_err(|_| {
+        DbError::Storage(format!(
+            "data dir {} is in use by another DodoDB process",
+            dir.display()
+        ))
+    })?;
+    Ok(file)
+}
+
+pub(super) fn recover(dir: &Path) -> Result<Recovered, DbError> {
+    let started = Instant::now();
+    let storage = |e: &dyn std::fmt::Display| DbError::Storage(e.to_string());
+    for leftover in snapshot::remove_leftovers(dir).map_err(|e| storage(&e))? {
+        tracing::warn!(file = %leftover.display(), "removed a temporary file left by an interrupted snapshot");
+    }
+    let segments = segment::list(dir).map_err(|e| storage(&e))?;
+    let snapshots = snapshot::list(dir).map_err(|e| storage(&e))?;
+    let oldest_segment = segments.first().copied();
+
+    let mut store = Store::new();
+    let mut metas: Vec<Record> = Vec::new();
+    let mut loaded_from = None;
+    let mut first_damage: Option<snapshot::SnapshotError> = None;
+    for &n in &snapshots {
+        let path = snapshot::path(dir, n);
+        let attempt = Store::new();
+        match snapshot::load(&path, |change| attempt.apply(change, &mut |_| {})) {
+            Ok(loaded) => {
+                if oldest_segment.is_some_and(|oldest| oldest > loaded.wal_segment) {
+                    tracing::warn!(file = %path.display(), "snapshot is usable but the WAL after it is gone");
+                    continue;
+                }
+                attempt.advance_revision(loaded.revision);
+                metas = loaded.metas.into_iter().map(Record::Meta).collect();
+                store = attempt;
+                loaded_from = Some(loaded.wal_segment);
+                tracing::info!(file = %path.display(), keys = loaded.keys, "loaded snapshot");
+                break;
+            }
+            Err(e) => {
+                tracing::error!("{e}; trying an older snapshot");
+                first_damage.get_or_insert(e);
+            }
+        }
+    }
+    let replay_from = match loaded_from {
+        Some(n) => n,
+        // No usable snapshot: the WAL alone must reach back to the start.
+        None => {
+            let wal_from_start =
+                oldest_segment == Some(1) || (oldest_segment.is_none() && snapshots.is_empty());
+            if wal_from_start {
+                1
+            } else if let Some(damage) = first_damage {
+                return Err(DbError::Storage(format!(
+                    "{damage}, and no older snapshot with its WAL covers the data; refusing to start"
+                )));
+            } else {
+                return Err(DbError::Storage(format!(
+                    "the WAL in {} does not reach back to a usable snapshot or to its start; refusing to start",
+                    dir.display()
+                )));
+            }
+        }
+    };
+    let report = wal::replay(dir, replay_from, |record| match record {
+        Record::Change(change) => store.apply(change, &mut |_| {}),
+        meta @ Record::Meta(_) => metas.push(meta),
+    })
+    .map_err(|e| storage(&e))?;
+    let last_segment = segments
+        .last()
+        .copied()
+        .unwrap_or(0)
+        .max(replay_from.saturating_sub(1));
+    tracing::info!(
+        keys = store.count(None, 0),
+        revision = store.revision(),
+        wal_records = report.records,
+        ms = started.elapsed().as_millis() as u64,
+        "recovered"
+    );
+    Ok(Recovered {
+        store,
+        metas,
+        next_segment: last_segment + 1,
+    })
+}
+
+/// The control documents recovered, as raw JSON.
+pub(super) fn meta_docs(metas: &[Record]) -> Vec<Bytes> {
+    metas
+        .iter()
+        .filter_map(|r| match r {
+            Record::Meta(doc) => Some(doc.clone()),
+            Record::Change(_) => None,
+        })
+        .collect()
+}

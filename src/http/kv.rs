@@ -1,0 +1,363 @@
+//! Handlers of the key–value routes (SPEC §4).
+
+use std::borrow::Cow;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::{AppState, json};
+use crate::db::PutOptions;
+use crate::store::Precondition;
+
+const DEFAULT_LIST_LIMIT: usize = 1000;
+const MAX_LIST_LIMIT: usize = 10_000;
+
+/// The key of a `/kv/{key}[/suffix]` request, percent-decoded. Taken from
+/// the raw path so a lookup allocates nothing when there is no escape.
+fn key_of<'a>(uri: &'a Uri, suffix: &str) -> Result<Cow<'a, str>, ApiError> {
+    let raw = uri
+        .path()
+        .strip_prefix("/kv/")
+        .and_then(|rest| rest.strip_suffix(suffix))
+        .ok_or_else(|| ApiError::InvalidKey("key missing from the path".into()))?;
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map_err(|_| ApiError::InvalidKey("key is not valid UTF-8 after percent-decoding".into()))
+}
+
+fn etag(version: u64) -> HeaderValue {
+    let mut text = String::with_capacity(22);
+    text.push('"');
+    text.push_str(itoa::Buffer::new().format(version));
+    text.push('"');
+    HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
+/// Reads `If-Match` / `If-None-Match` into a precondition.
+fn precondition(
+    headers: &HeaderMap,
+    allow_if_none_match: bool,
+) -> Result<Option<Precondition>, ApiError> {
+    let text = |name: &header::HeaderName| -> Result<Option<&str>, ApiError> {
+        headers
+            .get(name)
+            .map(|v| {
+                v.to_str()
+                    .map(str::trim)
+                    .map_err(|_| ApiError::InvalidRequest(format!("{name} is not ASCII")))
+            })
+            .transpose()
+    };
+    let if_match = text(&header::IF_MATCH)?;
+    let if_none_match = text(&header::IF_NONE_MATCH)?;
+    match (if_match, if_none_match) {
+        (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
+            "send either If-Match or If-None-Match, not both".into(),
+        )),
+        (Some("*"), None) => Ok(Some(Precondition::IfExists)),
+        (Some(tag), None) => {
+            let digits = tag
+                .strip_prefix('"')
+                .and_then(|t| t.strip_suffix('"'))
+                .unwrap_or(tag);
+            digits
+                .parse::<u64>()
+                .map(|v| Some(Precondition::IfVersion(v)))
+                .map_err(|_| {
+                    ApiError::InvalidRequest(format!(
+                        "If-Match must be a version in quotes, like \"42\", or *; got {tag:?}"
+                    ))
+                })
+        }
+        (None, Some("*")) if allow_if_none_match => Ok(Some(Precondition::IfAbsent)),
+        (None, Some(other)) => Err(ApiError::InvalidRequest(format!(
+            "only If-None-Match: * is supported{}; got {other:?}",
+            if allow_if_none_match {
+                ""
+            } else {
+                ", and only on PUT"
+            }
+        ))),
+        (None, None) => Ok(None),
+    }
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {}", e.body_text())))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PutQuery {
+    ttl: Option<String>,
+}
+
+#[derive(Serialize)]
+struct PutAnswer<'a> {
+    key: &'a str,
+    version: u64,
+    created: bool,
+}
+
+pub(super) async fn put(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+    q: Result<Query<PutQuery>, QueryRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let key = key_of(&uri, "")?;
+    let q = query(q)?;
+    let ttl = match q.ttl.as_deref() {
+        None => None,
+        Some(text) => match text.parse::<u64>() {
+            Ok(secs) if secs > 0 => Some(Duration::from_secs(secs)),
+            _ => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "ttl must be a positive whole number of seconds; got {text:?}"
+                )));
+            }
+        },
+    };
+    let options = PutOptions {
+        ttl,
+        precondition: precondition(&headers, true)?,
+    };
+    let body = body.map_err(body_error)?;
+    let written = state.db.put_async(&key, &body, options).await?;
+    let status = if written.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    let mut response = json(
+        status,
+        &PutAnswer {
+            key: &key,
+            version: written.version,
+            created: written.created,
+        },
+    );
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(written.version));
+    Ok(response)
+}
+
+fn body_error(rejection: BytesRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::PayloadTooLarge("request body is larger than --max-value-bytes".into())
+    } else {
+        ApiError::InvalidRequest(format!(
+            "could not read the body: {}",
+            rejection.body_text()
+        ))
+    }
+}
+
+pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_of(&uri, "")?;
+    let entry = state.db.get(&key)?.ok_or_else(not_found)?;
+    let mut response = Response::new(Body::from(entry.value));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(header::ETAG, etag(entry.version));
+    Ok(response)
+}
+
+pub(super) async fn head(State(state): State<AppState>, uri: Uri) -> Response {
+    let found = key_of(&uri, "")
+        .ok()
+        .and_then(|key| state.db.get(&key).ok().flatten());
+    match found {
+        Some(entry) => {
+            let mut response = StatusCode::OK.into_response();
+            let headers = response.headers_mut();
+            headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            headers.insert(header::ETAG, etag(entry.version));
+            headers.insert(header::CONTENT_LENGTH, HeaderValue::from(entry.value.len()));
+            response
+        }
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
+}
+
+fn not_found() -> ApiError {
+    ApiError::NotFound("key not found".into())
+}
+
+#[derive(Serialize)]
+struct ExistsAnswer<'a> {
+    key: &'a str,
+    exists: bool,
+}
+
+pub(super) async fn exists(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_of(&uri, "/exists")?;
+    let exists = state.db.exists(&key)?;
+    Ok(json(StatusCode::OK, &ExistsAnswer { key: &key, exists }))
+}
+
+#[derive(Serialize)]
+struct MetaAnswer<'a> {
+    key: &'a str,
+    version: u64,
+    size: usize,
+    expires_at: Option<String>,
+}
+
+pub(super) async fn meta(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
+    let key = key_of(&uri, "/meta")?;
+    let entry = state.db.get(&key)?.ok_or_else(not_found)?;
+    let expires_at = (entry.expires_at_ms != 0).then(|| super::rfc3339_ms(entry.expires_at_ms));
+    let mut response = json(
+        StatusCode::OK,
+        &MetaAnswer {
+            key: &key,
+            version: entry.version,
+            size: entry.value.len(),
+            expires_at,
+        },
+    );
+    response
+        .headers_mut()
+        .insert(header::ETAG, etag(entry.version));
+    Ok(response)
+}
+
+#[derive(Serialize)]
+struct DeleteAnswer<'a> {
+    key: &'a str,
+    deleted: bool,
+    version: u64,
+}
+
+pub(super) async fn delete(
+    State(state): State<AppState>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = key_of(&uri, "")?;
+    let pre = precondition(&headers, false)?;
+    let version = state.db.delete_async(&key, pre).await?;
+    Ok(json(
+        StatusCode::OK,
+        &DeleteAnswer {
+            key: &key,
+            deleted: true,
+            version,
+        },
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    prefix: Option<String>,
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct ListAnswer {
+    keys: Vec<Box<str>>,
+    next_cursor: Option<String>,
+}
+
+pub(super) async fn list(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let limit = match q.limit.as_deref() {
+        None => DEFAULT_LIST_LIMIT,
+        Some(text) => match text.parse::<usize>() {
+            Ok(n) if (1..=MAX_LIST_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "limit must be a whole number from 1 to {MAX_LIST_LIMIT}; got {text:?}"
+                )));
+            }
+        },
+    };
+    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let prefix = q.prefix.unwrap_or_default();
+    // The walk is O(keys): keep it off the async workers.
+    let db = state.db.clone();
+    let page = tokio::task::spawn_blocking(move || db.list(&prefix, after.as_deref(), limit))
+        .await
+        .map_err(|e| ApiError::Internal(format!("listing task failed: {e}")))?;
+    Ok(json(
+        StatusCode::OK,
+        &ListAnswer {
+            keys: page.keys,
+            next_cursor: page
+                .next_after
+                .map(|k| URL_SAFE_NO_PAD.encode(k.as_bytes())),
+        },
+    ))
+}
+
+/// A cursor is the last key of the previous page, base64url-encoded so it
+/// travels safely in a query string.
+fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
+    URL_SAFE_NO_PAD
+        .decode(cursor)
+        .ok()
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .ok_or_else(|| {
+            ApiError::InvalidRequest(format!("cursor {cursor:?} is not one this server issued"))
+        })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct PrefixQuery {
+    prefix: Option<String>,
+}
+
+#[derive(Serialize)]
+struct CountAnswer {
+    count: usize,
+}
+
+pub(super) async fn count(
+    State(state): State<AppState>,
+    q: Result<Query<PrefixQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let db = state.db.clone();
+    let count = tokio::task::spawn_blocking(move || db.count(q.prefix.as_deref()))
+        .await
+        .map_err(|e| ApiError::Internal(format!("count task failed: {e}")))?;
+    Ok(json(StatusCode::OK, &CountAnswer { count }))
+}
+
+#[derive(Serialize)]
+struct ClearAnswer {
+    cleared: usize,
+}
+
+pub(super) async fn clear(
+    State(state): State<AppState>,
+    q: Result<Query<PrefixQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let cleared = state.db.clear_async(q.prefix.as_deref()).await?;
+    Ok(json(StatusCode::OK, &ClearAnswer { cleared }))
+}

@@ -1,0 +1,110 @@
+//! The REST API over a [`Db`]: the router factory, the server loop with
+//! graceful shutdown, and the JSON helpers. The only module that knows axum.
+
+mod error;
+mod kv;
+mod system;
+
+use std::future::Future;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+pub use error::ApiError;
+
+use crate::db::Db;
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    /// The database.
+    pub db: Db,
+}
+
+/// Builds the application: every route of the SPEC over `db`. Main and the
+/// tests build the same app through this.
+pub fn router(db: Db) -> Router {
+    let max_body = db.config().max_value_bytes;
+    let state = AppState { db };
+    Router::new()
+        .route("/kv", get(kv::list))
+        .route("/kv/count", get(kv::count))
+        .route("/kv/clear", post(kv::clear))
+        .route(
+            "/kv/{key}",
+            get(kv::get).head(kv::head).put(kv::put).delete(kv::delete),
+        )
+        .route("/kv/{key}/exists", get(kv::exists))
+        .route("/kv/{key}/meta", get(kv::meta))
+        .route("/system/alive", get(system::alive))
+        .route("/system/version", get(system::version))
+        .route("/system/stats", get(system::stats))
+        .route("/system/snapshot", post(system::snapshot))
+        .route("/system/export", get(system::export))
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}
+
+async fn route_not_found() -> ApiError {
+    ApiError::NotFound("no such route".into())
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
+/// Serves `db` on `listener` until `shutdown` completes, then finishes
+/// in-flight requests and closes the database (final snapshot, WAL sync).
+///
+/// # Errors
+///
+/// The listener fails, or closing the database fails.
+pub async fn serve(
+    listener: TcpListener,
+    db: Db,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = router(db.clone());
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    tracing::info!("HTTP server stopped; closing the database");
+    tokio::task::spawn_blocking(move || db.close())
+        .await
+        .map_err(std::io::Error::other)?
+        .map_err(std::io::Error::other)
+}
+
+/// A JSON response with `status`.
+pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => {
+            let mut response = (status, bytes).into_response();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            response
+        }
+        Err(e) => ApiError::Internal(format!("cannot encode a response: {e}")).into_response(),
+    }
+}
+
+/// Unix milliseconds as RFC 3339 UTC (`2025-01-01T12:00:00.123Z`; whole
+/// seconds drop the fraction).
+pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    let at = UNIX_EPOCH + Duration::from_millis(ms);
+    if ms % 1000 == 0 {
+        humantime::format_rfc3339_seconds(at).to_string()
+    } else {
+        humantime::format_rfc3339_millis(at).to_string()
+    }
+}

@@ -1,0 +1,153 @@
+//! Handlers of the `/system` routes (SPEC §7).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::Response;
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::json;
+
+use super::error::ApiError;
+use super::{AppState, json, rfc3339_ms};
+
+pub(super) async fn alive() -> Response {
+    json(StatusCode::OK, &json!({"alive": true}))
+}
+
+pub(super) async fn version(State(state): State<AppState>) -> Response {
+    json(
+        StatusCode::OK,
+        &json!({"version": state.db.config().server_version}),
+    )
+}
+
+#[derive(Serialize)]
+struct StatsAnswer {
+    keys: usize,
+    revision: u64,
+    uptime_secs: u64,
+    storage: &'static str,
+    fsync: &'static str,
+    wal: WalStats,
+    last_snapshot: Option<LastSnapshot>,
+    snapshots: u64,
+    expired_keys: u64,
+}
+
+#[derive(Serialize)]
+struct WalStats {
+    bytes: u64,
+    bytes_since_snapshot: u64,
+    appends: u64,
+    fsyncs: u64,
+    poisoned: Option<String>,
+}
+
+#[derive(Serialize)]
+struct LastSnapshot {
+    file: String,
+    revision: u64,
+    keys: u64,
+    bytes: u64,
+    duration_ms: u64,
+    finished_at: String,
+}
+
+pub(super) async fn stats(State(state): State<AppState>) -> Response {
+    let db = &state.db;
+    let s = db.stats();
+    let in_memory = matches!(db.config().storage, crate::config::Storage::InMemory);
+    json(
+        StatusCode::OK,
+        &StatsAnswer {
+            keys: s.keys,
+            revision: s.revision,
+            uptime_secs: s.uptime_secs,
+            storage: if in_memory { "memory" } else { "disk" },
+            fsync: db.config().fsync.as_str(),
+            wal: WalStats {
+                bytes: s.wal_bytes,
+                bytes_since_snapshot: s.wal_bytes_since_snapshot,
+                appends: s.wal_appends,
+                fsyncs: s.wal_fsyncs,
+                poisoned: s.wal_poisoned,
+            },
+            last_snapshot: s.last_snapshot.map(|l| LastSnapshot {
+                file: l.file.display().to_string(),
+                revision: l.revision,
+                keys: l.keys,
+                bytes: l.bytes,
+                duration_ms: u64::try_from(l.duration.as_millis()).unwrap_or(u64::MAX),
+                finished_at: rfc3339_ms(l.finished_at_ms),
+            }),
+            snapshots: s.snapshots,
+            expired_keys: s.expired_keys,
+        },
+    )
+}
+
+pub(super) async fn snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let db = state.db.clone();
+    let info = tokio::task::spawn_blocking(move || db.snapshot())
+        .await
+        .map_err(|e| ApiError::Internal(format!("snapshot task failed: {e}")))??;
+    Ok(json(
+        StatusCode::OK,
+        &json!({
+            "revision": info.revision,
+            "keys": info.keys,
+            "bytes": info.bytes,
+            "file": info.file.display().to_string(),
+        }),
+    ))
+}
+
+/// A `Write` that hands filled chunks to the response body stream.
+struct ChannelWriter {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= 256 * 1024 {
+            self.flush()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = Bytes::from(std::mem::take(&mut self.buf));
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client went away"))
+    }
+}
+
+pub(super) async fn export(State(state): State<AppState>) -> Response {
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let db = state.db.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut out = ChannelWriter {
+            tx,
+            buf: Vec::new(),
+        };
+        if let Err(e) = db.export(&mut out) {
+            tracing::warn!("export stopped: {e}");
+        }
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|chunk| (chunk, rx))
+    });
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}

@@ -1,0 +1,110 @@
+//! The `dododb` executable: parses the command line, sets up logging and
+//! runs the server or an offline tool.
+
+mod cli;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use mimalloc::MiMalloc;
+use tracing_subscriber::EnvFilter;
+
+use cli::{Cli, Command, RepairArgs, ServeArgs};
+use dododb::Db;
+
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let result = match cli.command {
+        Some(Command::Serve(args)) => serve(args),
+        Some(Command::Repair(args)) => repair(args),
+        None => serve(cli.serve),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("dododb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let config = args.to_config();
+    config.validate().map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("dododb-http")
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async move {
+        // Bind first: a port in use should fail before any recovery work.
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", args.listen))?;
+        let addr = listener.local_addr().context("cannot read the bound address")?;
+        let db = tokio::task::spawn_blocking(move || Db::open(config))
+            .await
+            .context("start-up task failed")??;
+        let storage = match &db.config().storage {
+            dododb::Storage::InMemory => "in-memory".to_string(),
+            dododb::Storage::Dir(dir) => dir.display().to_string(),
+        };
+        tracing::info!(%addr, data_dir = %storage, fsync = db.config().fsync.as_str(), "DodoDB serving");
+        // One line on stdout for people and scripts that started us.
+        println!("dododb listening on http://{addr}");
+        dododb::http::serve(listener, db, shutdown_signal())
+            .await
+            .context("server failed")
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+    tracing::info!("shutdown requested: finishing in-flight requests");
+}
+
+fn repair(args: RepairArgs) -> anyhow::Result<()> {
+    let dir = &args.data_dir;
+    anyhow::ensure!(dir.is_dir(), "{} is not a directory", dir.display());
+    let from = dododb::snapshot::list(dir)?.last().copied().unwrap_or(0);
+    let mut out = std::io::stdout();
+    let cut = dododb::wal::repair(dir, from, &mut out)?;
+    if cut {
+        println!("repaired; the server will start with the records before the damage");
+    }
+    Ok(())
+}

@@ -1,0 +1,48 @@
+//! An index of committed keys that carry an expiry, ordered by expiry time,
+//! so the expiry loop and `count` never scan the whole map.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+/// `(expires_at_ms, key)` pairs. A plain mutex: it is only touched by
+/// writes of keys that have or had a TTL, and never held across I/O.
+#[derive(Default)]
+pub(super) struct TtlIndex {
+    due: Mutex<BTreeSet<(u64, Box<str>)>>,
+}
+
+impl TtlIndex {
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeSet<(u64, Box<str>)>> {
+        // The set stays consistent even if a holder panicked mid-way.
+        self.due.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(super) fn insert(&self, expires_at_ms: u64, key: &str) {
+        self.lock().insert((expires_at_ms, Box::from(key)));
+    }
+
+    pub(super) fn remove(&self, expires_at_ms: u64, key: &str) {
+        self.lock().remove(&(expires_at_ms, Box::from(key)));
+    }
+
+    /// Entries whose expiry is at or before `now_ms`.
+    pub(super) fn count_due(&self, now_ms: u64) -> usize {
+        let set = self.lock();
+        match set.first() {
+            Some((first, _)) if *first <= now_ms => {
+                set.iter().take_while(|(at, _)| *at <= now_ms).count()
+            }
+            _ => 0,
+        }
+    }
+
+    /// Up to `max` keys whose expiry is due, earliest first.
+    pub(super) fn due(&self, now_ms: u64, max: usize) -> Vec<Box<str>> {
+        self.lock()
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .take(max)
+            .map(|(_, key)| key.clone())
+            .collect()
+    }
+}
