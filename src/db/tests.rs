@@ -1,1 +1,70 @@
+use super::*;
+use crate::config::FsyncPolicy;
 
+fn open_dir(dir: &std::path::Path) -> Db {
+    Db::open(Config {
+        fsync: FsyncPolicy::Never,
+        ..Config::with_dir(dir)
+    })
+    .expect("open")
+}
+
+#[test]
+fn reopening_keeps_values_versions_and_deletes() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let db = open_dir(tmp.path());
+    db.put("a", b" {\"x\": 1} ", PutOptions::default())
+        .expect("put");
+    db.put("b", b"2", PutOptions::default()).expect("put");
+    db.delete("b", None).expect("delete");
+    db.close().expect("close");
+    drop(db);
+    let db = open_dir(tmp.path());
+    assert_eq!(
+        db.get("a").expect("get").map(|e| e.value),
+        Some(Bytes::from_static(b" {\"x\": 1} "))
+    );
+    assert_eq!(db.get("b").expect("get"), None);
+    assert_eq!(db.stats().revision, 3);
+    let next = db.put("c", b"3", PutOptions::default()).expect("put");
+    assert_eq!(next.version, 4, "versions keep growing across restarts");
+}
+
+#[test]
+fn a_second_open_of_the_same_dir_is_refused() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let _db = open_dir(tmp.path());
+    let second = Db::open(Config::with_dir(tmp.path()));
+    assert!(
+        matches!(second, Err(DbError::Storage(ref m)) if m.contains("in use")),
+        "{:?}",
+        second.err()
+    );
+}
+
+#[test]
+fn reserved_and_oversized_keys_are_refused() {
+    let db = Db::open(Config {
+        max_key_bytes: 4,
+        ..Config::in_memory()
+    })
+    .expect("open");
+    for key in ["", "count", "clear", "toolong"] {
+        let result = db.put(key, b"1", PutOptions::default());
+        assert!(
+            matches!(result, Err(DbError::InvalidKey(_))),
+            "{key:?}: {result:?}"
+        );
+    }
+    assert_eq!(db.count(None), 0);
+}
+
+#[test]
+fn clear_with_prefix_removes_only_that_prefix() {
+    let db = Db::open(Config::in_memory()).expect("open");
+    for key in ["a:1", "a:2", "b:1"] {
+        db.put(key, b"1", PutOptions::default()).expect("put");
+    }
+    assert_eq!(db.clear(Some("a:")).expect("clear"), 2);
+    assert_eq!(db.list("", None, 10).keys, vec![Box::from("b:1")]);
+}

@@ -1,1 +1,324 @@
+use bytes::Bytes;
 
+use super::*;
+
+const NOW: u64 = 1_000_000;
+
+fn put(
+    store: &Store,
+    key: &str,
+    value: &str,
+    pre: Precondition,
+) -> Result<Outcome<()>, StoreError> {
+    put_ttl(store, key, value, 0, pre)
+}
+
+fn put_ttl(
+    store: &Store,
+    key: &str,
+    value: &str,
+    expires_at_ms: u64,
+    pre: Precondition,
+) -> Result<Outcome<()>, StoreError> {
+    let value = Bytes::copy_from_slice(value.as_bytes());
+    store.mutate(
+        key,
+        Mutation::Put {
+            value,
+            expires_at_ms,
+        },
+        pre,
+        NOW,
+        &NoJournal,
+        &mut |_| {},
+    )
+}
+
+fn delete(store: &Store, key: &str, pre: Precondition) -> Result<Outcome<()>, StoreError> {
+    store.mutate(key, Mutation::Delete, pre, NOW, &NoJournal, &mut |_| {})
+}
+
+fn value(store: &Store, key: &str, now: u64) -> Option<String> {
+    store
+        .get(key, now)
+        .map(|e| String::from_utf8(e.value.to_vec()).expect("utf8"))
+}
+
+#[test]
+fn versions_follow_the_global_revision() {
+    let store = Store::new();
+    let a = put(&store, "a", "1", Precondition::None).expect("put");
+    let b = put(&store, "b", "2", Precondition::None).expect("put");
+    let a2 = put(&store, "a", "3", Precondition::None).expect("put");
+    assert_eq!((a.version, b.version, a2.version), (1, 2, 3));
+    assert!(a.created && b.created && !a2.created);
+    assert_eq!(store.get("a", NOW).map(|e| e.version), Some(3));
+    let d = delete(&store, "b", Precondition::None).expect("delete");
+    assert_eq!(d.version, 4);
+    assert_eq!(store.revision(), 4);
+    assert_eq!(
+        delete(&store, "b", Precondition::None).err(),
+        Some(StoreError::NotFound)
+    );
+    assert_eq!(store.revision(), 4, "a refused change takes no revision");
+}
+
+#[test]
+fn preconditions() {
+    let store = Store::new();
+    let check = |pre, expect_ok: bool| {
+        let result = put(&store, "k", "0", pre);
+        assert_eq!(result.is_ok(), expect_ok, "{pre:?}");
+    };
+    check(Precondition::IfVersion(1), false);
+    check(Precondition::IfExists, false);
+    check(Precondition::IfAbsent, true);
+    check(Precondition::IfAbsent, false);
+    check(Precondition::IfVersion(1), true);
+    check(Precondition::IfVersion(1), false);
+    check(Precondition::IfExists, true);
+    assert_eq!(
+        delete(&store, "k", Precondition::IfVersion(99)).err(),
+        Some(StoreError::PreconditionFailed { current: Some(3) })
+    );
+    assert!(store.contains("k", NOW));
+}
+
+#[test]
+fn a_refused_first_write_leaves_no_slot() {
+    let store = Store::new();
+    assert!(put(&store, "k", "1", Precondition::IfVersion(7)).is_err());
+    assert_eq!(store.map.len(), 0);
+    assert_eq!(store.count(None, NOW), 0);
+}
+
+#[test]
+fn expired_keys_are_invisible_before_they_are_reaped() {
+    let store = Store::new();
+    put_ttl(&store, "t", "1", NOW + 10, Precondition::None).expect("put");
+    put(&store, "p", "2", Precondition::None).expect("put");
+    assert_eq!(value(&store, "t", NOW + 9).as_deref(), Some("1"));
+    assert_eq!(value(&store, "t", NOW + 10), None);
+    assert_eq!(store.count(None, NOW + 9), 2);
+    assert_eq!(store.count(None, NOW + 10), 1);
+    assert_eq!(store.count(Some("t"), NOW + 10), 0);
+    assert_eq!(
+        store.list("", None, 10, NOW + 10).keys,
+        vec![Box::from("p")]
+    );
+    assert_eq!(store.due_expirations(NOW + 10, 10), vec![Box::from("t")]);
+    // An expired key counts as absent for If-None-Match.
+    let mut events = Vec::new();
+    let again = store.mutate(
+        "t",
+        Mutation::Put {
+            value: Bytes::from_static(b"3"),
+            expires_at_ms: 0,
+        },
+        Precondition::IfAbsent,
+        NOW + 20,
+        &NoJournal,
+        &mut |e| events.push(e),
+    );
+    assert!(again.expect("put over expired").created);
+    assert_eq!(
+        events[0].old_value, None,
+        "an expired value is not an old value"
+    );
+    assert!(
+        store.due_expirations(NOW + 100, 10).is_empty(),
+        "the new write cleared the expiry"
+    );
+}
+
+#[test]
+fn expire_removes_only_what_is_due() {
+    let store = Store::new();
+    put_ttl(&store, "t", "1", NOW + 10, Precondition::None).expect("put");
+    let early = store.mutate(
+        "t",
+        Mutation::Expire,
+        Precondition::None,
+        NOW,
+        &NoJournal,
+        &mut |_| {},
+    );
+    assert_eq!(early.err(), Some(StoreError::NotFound));
+    let mut kinds = Vec::new();
+    store
+        .mutate(
+            "t",
+            Mutation::Expire,
+            Precondition::None,
+            NOW + 10,
+            &NoJournal,
+            &mut |e| kinds.push(e.kind),
+        )
+        .expect("expire");
+    assert_eq!(kinds, vec![ChangeKind::Expire]);
+    assert_eq!(store.map.len(), 0);
+    assert!(store.due_expirations(NOW + 100, 10).is_empty());
+}
+
+#[test]
+fn listing_pages_in_byte_order() {
+    let store = Store::new();
+    for key in ["b", "a", "ab", "B", "é", "a/b", "c"] {
+        put(&store, key, "0", Precondition::None).expect("put");
+    }
+    let check =
+        |prefix: &str, after: Option<&str>, limit: usize, keys: &[&str], next: Option<&str>| {
+            let page = store.list(prefix, after, limit, NOW);
+            let got: Vec<&str> = page.keys.iter().map(|k| &**k).collect();
+            assert_eq!(got, keys, "prefix {prefix:?} after {after:?}");
+            assert_eq!(page.next_after.as_deref(), next);
+        };
+    check("", None, 10, &["B", "a", "a/b", "ab", "b", "c", "é"], None);
+    check("", None, 3, &["B", "a", "a/b"], Some("a/b"));
+    check("", Some("a/b"), 3, &["ab", "b", "c"], Some("c"));
+    check("", Some("c"), 3, &["é"], None);
+    check("a", None, 10, &["a", "a/b", "ab"], None);
+    check("a", Some("a"), 1, &["a/b"], Some("a/b"));
+    check("zzz", None, 10, &[], None);
+}
+
+#[test]
+fn events_carry_old_and_new_values() {
+    let store = Store::new();
+    let mut events = Vec::new();
+    let mut emit = |e: ChangeEvent| events.push(e);
+    for (m, pre) in [
+        (
+            Mutation::Put {
+                value: Bytes::from_static(b"1"),
+                expires_at_ms: 0,
+            },
+            Precondition::None,
+        ),
+        (
+            Mutation::Put {
+                value: Bytes::from_static(b"2"),
+                expires_at_ms: 0,
+            },
+            Precondition::None,
+        ),
+        (Mutation::Delete, Precondition::None),
+    ] {
+        store
+            .mutate("k", m, pre, NOW, &NoJournal, &mut emit)
+            .expect("change");
+    }
+    let summary: Vec<_> = events
+        .iter()
+        .map(|e| (e.kind, e.old_value.clone(), e.new_value.clone(), e.version))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![
+            (ChangeKind::Update, None, Some(Bytes::from_static(b"1")), 1),
+            (
+                ChangeKind::Update,
+                Some(Bytes::from_static(b"1")),
+                Some(Bytes::from_static(b"2")),
+                2
+            ),
+            (ChangeKind::Delete, Some(Bytes::from_static(b"2")), None, 3),
+        ]
+    );
+}
+
+/// A journal that defers everything, like the WAL does.
+struct Deferring(std::sync::Mutex<Vec<Change>>);
+
+impl Journal for Deferring {
+    type Ticket = u64;
+
+    fn submit(&self, change: Change) -> Result<Submitted<u64>, StoreError> {
+        let version = change.version;
+        self.0.lock().expect("lock").push(change);
+        Ok(Submitted::Deferred(version))
+    }
+}
+
+#[test]
+fn deferred_changes_are_invisible_until_applied_but_checked_against() {
+    let store = Store::new();
+    let journal = Deferring(std::sync::Mutex::new(Vec::new()));
+    let put = |pre| {
+        store.mutate(
+            "k",
+            Mutation::Put {
+                value: Bytes::from_static(b"1"),
+                expires_at_ms: 0,
+            },
+            pre,
+            NOW,
+            &journal,
+            &mut |_| {},
+        )
+    };
+    put(Precondition::IfAbsent).expect("first");
+    assert_eq!(
+        store.get("k", NOW),
+        None,
+        "not visible before it is applied"
+    );
+    assert_eq!(
+        put(Precondition::IfAbsent).err(),
+        Some(StoreError::PreconditionFailed { current: Some(1) }),
+        "the pending write is seen by conditions"
+    );
+    put(Precondition::IfVersion(1)).expect("second");
+    let changes = std::mem::take(&mut *journal.0.lock().expect("lock"));
+    let mut events = Vec::new();
+    for change in changes {
+        store.apply(change, &mut |e| events.push(e.version));
+    }
+    assert_eq!(events, vec![1, 2]);
+    assert_eq!(store.get("k", NOW).map(|e| e.version), Some(2));
+}
+
+#[test]
+fn aborted_changes_leave_the_committed_state() {
+    let store = Store::new();
+    let journal = Deferring(std::sync::Mutex::new(Vec::new()));
+    store
+        .mutate(
+            "k",
+            Mutation::Put {
+                value: Bytes::from_static(b"1"),
+                expires_at_ms: 0,
+            },
+            Precondition::None,
+            NOW,
+            &journal,
+            &mut |_| {},
+        )
+        .expect("put");
+    let change = journal.0.lock().expect("lock").pop().expect("change");
+    store.abort(&change);
+    assert_eq!(store.map.len(), 0);
+    assert!(put(&store, "k", "2", Precondition::IfAbsent).is_ok());
+}
+
+#[test]
+fn replay_is_idempotent_over_a_newer_state() {
+    let store = Store::new();
+    let change = |kind, version, value: Option<&'static [u8]>| Change {
+        key: Box::from("k"),
+        kind,
+        value: value.map(Bytes::from_static),
+        version,
+        expires_at_ms: 0,
+        timestamp_ms: NOW,
+    };
+    store.apply(change(ChangeKind::Update, 12, Some(b"12")), &mut |_| {});
+    store.apply(change(ChangeKind::Update, 10, Some(b"10")), &mut |_| {});
+    store.apply(change(ChangeKind::Delete, 11, None), &mut |_| {});
+    assert_eq!(value(&store, "k", NOW).as_deref(), Some("12"));
+    store.apply(change(ChangeKind::Delete, 13, None), &mut |_| {});
+    assert_eq!(value(&store, "k", NOW), None);
+    store.apply(change(ChangeKind::Delete, 14, None), &mut |_| {});
+    assert_eq!(store.revision(), 14);
+    assert_eq!(store.count(None, NOW), 0);
+}
