@@ -141,8 +141,9 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write() {
         }
     }
     let server = TestServer::start_in(&dir, &["--fsync", "always"]);
+    let entries = dump(&server).await;
     let ledger = ledger.lock().expect("lock");
-    verify(&dump(&server).await, &ledger);
+    verify(&entries, &ledger);
     assert!(
         ledger.acked.len() > cycles,
         "the writers got work done: {}",

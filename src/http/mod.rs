@@ -102,7 +102,7 @@ pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
 /// seconds drop the fraction).
 pub(crate) fn rfc3339_ms(ms: u64) -> String {
     let at = UNIX_EPOCH + Duration::from_millis(ms);
-    if ms % 1000 == 0 {
+    if ms.is_multiple_of(1000) {
         humantime::format_rfc3339_seconds(at).to_string()
     } else {
         humantime::format_rfc3339_millis(at).to_string()
