@@ -64,6 +64,12 @@ pub struct ServeArgs {
     /// Largest accepted value, in bytes.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_value_bytes: u64,
+    /// Per-attempt timeout of a webhook delivery, in seconds.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_timeout_secs: u64,
+    /// Attempts before a webhook event is given up on.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_max_attempts: u32,
     /// What /system/version reports (default: the crate version).
     #[arg(long, env = "DODODB_SERVER_VERSION")]
     pub server_version: Option<String>,
@@ -100,6 +106,8 @@ impl ServeArgs {
                 .server_version
                 .clone()
                 .unwrap_or(defaults.server_version),
+            webhook_timeout: Duration::from_secs(self.webhook_timeout_secs),
+            webhook_max_attempts: self.webhook_max_attempts,
             ..defaults
         }
     }

@@ -81,6 +81,12 @@ pub struct Config {
     pub server_version: String,
     /// Changes kept in memory for `GET /events?since=`.
     pub feed_retained_events: usize,
+    /// Per-attempt timeout of a webhook delivery.
+    pub webhook_timeout: Duration,
+    /// Attempts before a webhook event is given up on.
+    pub webhook_max_attempts: u32,
+    /// Capacity of the queue between writes and the webhook pool.
+    pub webhook_queue_capacity: usize,
 }
 
 impl Default for Config {
@@ -97,6 +103,9 @@ impl Default for Config {
             max_value_bytes: 1024 * 1024,
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             feed_retained_events: 10_000,
+            webhook_timeout: Duration::from_secs(5),
+            webhook_max_attempts: 8,
+            webhook_queue_capacity: 65_536,
         }
     }
 }
@@ -138,6 +147,15 @@ impl Config {
         }
         if self.retention.is_some_and(|r| r.is_zero()) {
             return Err("retention-secs must be at least 1".into());
+        }
+        if self.webhook_timeout.is_zero() {
+            return Err("webhook-timeout-secs must be at least 1".into());
+        }
+        if self.webhook_max_attempts == 0 {
+            return Err("webhook-max-attempts must be at least 1".into());
+        }
+        if self.webhook_queue_capacity == 0 {
+            return Err("the webhook queue needs room for at least 1 event".into());
         }
         if self.feed_retained_events == 0 {
             return Err("feed retention must hold at least 1 event".into());

@@ -3,6 +3,7 @@
 //! users call only this.
 
 mod background;
+mod pubsub;
 mod recovery;
 
 use std::fs::File;
@@ -16,6 +17,9 @@ use bytes::Bytes;
 
 use crate::config::{Config, Storage};
 use crate::events::EventHub;
+use crate::events::subscriptions::Registry;
+use crate::events::webhook::{DeliveryConfig, DeliveryPool};
+
 use crate::snapshot::{self, Step};
 use crate::store::{
     Change, Entry, Journal, ListPage, Mutation, NoJournal, Outcome, Precondition, Store,
@@ -23,6 +27,7 @@ use crate::store::{
 };
 use crate::value::{self, ValueError};
 use crate::wal::{BatchSink, Record, WalWriter};
+pub use pubsub::{EventSubscription, Unsubscribe};
 
 /// Key names taken by routes under `/kv/`.
 pub const RESERVED_KEYS: [&str; 2] = ["count", "clear"];
@@ -155,8 +160,14 @@ pub(crate) struct Inner {
     dir: Option<PathBuf>,
     /// Held for the life of the database: the data dir's exclusive lock.
     _dir_lock: Option<File>,
-    /// Control documents (subscriptions) in apply order.
-    metas: Arc<Mutex<Vec<Bytes>>>,
+    /// Webhook subscriptions (durable through WAL control records).
+    registry: Arc<Registry>,
+    /// Delivers webhook events off the write path.
+    pool: Arc<DeliveryPool>,
+    /// Serializes subscribe/unsubscribe so "same target and URL" is checked
+    /// and logged atomically. Held across a blocking WAL wait, never on the
+    /// write path of keys.
+    subscribe_lock: Mutex<()>,
     /// One snapshot at a time; held for the whole snapshot (blocking I/O on
     /// a non-async thread), never by the write path.
     snapshot_lock: Mutex<()>,
@@ -175,7 +186,7 @@ pub(crate) struct Inner {
 struct ApplySink {
     store: Arc<Store>,
     hub: Arc<EventHub>,
-    metas: Arc<Mutex<Vec<Bytes>>>,
+    registry: Arc<Registry>,
 }
 
 impl BatchSink for ApplySink {
@@ -183,11 +194,11 @@ impl BatchSink for ApplySink {
         for record in records {
             match record {
                 Record::Change(change) => self.store.apply(change, &mut |e| self.hub.emit(e)),
-                Record::Meta(doc) => self
-                    .metas
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push(doc),
+                Record::Meta(doc) => {
+                    if let Err(e) = self.registry.apply_doc(&doc) {
+                        tracing::error!("{e}");
+                    }
+                }
             }
         }
     }
@@ -235,19 +246,21 @@ impl Db {
     pub fn open(config: Config) -> Result<Db, DbError> {
         config.validate().map_err(DbError::InvalidRequest)?;
         let hub = Arc::new(EventHub::default());
-        let metas = Arc::new(Mutex::new(Vec::new()));
+        let gone_slot = pubsub::GoneSlot::default();
+        let registry = Arc::new(Registry::default());
         let (store, wal, dir, dir_lock) = match &config.storage {
             Storage::InMemory => (Arc::new(Store::new()), None, None, None),
             Storage::Dir(dir) => {
                 let lock = recovery::lock_dir(dir)?;
                 let recovered = recovery::recover(dir)?;
-                *metas.lock().unwrap_or_else(|e| e.into_inner()) =
-                    recovery::meta_docs(&recovered.metas);
+                for doc in recovery::meta_docs(&recovered.metas) {
+                    registry.apply_doc(&doc).map_err(DbError::Storage)?;
+                }
                 let store = Arc::new(recovered.store);
                 let sink = ApplySink {
                     store: Arc::clone(&store),
                     hub: Arc::clone(&hub),
-                    metas: Arc::clone(&metas),
+                    registry: Arc::clone(&registry),
                 };
                 let wal = WalWriter::start(
                     dir.clone(),
@@ -262,6 +275,18 @@ impl Db {
         let crash_at_step = std::env::var("DODODB_TEST_CRASH_AT_SNAPSHOT_STEP")
             .ok()
             .and_then(|s| s.parse().ok());
+        let pool = Arc::new(
+            DeliveryPool::start(
+                DeliveryConfig {
+                    timeout: config.webhook_timeout,
+                    max_attempts: config.webhook_max_attempts,
+                    queue_capacity: config.webhook_queue_capacity,
+                    ..DeliveryConfig::default()
+                },
+                gone_slot.callback(),
+            )
+            .map_err(DbError::Storage)?,
+        );
         let inner = Arc::new(Inner {
             config,
             store,
@@ -269,7 +294,9 @@ impl Db {
             wal,
             dir,
             _dir_lock: dir_lock,
-            metas,
+            registry,
+            pool,
+            subscribe_lock: Mutex::new(()),
             snapshot_lock: Mutex::new(()),
             last_snapshot: Mutex::new(None),
             snapshots: AtomicU64::new(0),
@@ -280,6 +307,8 @@ impl Db {
             background: background::Background::default(),
             crash_at_step,
         });
+        gone_slot.set(&inner);
+        inner.hub.add(pubsub::webhook_listener(&inner));
         background::start(&inner)?;
         Ok(Db { inner })
     }
@@ -617,7 +646,7 @@ impl Inner {
     }
 
     fn meta_docs(&self) -> Vec<Bytes> {
-        self.metas.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.registry.docs()
     }
 
     fn snapshot(&self) -> Result<SnapshotInfo, DbError> {
@@ -708,6 +737,7 @@ impl Inner {
             return Ok(());
         }
         self.background.stop();
+        self.pool.stop();
         let snapshot = match (&self.wal, &self.dir) {
             (Some(wal), Some(_)) if wal.poisoned().is_none() => self.snapshot().map(|_| ()),
             _ => Ok(()),

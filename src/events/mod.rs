@@ -52,3 +52,7 @@ impl EventHub {
         }
     }
 }
+
+pub mod payload;
+pub mod subscriptions;
+pub mod webhook;

@@ -3,6 +3,7 @@
 
 mod error;
 mod kv;
+mod pubsub;
 mod system;
 
 use std::future::Future;
@@ -42,6 +43,9 @@ pub fn router(db: Db) -> Router {
         )
         .route("/kv/{key}/exists", get(kv::exists))
         .route("/kv/{key}/meta", get(kv::meta))
+        .route("/pubsub/subscribe", post(pubsub::subscribe))
+        .route("/pubsub/unsubscribe", post(pubsub::unsubscribe))
+        .route("/pubsub/subscriptions", get(pubsub::subscriptions))
         .route("/system/alive", get(system::alive))
         .route("/system/version", get(system::version))
         .route("/system/stats", get(system::stats))

@@ -33,6 +33,18 @@ struct StatsAnswer {
     last_snapshot: Option<LastSnapshot>,
     snapshots: u64,
     expired_keys: u64,
+    subscriptions: usize,
+    webhooks: WebhookStats,
+}
+
+#[derive(Serialize)]
+struct WebhookStats {
+    queue_depth: usize,
+    in_flight: u64,
+    delivered: u64,
+    retried: u64,
+    failed: u64,
+    dropped: u64,
 }
 
 #[derive(Serialize)]
@@ -83,8 +95,23 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
             }),
             snapshots: s.snapshots,
             expired_keys: s.expired_keys,
+            subscriptions: db.subscriptions().len(),
+            webhooks: webhook_stats(db),
         },
     )
+}
+
+fn webhook_stats(db: &crate::Db) -> WebhookStats {
+    use std::sync::atomic::Ordering::Relaxed;
+    let d = db.delivery_stats();
+    WebhookStats {
+        queue_depth: db.delivery_queue_depth(),
+        in_flight: d.in_flight.load(Relaxed),
+        delivered: d.delivered.load(Relaxed),
+        retried: d.retried.load(Relaxed),
+        failed: d.failed.load(Relaxed),
+        dropped: d.dropped.load(Relaxed),
+    }
 }
 
 pub(super) async fn snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {

@@ -164,7 +164,8 @@ pub fn write(
 /// kept one on; removes the rest.
 fn prune(dir: &Path, retain: usize) -> Result<(), SnapshotError> {
     let snapshots = list(dir)?;
-    let Some(&oldest_kept) = snapshots.get(retain.max(1).min(snapshots.len()).wrapping_sub(1)) else {
+    let Some(&oldest_kept) = snapshots.get(retain.max(1).min(snapshots.len()).wrapping_sub(1))
+    else {
         return Ok(());
     };
     for &old in snapshots.iter().skip(retain.max(1)) {

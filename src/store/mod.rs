@@ -446,9 +446,10 @@ impl Store {
             }
             _ => {}
         }
-        // A value that had already expired is gone for subscribers too.
+        // A value that had already expired is gone for subscribers too,
+        // except in the expire event itself, which reports what expired.
         let old_value = old
-            .filter(|e| e.is_live(change.timestamp_ms))
+            .filter(|e| change.kind == ChangeKind::Expire || e.is_live(change.timestamp_ms))
             .map(|e| e.value);
         emit(ChangeEvent {
             key: change.key,

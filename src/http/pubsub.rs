@@ -1,0 +1,141 @@
+//! Handlers of the `/pubsub` routes (SPEC §5).
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use super::error::ApiError;
+use super::{AppState, json};
+use crate::db::Unsubscribe;
+use crate::events::subscriptions::{Subscription, Target};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscribeBody {
+    key: Option<String>,
+    prefix: Option<String>,
+    #[serde(alias = "callback")]
+    callback_url: Option<String>,
+    secret: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeBody {
+    id: Option<String>,
+    key: Option<String>,
+    prefix: Option<String>,
+    #[serde(alias = "callback")]
+    callback_url: Option<String>,
+}
+
+/// A subscription as the API shows it: never with its secret.
+#[derive(Serialize)]
+struct Shown<'a> {
+    id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    prefix: Option<&'a str>,
+    callback_url: &'a str,
+    created_at: &'a str,
+    signed: bool,
+}
+
+fn shown(sub: &Subscription) -> Shown<'_> {
+    let (key, prefix) = match &sub.target {
+        Target::Key(k) => (Some(k.as_str()), None),
+        Target::Prefix(p) => (None, Some(p.as_str())),
+    };
+    Shown {
+        id: &sub.id,
+        key,
+        prefix,
+        callback_url: &sub.callback_url,
+        created_at: &sub.created_at,
+        signed: sub.secret.is_some(),
+    }
+}
+
+/// Parses a JSON request body into `T`: broken JSON is `invalid_json`,
+/// JSON of the wrong shape is `invalid_request`.
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| {
+        ApiError::InvalidRequest(format!("could not read the body: {}", e.body_text()))
+    })?;
+    serde_json::from_slice(&body).map_err(|e| {
+        if e.is_syntax() || e.is_eof() {
+            ApiError::InvalidJson(format!("body is not valid JSON: {e}"))
+        } else {
+            ApiError::InvalidRequest(format!("bad subscription body: {e}"))
+        }
+    })
+}
+
+fn target(key: Option<String>, prefix: Option<String>) -> Result<Target, ApiError> {
+    match (key, prefix) {
+        (Some(key), None) => Ok(Target::Key(key)),
+        (None, Some(prefix)) => Ok(Target::Prefix(prefix)),
+        _ => Err(ApiError::InvalidRequest(
+            "give exactly one of \"key\" and \"prefix\"".into(),
+        )),
+    }
+}
+
+pub(super) async fn subscribe(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: SubscribeBody = parse_body(body)?;
+    let target = target(body.key, body.prefix)?;
+    let url = body
+        .callback_url
+        .ok_or_else(|| ApiError::InvalidRequest("\"callback_url\" is required".into()))?;
+    let db = state.db.clone();
+    let (sub, created) =
+        tokio::task::spawn_blocking(move || db.subscribe_webhook(target, &url, body.secret))
+            .await
+            .map_err(|e| ApiError::Internal(format!("subscribe task failed: {e}")))??;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &shown(&sub)))
+}
+
+pub(super) async fn unsubscribe(
+    State(state): State<AppState>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body: UnsubscribeBody = parse_body(body)?;
+    let which = match (body.id, body.callback_url) {
+        (Some(id), None) if body.key.is_none() && body.prefix.is_none() => Unsubscribe::Id(id),
+        (None, Some(url)) => Unsubscribe::Target(target(body.key, body.prefix)?, url),
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "give either \"id\", or \"key\"/\"prefix\" with \"callback_url\"".into(),
+            ));
+        }
+    };
+    let db = state.db.clone();
+    let removed = tokio::task::spawn_blocking(move || db.unsubscribe_webhook(&which))
+        .await
+        .map_err(|e| ApiError::Internal(format!("unsubscribe task failed: {e}")))??;
+    if removed {
+        Ok(json(StatusCode::OK, &serde_json::json!({"removed": true})))
+    } else {
+        Err(ApiError::NotFound("no such subscription".into()))
+    }
+}
+
+pub(super) async fn subscriptions(State(state): State<AppState>) -> Response {
+    let subs = state.db.subscriptions();
+    let shown: Vec<Shown<'_>> = subs.iter().map(shown).collect();
+    json(StatusCode::OK, &serde_json::json!({"subscriptions": shown}))
+}
