@@ -16,8 +16,18 @@ const VALUE: &[u8] = br#"{"user":"ada","score":1234,"tags":["a","b","c"],"active
 fn filled_store(n: usize) -> Store {
     let store = Store::new();
     for i in 0..n {
-        let put = Mutation::Put { value: Bytes::from_static(VALUE), expires_at_ms: 0 };
-        let _ = store.mutate(&format!("key:{i}"), put, Precondition::None, 1, &NoJournal, &mut |_| {});
+        let put = Mutation::Put {
+            value: Bytes::from_static(VALUE),
+            expires_at_ms: 0,
+        };
+        let _ = store.mutate(
+            &format!("key:{i}"),
+            put,
+            Precondition::None,
+            1,
+            &NoJournal,
+            &mut |_| {},
+        );
     }
     store
 }
@@ -37,34 +47,83 @@ fn store_ops(c: &mut Criterion) {
     g.bench_function("put_overwrite", |b| {
         b.iter(|| {
             i = (i + 7919) % keys.len();
-            let put = Mutation::Put { value: Bytes::from_static(VALUE), expires_at_ms: 0 };
-            black_box(store.mutate(&keys[i], put, Precondition::None, 1, &NoJournal, &mut |_| {}).is_ok())
+            let put = Mutation::Put {
+                value: Bytes::from_static(VALUE),
+                expires_at_ms: 0,
+            };
+            black_box(
+                store
+                    .mutate(
+                        &keys[i],
+                        put,
+                        Precondition::None,
+                        1,
+                        &NoJournal,
+                        &mut |_| {},
+                    )
+                    .is_ok(),
+            )
         })
     });
     g.bench_function("put_then_delete", |b| {
         b.iter(|| {
-            let put = Mutation::Put { value: Bytes::from_static(VALUE), expires_at_ms: 0 };
-            let _ = store.mutate("transient", put, Precondition::None, 1, &NoJournal, &mut |_| {});
-            black_box(store.mutate("transient", Mutation::Delete, Precondition::None, 1, &NoJournal, &mut |_| {}).is_ok())
+            let put = Mutation::Put {
+                value: Bytes::from_static(VALUE),
+                expires_at_ms: 0,
+            };
+            let _ = store.mutate(
+                "transient",
+                put,
+                Precondition::None,
+                1,
+                &NoJournal,
+                &mut |_| {},
+            );
+            black_box(
+                store
+                    .mutate(
+                        "transient",
+                        Mutation::Delete,
+                        Precondition::None,
+                        1,
+                        &NoJournal,
+                        &mut |_| {},
+                    )
+                    .is_ok(),
+            )
         })
     });
     g.finish();
 
     let mut g = c.benchmark_group("listing");
-    g.bench_function("prefix_page_100_of_100k", |b| b.iter(|| black_box(store.list("key:99", None, 100, 1))));
+    g.bench_function("prefix_page_100_of_100k", |b| {
+        b.iter(|| black_box(store.list("key:99", None, 100, 1)))
+    });
     g.finish();
 }
 
 fn validation_and_decoding(c: &mut Criterion) {
     let mut g = c.benchmark_group("input");
     g.throughput(Throughput::Bytes(VALUE.len() as u64));
-    g.bench_function("validate_100B_json", |b| b.iter(|| dododb::value::validate(black_box(VALUE))));
-    let big: Vec<u8> = format!("[{}]", vec![std::str::from_utf8(VALUE).expect("utf8"); 5000].join(",")).into_bytes();
+    g.bench_function("validate_100B_json", |b| {
+        b.iter(|| dododb::value::validate(black_box(VALUE)))
+    });
+    let big: Vec<u8> = format!(
+        "[{}]",
+        vec![std::str::from_utf8(VALUE).expect("utf8"); 5000].join(",")
+    )
+    .into_bytes();
     g.throughput(Throughput::Bytes(big.len() as u64));
-    g.bench_function("validate_500KB_json", |b| b.iter(|| dododb::value::validate(black_box(&big))));
+    g.bench_function("validate_500KB_json", |b| {
+        b.iter(|| dododb::value::validate(black_box(&big)))
+    });
     g.throughput(Throughput::Elements(1));
     g.bench_function("percent_decode_key", |b| {
-        b.iter(|| percent_encoding::percent_decode_str(black_box("users%2F12345%20x")).decode_utf8().map(|k| k.len()))
+        b.iter(|| {
+            percent_encoding::percent_decode_str(black_box("users%2F12345%20x"))
+                .decode_utf8()
+                .map(|k| k.len())
+        })
     });
     g.finish();
 }
@@ -88,15 +147,23 @@ fn wal(c: &mut Criterion) {
         })
     });
     encode(&record, &mut buf);
-    g.bench_function("decode", |b| b.iter(|| decode(black_box(&buf)).map(|(_, n)| n)));
+    g.bench_function("decode", |b| {
+        b.iter(|| decode(black_box(&buf)).map(|(_, n)| n))
+    });
     for fsync in [FsyncPolicy::Never, FsyncPolicy::Always] {
         let tmp = tempfile::tempdir().expect("tempdir");
-        let db = Db::open(Config { fsync, snapshot_interval: None, ..Config::with_dir(tmp.path()) }).expect("open");
+        let db = Db::open(Config {
+            fsync,
+            snapshot_interval: None,
+            ..Config::with_dir(tmp.path())
+        })
+        .expect("open");
         let mut n = 0u64;
         g.bench_function(format!("db_put_one_writer_fsync_{}", fsync.as_str()), |b| {
             b.iter(|| {
                 n += 1;
-                db.put(&format!("k{}", n % 10_000), VALUE, PutOptions::default()).map(|w| w.version)
+                db.put(&format!("k{}", n % 10_000), VALUE, PutOptions::default())
+                    .map(|w| w.version)
             })
         });
         // Group commit: 16 threads writing at once share fsyncs.
@@ -130,11 +197,15 @@ fn snapshots(c: &mut Criterion) {
         b.iter(|| dododb::snapshot::encode(&store, &[], 1, 1, std::io::sink()).map(|w| w.bytes))
     });
     let tmp = tempfile::tempdir().expect("tempdir");
-    let (_, path) = dododb::snapshot::write(tmp.path(), &store, &[], 1, 1, 1, &|_| {}).expect("write");
+    let (_, path) =
+        dododb::snapshot::write(tmp.path(), &store, &[], 1, 1, 1, &|_| {}).expect("write");
     g.bench_function("load", |b| {
         b.iter_batched(
             Store::new,
-            |fresh| dododb::snapshot::load(&path, |change| fresh.apply(change, &mut |_| {})).map(|l| l.keys),
+            |fresh| {
+                dododb::snapshot::load(&path, |change| fresh.apply(change, &mut |_| {}))
+                    .map(|l| l.keys)
+            },
             BatchSize::PerIteration,
         )
     });
@@ -144,7 +215,8 @@ fn snapshots(c: &mut Criterion) {
 fn embedded(c: &mut Criterion) {
     let db = Db::open(Config::in_memory()).expect("open");
     for i in 0..100_000 {
-        db.put(&format!("key:{i}"), VALUE, PutOptions::default()).expect("put");
+        db.put(&format!("key:{i}"), VALUE, PutOptions::default())
+            .expect("put");
     }
     let keys: Vec<String> = (0..100_000).map(|i| format!("key:{i}")).collect();
     let mut g = c.benchmark_group("embedded_db_in_memory");
@@ -159,11 +231,19 @@ fn embedded(c: &mut Criterion) {
     g.bench_function("put", |b| {
         b.iter(|| {
             i = (i + 7919) % keys.len();
-            db.put(&keys[i], VALUE, PutOptions::default()).map(|w| w.version)
+            db.put(&keys[i], VALUE, PutOptions::default())
+                .map(|w| w.version)
         })
     });
     g.finish();
 }
 
-criterion_group!(benches, store_ops, validation_and_decoding, wal, snapshots, embedded);
+criterion_group!(
+    benches,
+    store_ops,
+    validation_and_decoding,
+    wal,
+    snapshots,
+    embedded
+);
 criterion_main!(benches);
