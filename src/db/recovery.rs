@@ -58,7 +58,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, DbError> {
     for &n in &snapshots {
         let path = snapshot::path(dir, n);
         let attempt = Store::new();
-        match snapshot::load(&path, |change| attempt.apply(change, &mut |_| {})) {
+        match snapshot::load(&path, |change| attempt.replay(change)) {
             Ok(loaded) => {
                 if oldest_segment.is_some_and(|oldest| oldest > loaded.wal_segment) {
                     tracing::warn!(file = %path.display(), "snapshot is usable but the WAL after it is gone");
@@ -98,7 +98,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, DbError> {
         }
     };
     let report = wal::replay(dir, replay_from, |record| match record {
-        Record::Change(change) => store.apply(change, &mut |_| {}),
+        Record::Change(change) => store.replay(change),
         meta @ Record::Meta(_) => metas.push(meta),
     })
     .map_err(|e| storage(&e))?;

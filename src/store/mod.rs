@@ -354,7 +354,7 @@ impl Store {
         };
         let ticket = match journal.submit(change)? {
             Submitted::ApplyNow(change) => {
-                self.apply_to_slot(slot, change, emit);
+                self.apply_to_slot(key, slot, change, Some(emit));
                 None
             }
             Submitted::Deferred(ticket) => {
@@ -373,22 +373,35 @@ impl Store {
         })
     }
 
-    /// Applies a change that the log has accepted (or that recovery
-    /// replays). A change older than the key's committed version is
-    /// ignored, which makes replaying a WAL over a fuzzy snapshot safe.
+    /// Applies a change that the log has accepted, reporting it to `emit`.
+    /// A change older than the key's committed version is ignored, which
+    /// makes replaying a WAL over a fuzzy snapshot safe.
     pub fn apply(&self, change: Change, emit: &mut dyn FnMut(ChangeEvent)) {
+        self.apply_inner(change, Some(emit));
+    }
+
+    /// Applies a recovered change (snapshot entry or WAL record) without
+    /// producing an event, and so without copying the key or value.
+    pub fn replay(&self, change: Change) {
+        self.apply_inner(change, None);
+    }
+
+    fn apply_inner(&self, mut change: Change, emit: Option<&mut dyn FnMut(ChangeEvent)>) {
         self.advance_revision(change.version);
         if let Some(mut slot) = self.map.get_mut(&*change.key) {
-            self.apply_to_slot(&mut slot, change, emit);
-            let now_empty = slot.is_empty();
-            let key = slot.key().clone();
-            drop(slot);
-            if now_empty {
+            let (key, slot_ref) = slot.pair_mut();
+            self.apply_to_slot(key, slot_ref, change, emit);
+            if slot.is_empty() {
+                let key = slot.key().clone();
+                drop(slot);
                 self.map.remove_if(&key, |_, slot| slot.is_empty());
             }
         } else if change.kind == ChangeKind::Update {
-            let mut slot = self.map.entry(change.key.clone()).or_default();
-            self.apply_to_slot(&mut slot, change, emit);
+            // Move the key into the map; the event (if any) copies it.
+            let key = std::mem::take(&mut change.key);
+            let mut slot = self.map.entry(key).or_default();
+            let (key, slot_ref) = slot.pair_mut();
+            self.apply_to_slot(key, slot_ref, change, emit);
         }
     }
 
@@ -411,7 +424,15 @@ impl Store {
         }
     }
 
-    fn apply_to_slot(&self, slot: &mut Slot, change: Change, emit: &mut dyn FnMut(ChangeEvent)) {
+    /// Applies `change` to the slot of `key` (`change.key` may have been
+    /// moved out already). Builds an event only when there is an `emit`.
+    fn apply_to_slot(
+        &self,
+        key: &str,
+        slot: &mut Slot,
+        change: Change,
+        emit: Option<&mut dyn FnMut(ChangeEvent)>,
+    ) {
         if slot
             .pending
             .as_ref()
@@ -423,21 +444,35 @@ impl Store {
         if change.version <= current {
             return;
         }
-        let new_entry = change.value.clone().map(|value| Entry {
+        let Change {
+            key: change_key,
+            kind,
             value,
-            version: change.version,
-            expires_at_ms: change.expires_at_ms,
+            version,
+            expires_at_ms,
+            timestamp_ms,
+        } = change;
+        let (stored, new_value) = match (&emit, value) {
+            (Some(_), Some(v)) => (Some(v.clone()), Some(v)),
+            (None, v) => (v, None),
+            (Some(_), None) => (None, None),
+        };
+        let has_value = stored.is_some();
+        let new_entry = stored.map(|value| Entry {
+            value,
+            version,
+            expires_at_ms,
         });
         let old = std::mem::replace(&mut slot.committed, new_entry);
         if let Some(old) = &old
             && old.expires_at_ms != 0
         {
-            self.ttl.remove(old.expires_at_ms, &change.key);
+            self.ttl.remove(old.expires_at_ms, key);
         }
-        if change.expires_at_ms != 0 && change.value.is_some() {
-            self.ttl.insert(change.expires_at_ms, &change.key);
+        if expires_at_ms != 0 && has_value {
+            self.ttl.insert(expires_at_ms, key);
         }
-        match (old.is_some(), slot.committed.is_some()) {
+        match (old.is_some(), has_value) {
             (false, true) => {
                 self.n_committed.fetch_add(1, Ordering::AcqRel);
             }
@@ -446,18 +481,23 @@ impl Store {
             }
             _ => {}
         }
+        let Some(emit) = emit else { return };
         // A value that had already expired is gone for subscribers too,
         // except in the expire event itself, which reports what expired.
         let old_value = old
-            .filter(|e| change.kind == ChangeKind::Expire || e.is_live(change.timestamp_ms))
+            .filter(|e| kind == ChangeKind::Expire || e.is_live(timestamp_ms))
             .map(|e| e.value);
         emit(ChangeEvent {
-            key: change.key,
-            kind: change.kind,
+            key: if change_key.is_empty() {
+                Box::from(key)
+            } else {
+                change_key
+            },
+            kind,
             old_value,
-            new_value: change.value,
-            version: change.version,
-            timestamp_ms: change.timestamp_ms,
+            new_value,
+            version,
+            timestamp_ms,
         });
     }
 

@@ -313,7 +313,7 @@ fn replay_is_idempotent_over_a_newer_state() {
         timestamp_ms: NOW,
     };
     store.apply(change(ChangeKind::Update, 12, Some(b"12")), &mut |_| {});
-    store.apply(change(ChangeKind::Update, 10, Some(b"10")), &mut |_| {});
+    store.replay(change(ChangeKind::Update, 10, Some(b"10")));
     store.apply(change(ChangeKind::Delete, 11, None), &mut |_| {});
     assert_eq!(value(&store, "k", NOW).as_deref(), Some("12"));
     store.apply(change(ChangeKind::Delete, 13, None), &mut |_| {});
