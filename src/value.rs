@@ -59,6 +59,7 @@ pub fn validate(doc: &[u8]) -> Result<(), ValueError> {
         let result = match parsed {
             Ok(()) if max_depth(&tape.0) > MAX_DEPTH => Err(ValueError::TooDeep),
             Ok(()) => Ok(()),
+            Err(e) if *e.error() == simd_json::ErrorType::InvalidNumber => validate_slowly(doc),
             Err(e) => Err(ValueError::Invalid(e.to_string())),
         };
         validator.tape = Some(tape.reset());
@@ -68,6 +69,42 @@ pub fn validate(doc: &[u8]) -> Result<(), ValueError> {
         }
         result
     })
+}
+
+/// The rare path for documents simd-json refuses only for a number it cannot
+/// hold in 64 bits (`18446744073709551616`, `-9223372036854775809`): JSON puts
+/// no bound on numbers and the store keeps bytes, so serde_json, which reads
+/// any integer, decides instead.
+fn validate_slowly(doc: &[u8]) -> Result<(), ValueError> {
+    // serde_json skips over strings it ignores without checking their UTF-8.
+    std::str::from_utf8(doc).map_err(|e| ValueError::Invalid(e.to_string()))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(doc)
+        .map_err(|e| ValueError::Invalid(e.to_string()))?;
+    if raw_depth(doc) > MAX_DEPTH {
+        return Err(ValueError::TooDeep);
+    }
+    Ok(())
+}
+
+/// The nesting depth of a document already known to be valid JSON: brackets
+/// outside strings (serde_json ignores values without a depth limit).
+fn raw_depth(doc: &[u8]) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for &byte in doc {
+        match byte {
+            _ if escaped => escaped = false,
+            b'\\' if in_string => escaped = true,
+            b'"' => in_string = !in_string,
+            b'[' | b'{' if !in_string => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' if !in_string => depth -= 1,
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// The nesting depth of a parsed tape (0 for a scalar).
@@ -139,6 +176,27 @@ mod tests {
         ] {
             check(doc, false);
         }
+    }
+
+    #[test]
+    fn accepts_numbers_beyond_64_bits() {
+        for doc in [
+            "18446744073709551616",
+            "-9223372036854775809",
+            "[1, 123456789012345678901234567890, {\"a\": -99999999999999999999999}]",
+        ] {
+            check(doc, true);
+        }
+        for doc in ["[18446744073709551616", "18446744073709551616 1", "-"] {
+            check(doc, false);
+        }
+        let deep = "[".repeat(MAX_DEPTH + 1) + "18446744073709551616" + &"]".repeat(MAX_DEPTH + 1);
+        assert_eq!(validate(deep.as_bytes()), Err(ValueError::TooDeep));
+        assert!(validate(b"[18446744073709551616, \"\xff\"]").is_err());
+        assert_eq!(
+            raw_depth(br#"[{"a\"[[": "]]\\"}, 18446744073709551616]"#),
+            2
+        );
     }
 
     #[test]

@@ -116,6 +116,14 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // A 413 is usually sent before the rest of the oversized body was
+        // read, so the connection cannot be reused: say so, or a keep-alive
+        // client sends its next request into a connection hyper closes.
+        if matches!(self, ApiError::PayloadTooLarge(_)) {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response
     }
 }
