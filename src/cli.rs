@@ -70,6 +70,9 @@ pub struct ServeArgs {
     /// Attempts before a webhook event is given up on.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     pub webhook_max_attempts: u32,
+    /// Changes kept in memory for `GET /events?since=` (tests shrink it).
+    #[arg(long, default_value_t = 10_000, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub feed_retained_events: u64,
     /// What /system/version reports (default: the crate version).
     #[arg(long, env = "DODODB_SERVER_VERSION")]
     pub server_version: Option<String>,
@@ -108,6 +111,7 @@ impl ServeArgs {
                 .unwrap_or(defaults.server_version),
             webhook_timeout: Duration::from_secs(self.webhook_timeout_secs),
             webhook_max_attempts: self.webhook_max_attempts,
+            feed_retained_events: usize::try_from(self.feed_retained_events).unwrap_or(usize::MAX),
             ..defaults
         }
     }

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use crate::config::{Config, Storage};
 use crate::events::EventHub;
+use crate::events::feed::Feed;
 use crate::events::subscriptions::Registry;
 use crate::events::webhook::{DeliveryConfig, DeliveryPool};
 
@@ -164,6 +165,8 @@ pub(crate) struct Inner {
     registry: Arc<Registry>,
     /// Delivers webhook events off the write path.
     pool: Arc<DeliveryPool>,
+    /// The live feed (`/events`, `/ws`): a hub listener with its ring.
+    feed: Feed,
     /// Serializes subscribe/unsubscribe so "same target and URL" is checked
     /// and logged atomically. Held across a blocking WAL wait, never on the
     /// write path of keys.
@@ -287,6 +290,10 @@ impl Db {
             )
             .map_err(DbError::Storage)?,
         );
+        // Created before any change can happen, so it continues exactly
+        // after the recovered revision.
+        let feed = Feed::new(config.feed_retained_events, store.revision())
+            .map_err(|e| DbError::Storage(format!("cannot start the live feed: {e}")))?;
         let inner = Arc::new(Inner {
             config,
             store,
@@ -296,6 +303,7 @@ impl Db {
             _dir_lock: dir_lock,
             registry,
             pool,
+            feed,
             subscribe_lock: Mutex::new(()),
             snapshot_lock: Mutex::new(()),
             last_snapshot: Mutex::new(None),
@@ -309,6 +317,7 @@ impl Db {
         });
         gone_slot.set(&inner);
         inner.hub.add(pubsub::webhook_listener(&inner));
+        inner.hub.add(inner.feed.listener());
         background::start(&inner)?;
         Ok(Db { inner })
     }
@@ -465,6 +474,12 @@ impl Db {
     /// The event hub every applied change passes through.
     pub fn events(&self) -> &EventHub {
         &self.inner.hub
+    }
+
+    /// The live feed: ordered changes with a replay ring, for `/events`
+    /// and `/ws`.
+    pub fn feed(&self) -> &Feed {
+        &self.inner.feed
     }
 
     /// Stops the background threads, writes a final snapshot (with a data

@@ -53,6 +53,7 @@ impl EventHub {
     }
 }
 
+pub mod feed;
 pub mod payload;
 pub mod subscriptions;
 pub mod webhook;

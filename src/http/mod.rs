@@ -2,7 +2,9 @@
 //! graceful shutdown, and the JSON helpers. The only module that knows axum.
 
 mod error;
+mod feed;
 mod kv;
+mod metrics;
 mod pubsub;
 mod system;
 
@@ -32,6 +34,8 @@ pub struct AppState {
 /// tests build the same app through this.
 pub fn router(db: Db) -> Router {
     let max_body = db.config().max_value_bytes;
+    let metrics = std::sync::Arc::new(metrics::Metrics::new(db.clone()));
+    let record = metrics.layer();
     let state = AppState { db };
     Router::new()
         .route("/kv", get(kv::list))
@@ -51,9 +55,15 @@ pub fn router(db: Db) -> Router {
         .route("/system/stats", get(system::stats))
         .route("/system/snapshot", post(system::snapshot))
         .route("/system/export", get(system::export))
+        .route("/events", get(feed::events))
+        .route("/ws", get(feed::ws))
+        .route("/metrics", get(move || async move { metrics.render() }))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
+        // Outermost, so a request's recorded latency covers its body limit
+        // too; `Router::layer` wraps each route, so it sees the template.
+        .layer(record)
         .with_state(state)
 }
 
@@ -77,6 +87,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(db.clone());
+    let feed_db = db.clone();
+    // Live feed streams never end on their own: close them when shutdown
+    // starts, or the graceful shutdown would wait for them forever.
+    let shutdown = async move {
+        shutdown.await;
+        feed_db.feed().close();
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await?;

@@ -35,6 +35,17 @@ struct StatsAnswer {
     expired_keys: u64,
     subscriptions: usize,
     webhooks: WebhookStats,
+    feed: FeedStats,
+}
+
+#[derive(Serialize)]
+struct FeedStats {
+    clients: u64,
+    subscriptions: u64,
+    cut_off: u64,
+    events: u64,
+    retained: usize,
+    oldest_retained: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -97,6 +108,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
             expired_keys: s.expired_keys,
             subscriptions: db.subscriptions().len(),
             webhooks: webhook_stats(db),
+            feed: feed_stats(db),
         },
     )
 }
@@ -111,6 +123,18 @@ fn webhook_stats(db: &crate::Db) -> WebhookStats {
         retried: d.retried.load(Relaxed),
         failed: d.failed.load(Relaxed),
         dropped: d.dropped.load(Relaxed),
+    }
+}
+
+fn feed_stats(db: &crate::Db) -> FeedStats {
+    let f = db.feed().stats();
+    FeedStats {
+        clients: f.clients,
+        subscriptions: f.subscriptions,
+        cut_off: f.cut_off,
+        events: f.events,
+        retained: f.retained,
+        oldest_retained: f.oldest_retained,
     }
 }
 

@@ -1,0 +1,814 @@
+//! The live feed engine behind `GET /events` and `GET /ws` (SPEC §6): an
+//! [`EventHub`](super::EventHub) listener that puts changes in version
+//! order, keeps the newest ones in a ring for `since=` resumes, and fans
+//! them out to subscribers through bounded per-client queues.
+//!
+//! It owns no sockets and knows nothing of HTTP; `http::feed` turns a
+//! [`Subscription`] into SSE frames or WebSocket messages.
+//!
+//! Invariant: [`Feed::listener`] runs on the write path, so it only takes
+//! short non-async locks and never waits for a client. A client whose queue
+//! is full is cut off (its queue is freed and it gets a
+//! [`Reset::Lagged`]); writers and the other clients never notice.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::Notify;
+
+use super::payload::encode_payload;
+use super::{ChangeEvent, Listener};
+
+/// Events a client may have queued before it is cut off for falling
+/// behind. Its reader takes the whole queue at once, so a client holds at
+/// most twice this many.
+pub const CLIENT_BUFFER_EVENTS: usize = 4096;
+
+/// How long a missing revision is waited for before the feed goes on
+/// without it. Revisions are taken before changes reach the WAL, so two
+/// writers can hand over their changes out of version order; the gap
+/// closes within microseconds. Only a change the log refused (a poisoned
+/// WAL, a closing database) never arrives.
+const GAP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// One change as the feed hands it out, with its payload encoded once (by
+/// the first client that needs it, never on the write path).
+#[derive(Debug)]
+pub struct FeedEvent {
+    /// The change.
+    pub change: Arc<ChangeEvent>,
+    payload: OnceLock<Bytes>,
+}
+
+impl FeedEvent {
+    fn new(change: Arc<ChangeEvent>) -> FeedEvent {
+        FeedEvent {
+            change,
+            payload: OnceLock::new(),
+        }
+    }
+
+    /// The change's revision, which is also its SSE `id`.
+    pub fn version(&self) -> u64 {
+        self.change.version
+    }
+
+    /// The SPEC §5 payload JSON.
+    pub fn payload(&self) -> &Bytes {
+        self.payload.get_or_init(|| encode_payload(&self.change))
+    }
+}
+
+/// Why a subscription starts over or ends instead of carrying on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reset {
+    /// Changes after `since` were dropped from the ring (or happened before
+    /// this server started); the subscription goes on live.
+    NotRetained {
+        /// The revision the client asked to resume after.
+        since: u64,
+        /// The oldest revision that can still be replayed.
+        oldest_retained: u64,
+    },
+    /// `since` is newer than every change this server has made (a client
+    /// of another or a restored database); the subscription goes on live.
+    Ahead {
+        /// The revision the client asked to resume after.
+        since: u64,
+        /// The newest revision the feed has seen.
+        revision: u64,
+    },
+    /// The client fell `buffer` events behind and was cut off; the
+    /// subscription ends after this.
+    Lagged {
+        /// The queue size it overflowed.
+        buffer: usize,
+    },
+}
+
+impl Reset {
+    /// A short name for the reason (`not_retained`, `ahead`, `lagged`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Reset::NotRetained { .. } => "not_retained",
+            Reset::Ahead { .. } => "ahead",
+            Reset::Lagged { .. } => "lagged",
+        }
+    }
+
+    /// A sentence for people reading the stream.
+    pub fn message(&self) -> String {
+        match self {
+            Reset::NotRetained {
+                since,
+                oldest_retained,
+            } => format!(
+                "changes after revision {since} are no longer retained (the oldest is \
+                 {oldest_retained}); reload the keys, then follow the live changes"
+            ),
+            Reset::Ahead { since, revision } => format!(
+                "revision {since} is newer than this server's newest ({revision}); reload \
+                 the keys, then follow the live changes"
+            ),
+            Reset::Lagged { buffer } => format!(
+                "the client fell more than {buffer} changes behind and was disconnected; \
+                 reconnect with since=<last id>"
+            ),
+        }
+    }
+}
+
+/// What a subscription yields.
+#[derive(Debug, Clone)]
+pub enum FeedItem {
+    /// The next matching change, in version order.
+    Event(Arc<FeedEvent>),
+    /// The stream starts over ([`Reset::NotRetained`], [`Reset::Ahead`],
+    /// always first) or ends ([`Reset::Lagged`], always last).
+    Reset(Reset),
+}
+
+/// The answer of [`Subscription::try_next`].
+#[derive(Debug, Clone)]
+pub enum TryNext {
+    /// An item is ready.
+    Item(FeedItem),
+    /// Nothing yet; [`Subscription::wait`] until there may be.
+    Empty,
+    /// The subscription is over (cut off, or the feed closed).
+    Ended,
+}
+
+/// Counters of the feed, for `/metrics` and `/system/stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FeedStats {
+    /// Subscribers connected now.
+    pub clients: u64,
+    /// Subscriptions opened since start.
+    pub subscriptions: u64,
+    /// Subscribers cut off for falling behind since start.
+    pub cut_off: u64,
+    /// Changes that went through the feed since start.
+    pub events: u64,
+    /// Changes in the ring now.
+    pub retained: usize,
+    /// The oldest revision in the ring, if any.
+    pub oldest_retained: Option<u64>,
+    /// Revisions given up on (taken but never applied) since start.
+    pub skipped_revisions: u64,
+}
+
+/// The live feed: register [`Feed::listener`] with the hub, then
+/// [`Feed::subscribe`] per client.
+pub struct Feed {
+    shared: Arc<Shared>,
+    /// Skips revisions that never arrive; stopped and joined on drop.
+    gap_thread: Option<JoinHandle<()>>,
+}
+
+struct Shared {
+    /// Taken on the write path for every change (a push and a few queue
+    /// appends) and briefly by subscribe and unsubscribe: a std mutex,
+    /// because it is never held across an await or any I/O. Lock order:
+    /// this, then a client's queue.
+    state: Mutex<State>,
+    /// Wakes the gap thread when a gap opens or the feed is dropped.
+    gap_wakeup: Condvar,
+    retained: usize,
+    client_buffer: usize,
+    subscriptions: AtomicU64,
+    cut_off: AtomicU64,
+    events: AtomicU64,
+    skipped: AtomicU64,
+}
+
+struct State {
+    /// The newest delivered changes, ascending by version.
+    ring: VecDeque<Arc<FeedEvent>>,
+    /// The newest revision that can no longer be replayed: the last one
+    /// evicted from the ring, or the revision the feed started at.
+    floor: u64,
+    /// The revision to deliver next.
+    next: u64,
+    /// Changes that arrived before a lower revision, by version.
+    pending: BTreeMap<u64, Arc<ChangeEvent>>,
+    /// When the gap at `next` was first seen.
+    gap_since: Option<Instant>,
+    clients: Vec<Arc<Client>>,
+    /// No new subscribers; every subscription has ended.
+    closed: bool,
+    /// Tells the gap thread to exit.
+    stopping: bool,
+}
+
+/// One subscriber as the write path sees it.
+struct Client {
+    prefix: Box<str>,
+    /// Only changes after this revision are for this client.
+    after: u64,
+    /// Filled by the write path, emptied at once by the reader. A std
+    /// mutex: both sides hold it for a push or a swap only.
+    queue: Mutex<ClientQueue>,
+    wake: Notify,
+}
+
+#[derive(Default)]
+struct ClientQueue {
+    events: VecDeque<Arc<FeedEvent>>,
+    end: Option<End>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    Lagged,
+    Closed,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Feed {
+    /// A feed that keeps the last `retained` changes and continues after
+    /// `revision` (the store's revision when the database opened: older
+    /// changes cannot be replayed).
+    ///
+    /// # Errors
+    ///
+    /// The feed's thread cannot be started.
+    pub fn new(retained: usize, revision: u64) -> std::io::Result<Feed> {
+        Feed::with_client_buffer(retained, revision, CLIENT_BUFFER_EVENTS)
+    }
+
+    /// [`Feed::new`] with `client_buffer` events per client instead of
+    /// [`CLIENT_BUFFER_EVENTS`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Feed::new`].
+    pub fn with_client_buffer(
+        retained: usize,
+        revision: u64,
+        client_buffer: usize,
+    ) -> std::io::Result<Feed> {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                ring: VecDeque::with_capacity(retained.clamp(1, 1024)),
+                floor: revision,
+                next: revision + 1,
+                pending: BTreeMap::new(),
+                gap_since: None,
+                clients: Vec::new(),
+                closed: false,
+                stopping: false,
+            }),
+            gap_wakeup: Condvar::new(),
+            retained: retained.max(1),
+            client_buffer: client_buffer.max(1),
+            subscriptions: AtomicU64::new(0),
+            cut_off: AtomicU64::new(0),
+            events: AtomicU64::new(0),
+            skipped: AtomicU64::new(0),
+        });
+        let for_thread = Arc::clone(&shared);
+        let gap_thread = std::thread::Builder::new()
+            .name("dododb-feed".into())
+            .spawn(move || for_thread.skip_gaps())?;
+        Ok(Feed {
+            shared,
+            gap_thread: Some(gap_thread),
+        })
+    }
+
+    /// The hub listener that feeds this feed. It takes the feed's lock and
+    /// each matching client's queue lock briefly, and never blocks on a
+    /// client.
+    pub fn listener(&self) -> Listener {
+        let shared = Arc::clone(&self.shared);
+        Arc::new(move |event: &Arc<ChangeEvent>| shared.accept(Arc::clone(event)))
+    }
+
+    /// Opens a subscription to changes of keys starting with `prefix`.
+    ///
+    /// Without `since` it starts with the next change. With `since` it
+    /// first replays the retained changes after that revision, then goes on
+    /// live: the ring is read and the client registered under the lock the
+    /// write path takes, so nothing is missed or repeated at the seam. If
+    /// changes after `since` are no longer retained, or `since` is newer
+    /// than any change, the first item is a [`Reset`] and it goes on live.
+    pub fn subscribe(&self, prefix: &str, since: Option<u64>) -> Subscription {
+        let shared = &self.shared;
+        let mut st = lock(&shared.state);
+        let delivered = st.next - 1;
+        let newest = st
+            .pending
+            .keys()
+            .next_back()
+            .copied()
+            .unwrap_or(0)
+            .max(delivered);
+        let mut local = VecDeque::new();
+        let mut start = None;
+        let mut after = delivered;
+        match since {
+            None => {}
+            Some(since) if since > newest => {
+                start = Some(Reset::Ahead {
+                    since,
+                    revision: newest,
+                });
+            }
+            Some(since) if since < st.floor => {
+                start = Some(Reset::NotRetained {
+                    since,
+                    oldest_retained: st.floor + 1,
+                });
+            }
+            Some(since) => {
+                let from = st.ring.partition_point(|e| e.version() <= since);
+                local.extend(
+                    st.ring
+                        .range(from..)
+                        .filter(|e| e.change.key.starts_with(prefix))
+                        .cloned(),
+                );
+                // `since` may lie among the pending changes: those up to it
+                // are not for this client when they are delivered.
+                after = since.max(delivered);
+            }
+        }
+        let client = Arc::new(Client {
+            prefix: Box::from(prefix),
+            after,
+            queue: Mutex::new(ClientQueue::default()),
+            wake: Notify::new(),
+        });
+        if st.closed {
+            lock(&client.queue).end = Some(End::Closed);
+        } else {
+            st.clients.push(Arc::clone(&client));
+            shared.subscriptions.fetch_add(1, Ordering::Relaxed);
+        }
+        drop(st);
+        Subscription {
+            shared: Arc::clone(shared),
+            client,
+            start,
+            local,
+            ended: false,
+        }
+    }
+
+    /// Ends every subscription and refuses new ones (they end at once).
+    /// The server calls this on shutdown so long-lived streams let the
+    /// graceful shutdown finish.
+    pub fn close(&self) {
+        let mut st = lock(&self.shared.state);
+        st.closed = true;
+        for client in st.clients.drain(..) {
+            let was_empty = {
+                let mut queue = lock(&client.queue);
+                queue.end = Some(End::Closed);
+                queue.events.is_empty()
+            };
+            if was_empty {
+                client.wake.notify_one();
+            }
+        }
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> FeedStats {
+        let shared = &self.shared;
+        let st = lock(&shared.state);
+        FeedStats {
+            clients: st.clients.len() as u64,
+            subscriptions: shared.subscriptions.load(Ordering::Relaxed),
+            cut_off: shared.cut_off.load(Ordering::Relaxed),
+            events: shared.events.load(Ordering::Relaxed),
+            retained: st.ring.len(),
+            oldest_retained: st.ring.front().map(|e| e.version()),
+            skipped_revisions: shared.skipped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        lock(&self.shared.state).stopping = true;
+        self.shared.gap_wakeup.notify_all();
+        if let Some(thread) = self.gap_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Shared {
+    /// Takes one applied change from the hub (on the write path).
+    fn accept(&self, change: Arc<ChangeEvent>) {
+        let mut st = lock(&self.state);
+        let version = change.version;
+        if version == st.next {
+            self.deliver(&mut st, change);
+            self.deliver_pending(&mut st);
+        } else if version > st.next {
+            st.pending.insert(version, change);
+            if st.gap_since.is_none() {
+                st.gap_since = Some(Instant::now());
+                self.gap_wakeup.notify_one();
+            }
+        } else {
+            // Its revision was given up on after GAP_TIMEOUT: delivering it
+            // now would break the order every client relies on.
+            drop(st);
+            tracing::warn!(
+                version,
+                key = %change.key,
+                "live feed: a change arrived after its revision was skipped; not streamed"
+            );
+        }
+    }
+
+    /// Delivers the pending changes that now follow in order, and notes
+    /// whether a gap remains.
+    fn deliver_pending(&self, st: &mut State) {
+        while let Some(change) = st.pending.remove(&st.next) {
+            self.deliver(st, change);
+        }
+        st.gap_since = if st.pending.is_empty() {
+            None
+        } else {
+            Some(Instant::now())
+        };
+    }
+
+    /// Appends the change that is next in version order to the ring and to
+    /// every matching client's queue; cuts off clients whose queue is full.
+    fn deliver(&self, st: &mut State, change: Arc<ChangeEvent>) {
+        let event = Arc::new(FeedEvent::new(change));
+        st.next = event.version() + 1;
+        st.ring.push_back(Arc::clone(&event));
+        if st.ring.len() > self.retained
+            && let Some(evicted) = st.ring.pop_front()
+        {
+            st.floor = evicted.version();
+        }
+        self.events.fetch_add(1, Ordering::Relaxed);
+        if st.clients.is_empty() {
+            return;
+        }
+        st.clients.retain(|client| {
+            if event.version() <= client.after || !event.change.key.starts_with(&*client.prefix) {
+                return true;
+            }
+            let mut queue = lock(&client.queue);
+            if queue.end.is_some() {
+                return false;
+            }
+            if queue.events.len() >= self.client_buffer {
+                // Free what it holds now: a client that stopped reading
+                // must not pin old values.
+                queue.events = VecDeque::new();
+                queue.end = Some(End::Lagged);
+                drop(queue);
+                client.wake.notify_one();
+                self.cut_off.fetch_add(1, Ordering::Relaxed);
+                return false;
+            }
+            let was_empty = queue.events.is_empty();
+            queue.events.push_back(Arc::clone(&event));
+            drop(queue);
+            // The reader takes the whole queue at once, so only the first
+            // event after it emptied the queue needs to wake it.
+            if was_empty {
+                client.wake.notify_one();
+            }
+            true
+        });
+    }
+
+    /// The gap thread: gives up on a missing revision after GAP_TIMEOUT so
+    /// the changes after it are not held back forever.
+    fn skip_gaps(&self) {
+        let mut st = lock(&self.state);
+        loop {
+            if st.stopping {
+                return;
+            }
+            let Some(since) = st.gap_since else {
+                st = self.gap_wakeup.wait(st).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            let waited = since.elapsed();
+            if waited < GAP_TIMEOUT {
+                st = self
+                    .gap_wakeup
+                    .wait_timeout(st, GAP_TIMEOUT - waited)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
+                continue;
+            }
+            let Some(&resume) = st.pending.keys().next() else {
+                st.gap_since = None;
+                continue;
+            };
+            let missing = st.next..resume;
+            tracing::warn!(
+                first = missing.start,
+                last = missing.end - 1,
+                "live feed: revisions were taken but never applied; going on without them"
+            );
+            self.skipped
+                .fetch_add(missing.end - missing.start, Ordering::Relaxed);
+            st.next = resume;
+            self.deliver_pending(&mut st);
+        }
+    }
+}
+
+/// One client's view of the feed. Dropping it unsubscribes.
+pub struct Subscription {
+    shared: Arc<Shared>,
+    client: Arc<Client>,
+    /// A reset to report before anything else.
+    start: Option<Reset>,
+    /// Replayed changes, then batches taken from the client's queue.
+    local: VecDeque<Arc<FeedEvent>>,
+    ended: bool,
+}
+
+impl Subscription {
+    /// The next item if one is ready, without waiting.
+    pub fn try_next(&mut self) -> TryNext {
+        if self.ended {
+            return TryNext::Ended;
+        }
+        if let Some(reset) = self.start.take() {
+            return TryNext::Item(FeedItem::Reset(reset));
+        }
+        if let Some(event) = self.local.pop_front() {
+            return TryNext::Item(FeedItem::Event(event));
+        }
+        let end = {
+            let mut queue = lock(&self.client.queue);
+            if !queue.events.is_empty() {
+                std::mem::swap(&mut queue.events, &mut self.local);
+                None
+            } else {
+                queue.end
+            }
+        };
+        if let Some(event) = self.local.pop_front() {
+            return TryNext::Item(FeedItem::Event(event));
+        }
+        match end {
+            None => TryNext::Empty,
+            Some(End::Closed) => {
+                self.ended = true;
+                TryNext::Ended
+            }
+            Some(End::Lagged) => {
+                self.ended = true;
+                TryNext::Item(FeedItem::Reset(Reset::Lagged {
+                    buffer: self.shared.client_buffer,
+                }))
+            }
+        }
+    }
+
+    /// Waits until [`Subscription::try_next`] may have something. Cancel
+    /// safe; it may return early.
+    pub async fn wait(&self) {
+        if self.ended || self.start.is_some() || !self.local.is_empty() {
+            return;
+        }
+        self.client.wake.notified().await;
+    }
+
+    /// The next item, waiting for it; `None` once the subscription is over.
+    pub async fn next(&mut self) -> Option<FeedItem> {
+        loop {
+            match self.try_next() {
+                TryNext::Item(item) => return Some(item),
+                TryNext::Ended => return None,
+                TryNext::Empty => self.wait().await,
+            }
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut st = lock(&self.shared.state);
+        st.clients.retain(|c| !Arc::ptr_eq(c, &self.client));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::ChangeKind;
+
+    fn change(version: u64, key: &str) -> Arc<ChangeEvent> {
+        Arc::new(ChangeEvent {
+            key: Box::from(key),
+            kind: ChangeKind::Update,
+            old_value: None,
+            new_value: Some(Bytes::from_static(b"1")),
+            version,
+            timestamp_ms: 1_700_000_000_000,
+        })
+    }
+
+    fn push(feed: &Feed, versions: impl IntoIterator<Item = u64>) {
+        let listener = feed.listener();
+        for v in versions {
+            listener(&change(v, &format!("k{v}")));
+        }
+    }
+
+    /// Everything ready now: versions, resets, and whether it ended.
+    fn drain(sub: &mut Subscription) -> (Vec<u64>, Vec<Reset>, bool) {
+        let (mut versions, mut resets) = (Vec::new(), Vec::new());
+        loop {
+            match sub.try_next() {
+                TryNext::Item(FeedItem::Event(e)) => versions.push(e.version()),
+                TryNext::Item(FeedItem::Reset(r)) => resets.push(r),
+                TryNext::Empty => return (versions, resets, false),
+                TryNext::Ended => return (versions, resets, true),
+            }
+        }
+    }
+
+    fn check(
+        feed: &Feed,
+        prefix: &str,
+        since: Option<u64>,
+        expected: (Vec<u64>, Vec<Reset>, bool),
+    ) {
+        let mut sub = feed.subscribe(prefix, since);
+        assert_eq!(
+            drain(&mut sub),
+            expected,
+            "prefix {prefix:?} since {since:?}"
+        );
+    }
+
+    #[test]
+    fn replays_after_since_then_goes_live() {
+        let feed = Feed::new(10, 0).expect("feed");
+        push(&feed, 1..=5);
+        check(&feed, "", Some(0), (vec![1, 2, 3, 4, 5], vec![], false));
+        check(&feed, "", Some(3), (vec![4, 5], vec![], false));
+        check(&feed, "", Some(5), (vec![], vec![], false));
+        check(&feed, "", None, (vec![], vec![], false));
+        check(&feed, "k2", Some(0), (vec![2], vec![], false));
+        let mut sub = feed.subscribe("", Some(3));
+        push(&feed, 6..=7);
+        assert_eq!(drain(&mut sub), (vec![4, 5, 6, 7], vec![], false));
+    }
+
+    #[test]
+    fn since_outside_the_ring_resets() {
+        let feed = Feed::new(3, 10).expect("feed");
+        check(
+            &feed,
+            "",
+            Some(9),
+            (
+                vec![],
+                vec![Reset::NotRetained {
+                    since: 9,
+                    oldest_retained: 11,
+                }],
+                false,
+            ),
+        );
+        check(&feed, "", Some(10), (vec![], vec![], false));
+        push(&feed, 11..=15);
+        check(&feed, "", Some(12), (vec![13, 14, 15], vec![], false));
+        check(
+            &feed,
+            "",
+            Some(11),
+            (
+                vec![],
+                vec![Reset::NotRetained {
+                    since: 11,
+                    oldest_retained: 13,
+                }],
+                false,
+            ),
+        );
+        check(
+            &feed,
+            "",
+            Some(16),
+            (
+                vec![],
+                vec![Reset::Ahead {
+                    since: 16,
+                    revision: 15,
+                }],
+                false,
+            ),
+        );
+        assert_eq!(feed.stats().oldest_retained, Some(13));
+    }
+
+    #[test]
+    fn out_of_order_changes_are_delivered_in_version_order() {
+        let feed = Feed::new(100, 0).expect("feed");
+        let mut live = feed.subscribe("", None);
+        push(&feed, [2, 3]);
+        assert_eq!(drain(&mut live), (vec![], vec![], false));
+        // Resuming inside the pending range: nothing replayed, and the
+        // pending changes up to `since` are not repeated.
+        let mut resumed = feed.subscribe("", Some(2));
+        push(&feed, [1, 5, 4]);
+        assert_eq!(drain(&mut live), (vec![1, 2, 3, 4, 5], vec![], false));
+        assert_eq!(drain(&mut resumed), (vec![3, 4, 5], vec![], false));
+    }
+
+    #[tokio::test]
+    async fn a_revision_that_never_arrives_is_skipped() {
+        let feed = Feed::new(100, 0).expect("feed");
+        let mut sub = feed.subscribe("", None);
+        push(&feed, [1, 3, 4]);
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match sub.next().await {
+                Some(FeedItem::Event(e)) => got.push(e.version()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(got, vec![1, 3, 4]);
+        assert_eq!(feed.stats().skipped_revisions, 1);
+        // A straggler after the skip is not streamed out of order.
+        push(&feed, [2, 5]);
+        assert_eq!(drain(&mut sub).0, vec![5]);
+    }
+
+    #[test]
+    fn a_full_client_is_cut_off_and_others_keep_up() {
+        let feed = Feed::with_client_buffer(100, 0, 4).expect("feed");
+        let mut slow = feed.subscribe("", None);
+        let mut fast = feed.subscribe("", None);
+        let mut seen = Vec::new();
+        for v in 1..=10 {
+            push(&feed, [v]);
+            seen.extend(drain(&mut fast).0);
+        }
+        assert_eq!(seen, (1..=10).collect::<Vec<_>>());
+        assert_eq!(
+            drain(&mut slow),
+            (vec![], vec![Reset::Lagged { buffer: 4 }], true)
+        );
+        let stats = feed.stats();
+        assert_eq!((stats.clients, stats.cut_off, stats.events), (1, 1, 10));
+    }
+
+    #[test]
+    fn unsubscribe_and_close() {
+        let feed = Feed::new(10, 0).expect("feed");
+        let sub = feed.subscribe("", None);
+        let mut other = feed.subscribe("a", None);
+        assert_eq!(feed.stats().clients, 2);
+        drop(sub);
+        assert_eq!(feed.stats().clients, 1);
+        feed.close();
+        assert_eq!(drain(&mut other), (vec![], vec![], true));
+        let mut late = feed.subscribe("", None);
+        assert_eq!(drain(&mut late), (vec![], vec![], true));
+        assert_eq!(feed.stats().clients, 0);
+    }
+
+    #[tokio::test]
+    async fn next_waits_for_a_change() {
+        let feed = Feed::new(10, 0).expect("feed");
+        let mut sub = feed.subscribe("", None);
+        let listener = feed.listener();
+        let writer = std::thread::spawn(move || {
+            for v in 1..=3 {
+                listener(&change(v, "k"));
+            }
+        });
+        let mut got = Vec::new();
+        while got.len() < 3 {
+            match sub.next().await {
+                Some(FeedItem::Event(e)) => got.push(e.version()),
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        writer.join().expect("writer");
+        assert_eq!(got, vec![1, 2, 3]);
+        let payload: serde_json::Value =
+            serde_json::from_slice(feed.subscribe("", Some(2)).local[0].payload())
+                .expect("payload is JSON");
+        assert_eq!(payload["id"], "evt_3");
+    }
+}

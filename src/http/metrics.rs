@@ -1,0 +1,583 @@
+//! `GET /metrics` in the Prometheus (OpenMetrics) text format, and the one
+//! middleware that records every request: a count and a latency histogram
+//! per route template (`/kv/{key}`, never the raw path), method and status
+//! class, plus a debug-level log line.
+//!
+//! Database, feed and webhook figures are not recorded as they happen:
+//! [`DbCollector`] reads the counters the engine keeps anyway
+//! ([`Db::stats`], the feed's and the delivery pool's) at scrape time.
+//! Recording a request costs two clock reads, one atomic increment and one
+//! short histogram lock: each route caches its series after its first
+//! request, so the hot path neither hashes labels nor locks the families.
+
+use std::fmt::Write as _;
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::pin::Pin;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request};
+use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use pin_project_lite::pin_project;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue,
+    EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use super::error::ApiError;
+use crate::db::Db;
+
+/// Upper bounds of the request latency buckets, in seconds: 100 µs to 5 s.
+const LATENCY_BUCKETS: [f64; 15] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// The registry behind `/metrics` and the request recorder that feeds it.
+pub(super) struct Metrics {
+    registry: Registry,
+    requests: Arc<RequestMetrics>,
+}
+
+impl Metrics {
+    /// Metrics of `db` and of the requests recorded by [`Metrics::layer`].
+    pub(super) fn new(db: Db) -> Metrics {
+        let mut registry = Registry::with_prefix("dododb");
+        let requests = Arc::new(RequestMetrics::default());
+        registry.register(
+            "http_requests",
+            "HTTP requests answered, by method, route template and status class",
+            requests.count.clone(),
+        );
+        registry.register(
+            "http_request_duration_seconds",
+            "Time to the response head, by method, route template and status class",
+            requests.latency.clone(),
+        );
+        registry.register_collector(Box::new(DbCollector { db }));
+        Metrics { registry, requests }
+    }
+
+    /// The middleware that records every request; add it with
+    /// `Router::layer` so it sees the matched route.
+    pub(super) fn layer(&self) -> RecordLayer {
+        RecordLayer {
+            metrics: Arc::clone(&self.requests),
+        }
+    }
+
+    /// The scrape answer.
+    pub(super) fn render(&self) -> Response {
+        let mut text = String::with_capacity(16 * 1024);
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            return ApiError::Internal(format!("cannot encode metrics: {e}")).into_response();
+        }
+        let mut response = text.into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        );
+        response
+    }
+}
+
+/// The per-request families. Both share one label set.
+struct RequestMetrics {
+    count: Family<RequestLabels, Counter>,
+    latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for RequestMetrics {
+    fn default() -> Self {
+        RequestMetrics {
+            count: Family::default(),
+            latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+        }
+    }
+}
+
+impl RequestMetrics {
+    /// The series of `labels` (shared with the families, so recording into
+    /// them shows up in the scrape).
+    fn series(&self, labels: &RequestLabels) -> Series {
+        Series {
+            count: self.count.get_or_create_owned(labels),
+            latency: self.latency.get_or_create_owned(labels),
+        }
+    }
+}
+
+/// One label set's counter and histogram.
+#[derive(Clone)]
+struct Series {
+    count: Counter,
+    latency: Histogram,
+}
+
+impl Series {
+    fn record(&self, seconds: f64) {
+        self.count.inc();
+        self.latency.observe(seconds);
+    }
+}
+
+/// The series of one route and method, looked up on its first request and
+/// reused after, so the hot path hashes nothing and takes no map lock.
+struct RouteSeries {
+    method: &'static str,
+    route: RouteLabel,
+    /// Where the matched template's text lives: axum hands every request
+    /// of a route the same shared string, so equal addresses mean the same
+    /// route without comparing text.
+    route_addr: usize,
+    /// By status class, 1xx to 5xx.
+    by_status: [OnceLock<Series>; 5],
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    method: &'static str,
+    route: RouteLabel,
+    status: &'static str,
+}
+
+/// The route template a request matched (shared with axum, so taking it
+/// costs a reference count), or `unmatched` for requests that matched no
+/// route: raw paths would make one series per key.
+#[derive(Clone, Debug)]
+enum RouteLabel {
+    Matched(MatchedPath),
+    Unmatched,
+}
+
+impl RouteLabel {
+    fn of(matched: Option<&MatchedPath>) -> RouteLabel {
+        matched.map_or(RouteLabel::Unmatched, |path| {
+            RouteLabel::Matched(path.clone())
+        })
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            RouteLabel::Matched(path) => path.as_str(),
+            RouteLabel::Unmatched => "unmatched",
+        }
+    }
+}
+
+impl Hash for RouteLabel {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq for RouteLabel {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for RouteLabel {}
+
+impl EncodeLabelValue for RouteLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::PUT => "PUT",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// The status class label and its index in [`RouteSeries::by_status`].
+fn status_class(status: StatusCode) -> (&'static str, usize) {
+    match status.as_u16() / 100 {
+        1 => ("1xx", 0),
+        2 => ("2xx", 1),
+        3 => ("3xx", 2),
+        4 => ("4xx", 3),
+        _ => ("5xx", 4),
+    }
+}
+
+/// Wraps each route in a [`Record`].
+#[derive(Clone)]
+pub(super) struct RecordLayer {
+    metrics: Arc<RequestMetrics>,
+}
+
+impl<S> tower_layer::Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Record<S> {
+        Record {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+            cache: Arc::new(OnceLock::new()),
+        }
+    }
+}
+
+/// Records the request `inner` answers once its response head is ready.
+/// `Router::layer` makes one per route and method (and one per fallback),
+/// so `cache` nearly always holds the series of every request it sees.
+#[derive(Clone)]
+pub(super) struct Record<S> {
+    inner: S,
+    metrics: Arc<RequestMetrics>,
+    cache: Arc<OnceLock<RouteSeries>>,
+}
+
+/// Where a request's figures go.
+enum Target {
+    /// The route's cached series.
+    Cached(Arc<OnceLock<RouteSeries>>),
+    /// A request unlike the first one this route saw (a fallback serves
+    /// many): looked up in the families.
+    Lookup(&'static str, RouteLabel),
+}
+
+impl<S, B> tower_service::Service<Request> for Record<S>
+where
+    S: tower_service::Service<Request, Response = axum::http::Response<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = RecordFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        let started = Instant::now();
+        let method = method_label(request.method());
+        let matched = request.extensions().get::<MatchedPath>();
+        let route_addr = matched.map_or(0, |path| path.as_str().as_ptr() as usize);
+        let cached = self.cache.get_or_init(|| RouteSeries {
+            method,
+            route: RouteLabel::of(matched),
+            route_addr,
+            by_status: Default::default(),
+        });
+        let target = if cached.method == method && cached.route_addr == route_addr {
+            Target::Cached(Arc::clone(&self.cache))
+        } else {
+            Target::Lookup(method, RouteLabel::of(matched))
+        };
+        // The raw path is kept for the debug log only when it is on.
+        let uri = tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().clone());
+        RecordFuture {
+            inner: self.inner.call(request),
+            started,
+            target: Some(target),
+            uri,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+pin_project! {
+    /// The future of a [`Record`]ed request.
+    pub(super) struct RecordFuture<F> {
+        #[pin]
+        inner: F,
+        started: Instant,
+        target: Option<Target>,
+        uri: Option<Uri>,
+        metrics: Arc<RequestMetrics>,
+    }
+}
+
+impl<F, B, E> Future for RecordFuture<F>
+where
+    F: Future<Output = Result<axum::http::Response<B>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(target)) = (&result, this.target.take()) {
+            let elapsed = this.started.elapsed();
+            let status = response.status();
+            let (class, index) = status_class(status);
+            let labels = |method: &'static str, route: &RouteLabel| RequestLabels {
+                method,
+                route: route.clone(),
+                status: class,
+            };
+            let (method, route) = match &target {
+                Target::Cached(cache) => match cache.get() {
+                    Some(c) => {
+                        c.by_status[index]
+                            .get_or_init(|| this.metrics.series(&labels(c.method, &c.route)))
+                            .record(elapsed.as_secs_f64());
+                        (c.method, c.route.as_str())
+                    }
+                    None => ("other", "unmatched"),
+                },
+                Target::Lookup(method, route) => {
+                    this.metrics
+                        .series(&labels(method, route))
+                        .record(elapsed.as_secs_f64());
+                    (*method, route.as_str())
+                }
+            };
+            tracing::debug!(
+                method,
+                route,
+                path = this.uri.as_ref().map(|u| u.path()),
+                status = status.as_u16(),
+                micros = elapsed.as_micros() as u64,
+                "request"
+            );
+        }
+        Poll::Ready(result)
+    }
+}
+
+/// Reads the database's, the feed's and the delivery pool's counters at
+/// scrape time.
+struct DbCollector {
+    db: Db,
+}
+
+impl std::fmt::Debug for DbCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DbCollector")
+    }
+}
+
+fn counter(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl EncodeCounterValue,
+) -> std::fmt::Result {
+    let metric = ConstCounter::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: impl EncodeGaugeValue,
+) -> std::fmt::Result {
+    let metric = ConstGauge::new(value);
+    metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
+}
+
+fn micros_to_secs(micros: u64) -> f64 {
+    micros as f64 / 1e6
+}
+
+impl Collector for DbCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> std::fmt::Result {
+        let e = &mut encoder;
+        encode_store_metrics(&self.db, e)?;
+        encode_feed_metrics(&self.db, e)?;
+        encode_webhook_metrics(&self.db, e)
+    }
+}
+
+/// Keys, revision, WAL and snapshots, from [`Db::stats`].
+fn encode_store_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Result {
+    let s = db.stats();
+    gauge(e, "keys", "Keys stored now", s.keys as u64)?;
+    gauge(e, "revision", "The last revision handed out", s.revision)?;
+    gauge(
+        e,
+        "uptime_seconds",
+        "Seconds since the database opened",
+        s.uptime_secs,
+    )?;
+    counter(
+        e,
+        "expired_keys",
+        "Keys removed by expiry since start",
+        s.expired_keys,
+    )?;
+    counter(
+        e,
+        "wal_appends",
+        "WAL records appended since start",
+        s.wal_appends,
+    )?;
+    counter(e, "wal_bytes", "WAL bytes written since start", s.wal_bytes)?;
+    gauge(
+        e,
+        "wal_bytes_since_snapshot",
+        "WAL bytes written since the last snapshot",
+        s.wal_bytes_since_snapshot,
+    )?;
+    counter(
+        e,
+        "wal_fsyncs",
+        "WAL fdatasync calls since start",
+        s.wal_fsyncs,
+    )?;
+    counter(
+        e,
+        "wal_fsync_seconds",
+        "Time spent in WAL fdatasync since start",
+        micros_to_secs(s.wal_fsync_micros),
+    )?;
+    gauge(
+        e,
+        "wal_poisoned",
+        "1 when a failed write made the WAL refuse writes",
+        u64::from(s.wal_poisoned.is_some()),
+    )?;
+    counter(e, "snapshots", "Snapshots written since start", s.snapshots)?;
+    counter(
+        e,
+        "snapshot_seconds",
+        "Time spent writing snapshots since start",
+        micros_to_secs(s.snapshot_micros),
+    )?;
+    let last = s.last_snapshot.as_ref();
+    gauge(
+        e,
+        "last_snapshot_seconds",
+        "Duration of the last snapshot (0 before the first)",
+        last.map_or(0.0, |l| l.duration.as_secs_f64()),
+    )?;
+    gauge(
+        e,
+        "last_snapshot_bytes",
+        "Size of the last snapshot file (0 before the first)",
+        last.map_or(0, |l| l.bytes),
+    )?;
+    gauge(
+        e,
+        "last_snapshot_keys",
+        "Entries in the last snapshot (0 before the first)",
+        last.map_or(0, |l| l.keys),
+    )?;
+    gauge(
+        e,
+        "last_snapshot_timestamp_seconds",
+        "Unix time the last snapshot finished (0 before the first)",
+        last.map_or(0.0, |l| l.finished_at_ms as f64 / 1e3),
+    )
+}
+
+/// Live feed clients and throughput.
+fn encode_feed_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Result {
+    let f = db.feed().stats();
+    gauge(
+        e,
+        "feed_clients",
+        "Live feed clients connected now",
+        f.clients,
+    )?;
+    counter(
+        e,
+        "feed_subscriptions",
+        "Live feed subscriptions opened since start",
+        f.subscriptions,
+    )?;
+    counter(
+        e,
+        "feed_clients_cut_off",
+        "Live feed clients disconnected for falling behind",
+        f.cut_off,
+    )?;
+    counter(
+        e,
+        "feed_events",
+        "Changes streamed through the live feed",
+        f.events,
+    )?;
+    gauge(
+        e,
+        "feed_retained_events",
+        "Changes kept for since= resumes",
+        f.retained as u64,
+    )?;
+    counter(
+        e,
+        "feed_skipped_revisions",
+        "Revisions taken but never applied, skipped by the feed",
+        f.skipped_revisions,
+    )
+}
+
+/// Webhook subscriptions and deliveries, from the delivery pool.
+fn encode_webhook_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Result {
+    let d = db.delivery_stats();
+    gauge(
+        e,
+        "webhook_subscriptions",
+        "Webhook subscriptions now",
+        db.subscriptions().len() as u64,
+    )?;
+    gauge(
+        e,
+        "webhook_queue_depth",
+        "Events waiting between the write path and the delivery lanes",
+        db.delivery_queue_depth() as u64,
+    )?;
+    gauge(
+        e,
+        "webhook_in_flight",
+        "Events accepted by the delivery pool and not finished",
+        d.in_flight.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "webhook_delivered",
+        "Events acknowledged with a 2xx",
+        d.delivered.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "webhook_retried",
+        "Delivery attempts that failed and were retried",
+        d.retried.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "webhook_failed",
+        "Events given up on after the last attempt",
+        d.failed.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "webhook_dropped",
+        "Events dropped because a queue was full or the subscription went away",
+        d.dropped.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "webhook_gone",
+        "Subscriptions removed because the receiver answered 410 Gone",
+        d.gone.load(Relaxed),
+    )?;
+    counter(
+        e,
+        "webhook_delivery_latency_seconds",
+        "Sum of enqueue-to-2xx times of delivered events (divide by webhook_delivered_total)",
+        micros_to_secs(d.latency_micros.load(Relaxed)),
+    )
+}
