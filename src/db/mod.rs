@@ -131,6 +131,9 @@ pub struct DbStats {
     pub wal_bytes_since_snapshot: u64,
     /// WAL records appended since start.
     pub wal_appends: u64,
+    /// WAL batches written (one write each; appends ÷ batches is the
+    /// group-commit batch size).
+    pub wal_batches: u64,
     /// WAL fdatasync calls since start.
     pub wal_fsyncs: u64,
     /// Total fdatasync time, microseconds.
@@ -733,6 +736,7 @@ impl Inner {
             wal_bytes: load(|s| &s.bytes),
             wal_bytes_since_snapshot: load(|s| &s.bytes_since_rotation),
             wal_appends: load(|s| &s.appends),
+            wal_batches: load(|s| &s.batches),
             wal_fsyncs: load(|s| &s.fsyncs),
             wal_fsync_micros: load(|s| &s.fsync_micros),
             wal_poisoned: self.wal.as_ref().and_then(|w| w.poisoned()),

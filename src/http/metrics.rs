@@ -423,6 +423,12 @@ fn encode_store_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Result 
         "WAL records appended since start",
         s.wal_appends,
     )?;
+    counter(
+        e,
+        "wal_batches",
+        "WAL batches written since start (one write each)",
+        s.wal_batches,
+    )?;
     counter(e, "wal_bytes", "WAL bytes written since start", s.wal_bytes)?;
     gauge(
         e,

@@ -63,6 +63,7 @@ struct WalStats {
     bytes: u64,
     bytes_since_snapshot: u64,
     appends: u64,
+    batches: u64,
     fsyncs: u64,
     poisoned: Option<String>,
 }
@@ -93,6 +94,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
                 bytes: s.wal_bytes,
                 bytes_since_snapshot: s.wal_bytes_since_snapshot,
                 appends: s.wal_appends,
+                batches: s.wal_batches,
                 fsyncs: s.wal_fsyncs,
                 poisoned: s.wal_poisoned,
             },

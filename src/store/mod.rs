@@ -278,7 +278,11 @@ impl Store {
         emit: &mut dyn FnMut(ChangeEvent),
     ) -> Result<Outcome<J::Ticket>, StoreError> {
         let mut slot = match mutation {
-            Mutation::Put { .. } => self.map.entry(Box::from(key)).or_default(),
+            // Most PUTs overwrite: look the key up before allocating it.
+            Mutation::Put { .. } => match self.map.get_mut(key) {
+                Some(slot) => slot,
+                None => self.map.entry(Box::from(key)).or_default(),
+            },
             Mutation::Delete | Mutation::Expire => {
                 self.map.get_mut(key).ok_or(StoreError::NotFound)?
             }

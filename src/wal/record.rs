@@ -40,29 +40,40 @@ pub enum DecodeError {
 
 /// Appends the framed record to `out`.
 pub fn encode(record: &Record, out: &mut Vec<u8>) {
-    let start = out.len();
-    out.extend_from_slice(&[0; HEADER_BYTES]);
     match record {
-        Record::Change(change) => {
-            let kind = match change.kind {
-                ChangeKind::Update => KIND_UPDATE,
-                ChangeKind::Delete => KIND_DELETE,
-                ChangeKind::Expire => KIND_EXPIRE,
-            };
-            out.push(kind);
-            out.extend_from_slice(&change.version.to_le_bytes());
-            out.extend_from_slice(&change.timestamp_ms.to_le_bytes());
-            out.extend_from_slice(&change.expires_at_ms.to_le_bytes());
-            put_bytes(out, change.key.as_bytes());
-            if let Some(value) = &change.value {
-                put_bytes(out, value);
-            }
-        }
-        Record::Meta(doc) => {
+        Record::Change(change) => encode_change(change, out),
+        Record::Meta(doc) => framed(out, |out| {
             out.push(KIND_META);
             put_bytes(out, doc);
-        }
+        }),
     }
+}
+
+/// Appends the framed record of one key's change to `out` (what
+/// [`encode`] writes for a [`Record::Change`]).
+pub fn encode_change(change: &Change, out: &mut Vec<u8>) {
+    framed(out, |out| {
+        let kind = match change.kind {
+            ChangeKind::Update => KIND_UPDATE,
+            ChangeKind::Delete => KIND_DELETE,
+            ChangeKind::Expire => KIND_EXPIRE,
+        };
+        out.push(kind);
+        out.extend_from_slice(&change.version.to_le_bytes());
+        out.extend_from_slice(&change.timestamp_ms.to_le_bytes());
+        out.extend_from_slice(&change.expires_at_ms.to_le_bytes());
+        put_bytes(out, change.key.as_bytes());
+        if let Some(value) = &change.value {
+            put_bytes(out, value);
+        }
+    });
+}
+
+/// Writes the header around the payload that `payload` appends.
+fn framed(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_BYTES]);
+    payload(out);
     let payload_len = u32::try_from(out.len() - start - HEADER_BYTES).unwrap_or(u32::MAX);
     let len_bytes = payload_len.to_le_bytes();
     let payload_crc = crc32c::crc32c(&out[start + HEADER_BYTES..]);

@@ -1,17 +1,26 @@
-//! The group-commit writer: one named thread that appends whole batches of
-//! records with one write and (under `--fsync always`) one fdatasync, then
-//! hands the batch to the database to apply and wakes every waiting writer.
+//! The group commit of the log. Writers enqueue encoded records under their
+//! key's lock; a whole batch is then appended with one write and applied in
+//! log order, and exactly the writers it carried are woken.
 //!
-//! Invariant: a record is applied only after its batch was written (and
-//! synced, under `always`); a failed write or sync poisons the log for
-//! good, truncates the file back to the last good batch, and fails every
-//! waiting writer, so nothing unacknowledged is ever half-applied.
+//! Who commits a batch depends on the fsync policy. Under `always` a named
+//! thread does, because its fdatasync would stall an async worker. Under
+//! `never` and `everysec` the waiting writer itself does, after yielding
+//! once so that the other requests ready on its worker enqueue first: one
+//! write(2) then carries many records with no thread hop at all. The thread
+//! still rotates segments, syncs once a second (`everysec`) and commits
+//! anything a vanished writer left queued.
+//!
+//! Invariant: a record is applied only after it was written (and synced,
+//! under `always`); a failed write or sync poisons the log for good,
+//! truncates the file back to the last good write, and fails every waiting
+//! writer, so nothing unacknowledged is ever half-applied.
 
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -27,7 +36,7 @@ pub trait BatchSink: Send + 'static {
     fn failed(&mut self, records: Vec<Record>);
 }
 
-/// Records waiting for the writer, and requests to it.
+/// Records waiting for the writer thread, and requests to it.
 #[derive(Default)]
 struct Queue {
     buf: Vec<u8>,
@@ -40,23 +49,54 @@ struct Queue {
     closing: bool,
 }
 
+/// The open segment file and what is known about it.
+struct LogFile {
+    dir: PathBuf,
+    file: File,
+    segment: u64,
+    /// Bytes of the segment that were written completely.
+    file_len: u64,
+    policy: FsyncPolicy,
+    /// Written since the last fdatasync.
+    unsynced: bool,
+    last_sync: Instant,
+    /// Applies what was written; whoever commits a batch calls it.
+    sink: Box<dyn BatchSink>,
+    /// The queue's previous buffer, kept for its capacity.
+    spare: Vec<u8>,
+}
+
 struct Shared {
     /// Guards the queue; held only to enqueue or to swap the batch out,
     /// never across I/O.
     queue: Mutex<Queue>,
     work: Condvar,
+    /// Guards the file and the sink. Held to commit one batch (its write,
+    /// its sync under `always`, its apply) or to rotate. Never taken while
+    /// holding a shard lock or `queue`; `queue` may be taken under it.
+    log: Mutex<LogFile>,
     /// Pairs with `done` so blocking waiters cannot miss a wake-up.
     done_lock: Mutex<()>,
     done: Condvar,
-    notify: tokio::sync::Notify,
+    /// Async writers waiting for their sequence number, woken one by one.
+    waiters: Mutex<Vec<(u64, Waker)>>,
     durable_seq: AtomicU64,
     poisoned: OnceLock<String>,
     stats: WalStats,
+    policy: FsyncPolicy,
+}
+
+fn relock<T>(result: std::sync::LockResult<MutexGuard<'_, T>>) -> MutexGuard<'_, T> {
+    result.unwrap_or_else(|e| e.into_inner())
 }
 
 impl Shared {
     fn lock_queue(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+        relock(self.queue.lock())
+    }
+
+    fn lock_log(&self) -> MutexGuard<'_, LogFile> {
+        relock(self.log.lock())
     }
 
     fn check(&self, seq: u64) -> Option<Result<(), WalError>> {
@@ -69,14 +109,134 @@ impl Shared {
         }
     }
 
+    /// Wakes the writers whose records are now durable (all of them once
+    /// the log is poisoned). A writer whose batch is still on its way stays
+    /// asleep: waking every waiter per batch costs a task poll each, which
+    /// at 256 connections is most of a core.
     fn wake_waiters(&self) {
-        self.notify.notify_waiters();
-        let _guard = self.done_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let durable = self.durable_seq.load(Ordering::Acquire);
+        let all = self.poisoned.get().is_some();
+        let ready: Vec<Waker> = relock(self.waiters.lock())
+            .extract_if(.., |(seq, _)| all || *seq <= durable)
+            .map(|(_, waker)| waker)
+            .collect();
+        for waker in ready {
+            waker.wake();
+        }
+        let _guard = relock(self.done_lock.lock());
         self.done.notify_all();
+    }
+
+    /// Refuses all further writes and cuts the file back to the last write
+    /// that was fully accepted, so a restart does not resurrect writes that
+    /// were refused.
+    fn poison(&self, log: &mut LogFile, why: String) {
+        tracing::error!(
+            segment = log.segment,
+            "{why}; refusing writes until restart"
+        );
+        if let Err(e) = log
+            .file
+            .set_len(log.file_len)
+            .and_then(|()| log.file.sync_all())
+        {
+            tracing::error!("could not cut the WAL back after a failed write: {e}");
+        }
+        let _ = self.poisoned.set(why);
+    }
+
+    /// Takes everything queued and commits it as one batch: written, synced
+    /// under `always`, applied in order, its writers woken.
+    fn commit_queued(&self, log: &mut LogFile) {
+        let (buf, records, last_seq) = {
+            let mut queue = self.lock_queue();
+            if queue.records.is_empty() {
+                return;
+            }
+            let buf = std::mem::replace(&mut queue.buf, std::mem::take(&mut log.spare));
+            (buf, std::mem::take(&mut queue.records), queue.last_seq)
+        };
+        match self.write(log, &buf, records.len()) {
+            Ok(()) => {
+                log.sink.durable(records);
+                self.durable_seq.store(last_seq, Ordering::Release);
+            }
+            Err(_) => log.sink.failed(records),
+        }
+        let mut buf = buf;
+        buf.clear();
+        log.spare = buf;
+        self.wake_waiters();
+    }
+
+    /// Appends `bytes` holding `n_records` records; syncs under `always`.
+    fn write(&self, log: &mut LogFile, bytes: &[u8], n_records: usize) -> Result<(), WalError> {
+        if let Some(why) = self.poisoned.get() {
+            return Err(WalError::Poisoned(why.clone()));
+        }
+        let written = log.file.write_all(bytes);
+        let synced = match (&written, log.policy) {
+            (Ok(()), FsyncPolicy::Always) => {
+                let started = Instant::now();
+                let result = log.file.sync_data();
+                self.stats.record_fsync(started.elapsed());
+                result
+            }
+            (Ok(()), _) => {
+                log.unsynced = true;
+                Ok(())
+            }
+            (Err(_), _) => Ok(()),
+        };
+        if let Err(e) = written.and(synced) {
+            let why = format!("WAL append failed: {e}");
+            self.poison(log, why.clone());
+            return Err(WalError::Poisoned(why));
+        }
+        log.file_len += bytes.len() as u64;
+        let stats = &self.stats;
+        stats.appends.fetch_add(n_records as u64, Ordering::Relaxed);
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        stats
+            .bytes_since_rotation
+            .fetch_add(bytes.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn sync_or_poison(&self, log: &mut LogFile) {
+        let started = Instant::now();
+        match log.file.sync_data() {
+            Ok(()) => {
+                self.stats.record_fsync(started.elapsed());
+                log.unsynced = false;
+                log.last_sync = Instant::now();
+            }
+            Err(e) => self.poison(log, format!("WAL fsync failed: {e}")),
+        }
+    }
+
+    fn rotate(&self, log: &mut LogFile) -> Result<u64, WalError> {
+        if let Some(why) = self.poisoned.get() {
+            return Err(WalError::Poisoned(why.clone()));
+        }
+        if log.unsynced || log.policy != FsyncPolicy::Always {
+            log.file
+                .sync_data()
+                .map_err(|e| WalError::io(&log.dir, e))?;
+            log.unsynced = false;
+        }
+        let next = log.segment + 1;
+        log.file = segment::create(&log.dir, next).map_err(|e| WalError::io(&log.dir, e))?;
+        log.segment = next;
+        log.file_len = 0;
+        self.stats.segment.store(next, Ordering::Relaxed);
+        self.stats.bytes_since_rotation.store(0, Ordering::Relaxed);
+        Ok(next)
     }
 }
 
-/// Handle to the writer thread.
+/// Handle to the log: the queue, the committing writers and the thread.
 pub struct WalWriter {
     shared: Arc<Shared>,
     thread: Mutex<Option<JoinHandle<()>>>,
@@ -98,28 +258,30 @@ impl WalWriter {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
+            log: Mutex::new(LogFile {
+                dir,
+                file,
+                segment,
+                file_len: 0,
+                policy,
+                unsynced: false,
+                last_sync: Instant::now(),
+                sink,
+                spare: Vec::new(),
+            }),
             done_lock: Mutex::new(()),
             done: Condvar::new(),
-            notify: tokio::sync::Notify::new(),
+            waiters: Mutex::new(Vec::new()),
             durable_seq: AtomicU64::new(0),
             poisoned: OnceLock::new(),
             stats: WalStats::default(),
+            policy,
         });
         shared.stats.segment.store(segment, Ordering::Relaxed);
-        let mut state = WriterState {
-            shared: Arc::clone(&shared),
-            dir,
-            file,
-            segment,
-            file_len: 0,
-            policy,
-            sink,
-            unsynced: false,
-            last_sync: Instant::now(),
-        };
+        let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("dododb-wal".into())
-            .spawn(move || state.run())
+            .spawn(move || run_thread(&thread_shared))
             .map_err(|e| WalError::Io(format!("cannot start the WAL writer: {e}")))?;
         Ok(WalWriter {
             shared,
@@ -127,12 +289,19 @@ impl WalWriter {
         })
     }
 
+    /// Whether writers commit their own batches (`never`, `everysec`)
+    /// rather than the thread (`always`).
+    fn writers_commit(&self) -> bool {
+        self.shared.policy != FsyncPolicy::Always
+    }
+
     /// Enqueues a record and returns the sequence number to wait for.
     /// Called under the key's shard lock: enqueue order is log order.
     ///
     /// # Errors
     ///
-    /// [`WalError::Poisoned`] once a write or sync has failed.
+    /// [`WalError::Poisoned`] once a write or sync has failed,
+    /// [`WalError::Closed`] once the log is closing.
     pub fn submit(&self, record: Record) -> Result<u64, WalError> {
         if let Some(why) = self.shared.poisoned.get() {
             return Err(WalError::Poisoned(why.clone()));
@@ -145,11 +314,27 @@ impl WalWriter {
         queue.records.push(record);
         queue.last_seq += 1;
         let seq = queue.last_seq;
-        if queue.writer_idle {
+        // Under `never`/`everysec` the writer commits it: no futex wake-up.
+        if queue.writer_idle && !self.writers_commit() {
             queue.writer_idle = false;
             self.shared.work.notify_one();
         }
         Ok(seq)
+    }
+
+    /// Commits what is queued unless record `seq` is already durable.
+    fn commit_for(&self, seq: u64) -> Result<(), WalError> {
+        if let Some(result) = self.shared.check(seq) {
+            return result;
+        }
+        let mut log = self.shared.lock_log();
+        // Another writer may have committed it while this one waited.
+        if let Some(result) = self.shared.check(seq) {
+            return result;
+        }
+        self.shared.commit_queued(&mut log);
+        drop(log);
+        self.shared.check(seq).unwrap_or(Err(WalError::Closed))
     }
 
     /// Blocks until record `seq` is durable (per the fsync policy) and applied.
@@ -158,20 +343,15 @@ impl WalWriter {
     ///
     /// [`WalError::Poisoned`] when its batch could not be written.
     pub fn wait_blocking(&self, seq: u64) -> Result<(), WalError> {
-        let mut guard = self
-            .shared
-            .done_lock
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        if self.writers_commit() {
+            return self.commit_for(seq);
+        }
+        let mut guard = relock(self.shared.done_lock.lock());
         loop {
             if let Some(result) = self.shared.check(seq) {
                 return result;
             }
-            guard = self
-                .shared
-                .done
-                .wait(guard)
-                .unwrap_or_else(|e| e.into_inner());
+            guard = relock(self.shared.done.wait(guard));
         }
     }
 
@@ -181,16 +361,26 @@ impl WalWriter {
     ///
     /// [`WalError::Poisoned`] when its batch could not be written.
     pub async fn wait(&self, seq: u64) -> Result<(), WalError> {
-        loop {
-            let notified = self.shared.notify.notified();
-            tokio::pin!(notified);
-            // Register before checking, so a wake-up in between is not lost.
-            notified.as_mut().enable();
-            if let Some(result) = self.shared.check(seq) {
-                return result;
-            }
-            notified.await;
+        if self.writers_commit() {
+            // Let the other requests ready on this worker enqueue theirs
+            // first, so that one write carries them all.
+            tokio::task::yield_now().await;
+            return self.commit_for(seq);
         }
+        std::future::poll_fn(|cx| {
+            if let Some(result) = self.shared.check(seq) {
+                return Poll::Ready(result);
+            }
+            relock(self.shared.waiters.lock()).push((seq, cx.waker().clone()));
+            // Checked again after registering: the writer publishes
+            // `durable_seq` before it takes the waiter list, so a batch that
+            // finished in between is seen here rather than missed.
+            match self.shared.check(seq) {
+                Some(result) => Poll::Ready(result),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// Closes the current segment (synced) and continues in a new one.
@@ -230,7 +420,7 @@ impl WalWriter {
             queue.closing = true;
             self.shared.work.notify_one();
         }
-        let thread = self.thread.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let thread = relock(self.thread.lock()).take();
         if let Some(thread) = thread
             && thread.join().is_err()
         {
@@ -245,170 +435,66 @@ impl Drop for WalWriter {
     }
 }
 
-/// Everything the writer thread owns.
-struct WriterState {
-    shared: Arc<Shared>,
-    dir: PathBuf,
-    file: File,
-    segment: u64,
-    file_len: u64,
-    policy: FsyncPolicy,
-    sink: Box<dyn BatchSink>,
-    unsynced: bool,
-    last_sync: Instant,
+/// The writer thread: commits batches under `always`; under every policy
+/// rotates, syncs each second under `everysec`, and commits what writers
+/// that went away before committing left in the queue.
+fn run_thread(shared: &Shared) {
+    let writers_commit = shared.policy != FsyncPolicy::Always;
+    loop {
+        let mut ticked = false;
+        let (rotations, closing) = {
+            let mut queue = shared.lock_queue();
+            loop {
+                let has_batch = !queue.records.is_empty() && !writers_commit;
+                if has_batch || !queue.rotations.is_empty() || queue.closing {
+                    break;
+                }
+                queue.writer_idle = true;
+                let (q, timed_out) = relock_timeout(shared.work.wait_timeout(queue, tick(shared)));
+                queue = q;
+                if timed_out && writers_commit {
+                    ticked = true;
+                    break;
+                }
+            }
+            queue.writer_idle = false;
+            (std::mem::take(&mut queue.rotations), queue.closing)
+        };
+        let mut log = shared.lock_log();
+        shared.commit_queued(&mut log);
+        if log.policy == FsyncPolicy::EverySec
+            && log.unsynced
+            && (ticked || log.last_sync.elapsed() >= Duration::from_secs(1))
+        {
+            shared.sync_or_poison(&mut log);
+        }
+        for reply in rotations {
+            let _ = reply.send(shared.rotate(&mut log));
+        }
+        if closing {
+            if log.unsynced {
+                shared.sync_or_poison(&mut log);
+            }
+            drop(log);
+            shared.wake_waiters();
+            return;
+        }
+    }
 }
 
-impl WriterState {
-    fn run(&mut self) {
-        let mut spare = Vec::new();
-        loop {
-            let (mut buf, records, last_seq, rotations, closing) = {
-                let mut queue = self.shared.lock_queue();
-                while queue.records.is_empty() && queue.rotations.is_empty() && !queue.closing {
-                    queue.writer_idle = true;
-                    let timeout = self.sync_due_in();
-                    let (q, _) = self
-                        .shared
-                        .work
-                        .wait_timeout(queue, timeout)
-                        .unwrap_or_else(|e| e.into_inner());
-                    queue = q;
-                    if self.unsynced && self.last_sync.elapsed() >= Duration::from_secs(1) {
-                        break;
-                    }
-                }
-                queue.writer_idle = false;
-                let buf = std::mem::replace(&mut queue.buf, std::mem::take(&mut spare));
-                (
-                    buf,
-                    std::mem::take(&mut queue.records),
-                    queue.last_seq,
-                    std::mem::take(&mut queue.rotations),
-                    queue.closing,
-                )
-            };
-            if !records.is_empty() {
-                self.commit(&buf, records, last_seq);
-            }
-            if self.policy == FsyncPolicy::EverySec
-                && self.unsynced
-                && self.last_sync.elapsed() >= Duration::from_secs(1)
-            {
-                self.sync_or_poison();
-            }
-            for reply in rotations {
-                let _ = reply.send(self.rotate());
-            }
-            buf.clear();
-            spare = buf;
-            if closing {
-                if self.unsynced {
-                    self.sync_or_poison();
-                }
-                self.shared.wake_waiters();
-                return;
-            }
-        }
+/// How long the idle thread sleeps: a second when writers commit (to sync
+/// under `everysec` and to pick up what vanished writers left queued).
+fn tick(shared: &Shared) -> Duration {
+    if shared.policy == FsyncPolicy::Always {
+        Duration::from_secs(3600)
+    } else {
+        Duration::from_secs(1)
     }
+}
 
-    fn sync_due_in(&self) -> Duration {
-        if self.policy == FsyncPolicy::EverySec && self.unsynced {
-            Duration::from_secs(1).saturating_sub(self.last_sync.elapsed())
-        } else {
-            Duration::from_secs(3600)
-        }
-    }
-
-    fn commit(&mut self, buf: &[u8], records: Vec<Record>, last_seq: u64) {
-        if self.shared.poisoned.get().is_some() {
-            self.sink.failed(records);
-            self.shared.wake_waiters();
-            return;
-        }
-        let stats = &self.shared.stats;
-        let written = self.file.write_all(buf);
-        let synced = match (&written, self.policy) {
-            (Ok(()), FsyncPolicy::Always) => {
-                let started = Instant::now();
-                let result = self.file.sync_data();
-                stats.record_fsync(started.elapsed());
-                result
-            }
-            (Ok(()), _) => {
-                self.unsynced = true;
-                Ok(())
-            }
-            (Err(_), _) => Ok(()),
-        };
-        if let Err(e) = written.and(synced) {
-            self.poison(format!("WAL append failed: {e}"));
-            self.sink.failed(records);
-            self.shared.wake_waiters();
-            return;
-        }
-        self.file_len += buf.len() as u64;
-        stats
-            .appends
-            .fetch_add(records.len() as u64, Ordering::Relaxed);
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.bytes.fetch_add(buf.len() as u64, Ordering::Relaxed);
-        stats
-            .bytes_since_rotation
-            .fetch_add(buf.len() as u64, Ordering::Relaxed);
-        self.sink.durable(records);
-        self.shared.durable_seq.store(last_seq, Ordering::Release);
-        self.shared.wake_waiters();
-    }
-
-    fn sync_or_poison(&mut self) {
-        let started = Instant::now();
-        match self.file.sync_data() {
-            Ok(()) => {
-                self.shared.stats.record_fsync(started.elapsed());
-                self.unsynced = false;
-                self.last_sync = Instant::now();
-            }
-            Err(e) => self.poison(format!("WAL fsync failed: {e}")),
-        }
-    }
-
-    /// Refuses all further writes and cuts the file back to the last batch
-    /// that was fully accepted, so a restart does not resurrect writes that
-    /// were refused.
-    fn poison(&mut self, why: String) {
-        tracing::error!(
-            segment = self.segment,
-            "{why}; refusing writes until restart"
-        );
-        if let Err(e) = self
-            .file
-            .set_len(self.file_len)
-            .and_then(|()| self.file.sync_all())
-        {
-            tracing::error!("could not cut the WAL back after a failed write: {e}");
-        }
-        let _ = self.shared.poisoned.set(why);
-    }
-
-    fn rotate(&mut self) -> Result<u64, WalError> {
-        if let Some(why) = self.shared.poisoned.get() {
-            return Err(WalError::Poisoned(why.clone()));
-        }
-        if self.unsynced || self.policy != FsyncPolicy::Always {
-            self.file
-                .sync_data()
-                .map_err(|e| WalError::io(&self.dir, e))?;
-            self.unsynced = false;
-        }
-        let next = self.segment + 1;
-        self.file = segment::create(&self.dir, next).map_err(|e| WalError::io(&self.dir, e))?;
-        self.segment = next;
-        self.file_len = 0;
-        self.shared.stats.segment.store(next, Ordering::Relaxed);
-        self.shared
-            .stats
-            .bytes_since_rotation
-            .store(0, Ordering::Relaxed);
-        Ok(next)
-    }
+fn relock_timeout<'a, T>(
+    result: std::sync::LockResult<(MutexGuard<'a, T>, std::sync::WaitTimeoutResult)>,
+) -> (MutexGuard<'a, T>, bool) {
+    let (guard, timeout) = result.unwrap_or_else(|e| e.into_inner());
+    (guard, timeout.timed_out())
 }
