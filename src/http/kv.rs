@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::rejection::{BytesRejection, QueryRejection};
-use axum::extract::{Query, State};
+use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
@@ -108,15 +108,17 @@ struct PutAnswer<'a> {
     created: bool,
 }
 
+/// Takes the whole request rather than `Uri` and `HeaderMap` extractors,
+/// which clone the URI and every header on each PUT.
 pub(super) async fn put(
     State(state): State<AppState>,
-    uri: Uri,
-    headers: HeaderMap,
-    q: Result<Query<PutQuery>, QueryRejection>,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
+    let (mut parts, body) = request.into_parts();
+    // Moved out, not cloned: the body extractor below needs only the rest.
+    let uri = std::mem::take(&mut parts.uri);
     let key = key_of(&uri, "")?;
-    let q = query(q)?;
+    let q = query(Query::<PutQuery>::try_from_uri(&uri))?;
     let ttl = match q.ttl.as_deref() {
         None => None,
         Some(text) => match text.parse::<u64>() {
@@ -130,9 +132,12 @@ pub(super) async fn put(
     };
     let options = PutOptions {
         ttl,
-        precondition: precondition(&headers, true)?,
+        precondition: precondition(&parts.headers, true)?,
     };
-    let body = body.map_err(body_error)?;
+    // The limit of `DefaultBodyLimit` travels in the request's extensions.
+    let body = Bytes::from_request(Request::from_parts(parts, body), &())
+        .await
+        .map_err(body_error)?;
     let written = state.db.put_async(&key, &body, options).await?;
     let status = if written.created {
         StatusCode::CREATED
