@@ -241,43 +241,22 @@ fn ls_pages_through_every_key_and_count_counts() {
 fn subscribe_registers_a_webhook() {
     let server = TestServer::start(&["--in-memory"]);
     let url = &server.url;
-    let by_key = json(&ok(
-        url,
-        &[
-            "subscribe",
-            "--key",
-            "user:1",
-            "--callback",
-            "http://127.0.0.1:9/hook",
-            "--secret",
-            "s",
-        ],
-    ));
+    let subscribe = |args: &[&str]| json(&ok(url, &[&["subscribe"], args].concat()));
+    let by_key = subscribe(&[
+        "--key",
+        "user:1",
+        "--callback",
+        "http://127.0.0.1:9/hook",
+        "--secret",
+        "s",
+    ]);
     assert_eq!(by_key["key"], "user:1");
     assert_eq!(by_key["signed"], true);
     let id = by_key["id"].as_str().expect("id").to_string();
-    let by_prefix = json(&ok(
-        url,
-        &[
-            "subscribe",
-            "--prefix",
-            "user:",
-            "--callback",
-            "http://127.0.0.1:9/all",
-        ],
-    ));
+    let by_prefix = subscribe(&["--prefix", "user:", "--callback", "http://127.0.0.1:9/all"]);
     assert_eq!(by_prefix["prefix"], "user:");
     // The same target and URL again is the same subscription.
-    let again = json(&ok(
-        url,
-        &[
-            "subscribe",
-            "--key",
-            "user:1",
-            "--callback",
-            "http://127.0.0.1:9/hook",
-        ],
-    ));
+    let again = subscribe(&["--key", "user:1", "--callback", "http://127.0.0.1:9/hook"]);
     assert_eq!(again["id"], id.as_str());
 
     let listed: serde_json::Value = http()
