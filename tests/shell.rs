@@ -139,3 +139,19 @@ fn help_lists_the_commands() {
         "`help put` shows put's flags: {stdout}"
     );
 }
+
+#[test]
+fn json_with_double_quotes_needs_no_extra_quoting() {
+    let server = TestServer::start(&["--in-memory"]);
+    let script = "put doc {\"a\": [1, 2], \"b\": \"x y\"}\nset s \"42\"\nset n 42\nget doc\n";
+    let (code, stdout, stderr) = shell(&server.url, script);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(
+        stdout.lines().last(),
+        Some(r#"{"a":[1,2],"b":"x y"}"#),
+        "{stdout}"
+    );
+    assert_eq!(stored(&server, "doc"), r#"{"a": [1, 2], "b": "x y"}"#);
+    assert_eq!(stored(&server, "s"), r#""42""#);
+    assert_eq!(stored(&server, "n"), "42");
+}

@@ -3,7 +3,8 @@
 //! `~/.dododb_history`, or `$DODODB_HISTORY`; tab completes command names);
 //! otherwise it reads one command a line from stdin, printing no prompt,
 //! so scripts and tests can drive it. Words split like a POSIX shell's:
-//! quotes group them.
+//! quotes group them, except that JSON typed after `put KEY` is taken as
+//! typed.
 
 use std::io::{BufRead, IsTerminal};
 use std::path::PathBuf;
@@ -133,6 +134,7 @@ fn handle(api: &Api, line: &str) -> Flow {
     if words.is_empty() || words[0].starts_with('#') {
         return Flow::Continue;
     }
+    let words = keep_raw_json(line, words);
     let command = match ShellLine::try_parse_from(&words) {
         Ok(parsed) => parsed.command,
         Err(e) => {
@@ -152,6 +154,58 @@ fn handle(api: &Api, line: &str) -> Flow {
             Flow::Continue
         }
     }
+}
+
+/// Word splitting eats the double quotes inside JSON (`put k {"a": 1}`
+/// would arrive as `{a:` and `1}`), so when the text after `put KEY` is
+/// one JSON document as typed, that text is the value. `put k "42"`
+/// stores the string "42" this way, while `put k 42` stores the number.
+fn keep_raw_json(line: &str, words: Vec<String>) -> Vec<String> {
+    let is_put = ShellLine::command()
+        .find_subcommand(&words[0])
+        .is_some_and(|sub| sub.get_name() == "put");
+    // A flag in the key's place means this is not the plain shape.
+    if !is_put || words.len() < 3 || words[1].starts_with('-') {
+        return words;
+    }
+    let raw = after_words(line, 2);
+    if serde_json::from_str::<&serde_json::value::RawValue>(raw).is_err() {
+        return words;
+    }
+    let mut words = words;
+    words.truncate(2);
+    words.push(raw.to_string());
+    words
+}
+
+/// `line` after its first `n` shell words (quotes and backslashes
+/// respected), trimmed.
+fn after_words(line: &str, n: usize) -> &str {
+    let mut rest = line;
+    for _ in 0..n {
+        rest = rest.trim_start();
+        let mut quote = None;
+        let mut escaped = false;
+        let mut end = rest.len();
+        for (i, c) in rest.char_indices() {
+            if escaped {
+                escaped = false;
+                continue;
+            }
+            match (quote, c) {
+                (None | Some('"'), '\\') => escaped = true,
+                (None, '\'' | '"') => quote = Some(c),
+                (Some(q), c) if c == q => quote = None,
+                (None, c) if c.is_whitespace() => {
+                    end = i;
+                    break;
+                }
+                _ => {}
+            }
+        }
+        rest = &rest[end..];
+    }
+    rest.trim()
 }
 
 /// Every word that starts a command: names and aliases, plus `help`.
@@ -227,5 +281,37 @@ mod tests {
         check("he", 0, &["help"]);
         check("get us", 6, &[]);
         check("zz", 0, &[]);
+    }
+
+    #[test]
+    fn raw_text_after_words() {
+        assert_eq!(after_words(r#"put k {"a": [1, 2]}"#, 2), r#"{"a": [1, 2]}"#);
+        assert_eq!(after_words(r#"set "a key" "x y" "#, 2), r#""x y""#);
+        assert_eq!(after_words(r#"set 'it''s' 1"#, 2), "1");
+        assert_eq!(after_words(r"set a\ b 2", 2), "2");
+        assert_eq!(after_words("get", 2), "");
+    }
+
+    fn value_of(line: &str) -> Option<String> {
+        let words = keep_raw_json(line, shell_words::split(line).expect("words"));
+        let parsed = ShellLine::try_parse_from(&words).expect("parses");
+        match parsed.command {
+            ShellCommand::Client(ClientCommand::Put(args)) => args.value,
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn json_typed_after_the_key_is_kept_as_typed() {
+        let value = |line: &str| value_of(line).expect("a value");
+        assert_eq!(value(r#"put k {"a": [1, 2]}"#), r#"{"a": [1, 2]}"#);
+        assert_eq!(value(r#"set k "42""#), r#""42""#);
+        assert_eq!(value("set k 42"), "42");
+        assert_eq!(value(r#"set user:1 "Alice Johnson""#), r#""Alice Johnson""#);
+        // Not JSON as typed: the shell word, which `put` then stores as a
+        // string.
+        assert_eq!(value("set k Alice"), "Alice");
+        assert_eq!(value(r#"set k "a" --ttl 5"#), "a");
+        assert_eq!(value(r#"set k '{"a": 1}'"#), r#"{"a": 1}"#);
     }
 }
