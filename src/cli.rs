@@ -1,5 +1,6 @@
 //! Command-line parsing: the `serve` and `repair` subcommands, their flags
-//! and environment variables, turned into a [`Config`].
+//! and environment variables, turned into a [`Config`]; and the client
+//! subcommands, whose arguments live in `client::args`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -8,6 +9,11 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use dododb::config::{Config, FsyncPolicy, Storage};
+
+use crate::client::Remote;
+use crate::client::args::{
+    Connect, CountArgs, DelArgs, GetArgs, LsArgs, PutArgs, SubscribeArgs, WatchArgs,
+};
 
 /// DodoDB: an in-memory JSON key-value database and pub/sub service.
 #[derive(Parser, Debug)]
@@ -27,6 +33,23 @@ pub enum Command {
     /// Truncate a damaged WAL at its first bad record, after printing what
     /// will be lost.
     Repair(RepairArgs),
+    /// Print a key's value from a running server (exit 1 if absent).
+    Get(Remote<GetArgs>),
+    /// Store a JSON value (argument, @file, or stdin) on a running server.
+    Put(Remote<PutArgs>),
+    /// Delete a key on a running server (exit 1 if absent).
+    Del(Remote<DelArgs>),
+    /// List a running server's keys, one a line.
+    Ls(Remote<LsArgs>),
+    /// Print how many keys a running server holds.
+    Count(Remote<CountArgs>),
+    /// Follow a running server's live feed; reconnects and resumes.
+    Watch(Remote<WatchArgs>),
+    /// Subscribe a webhook URL on a running server.
+    Subscribe(Remote<SubscribeArgs>),
+    /// An interactive shell against a running server, with history.
+    #[command(name = "cli")]
+    Shell(Connect),
 }
 
 #[derive(Args, Debug, Clone)]

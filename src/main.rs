@@ -2,6 +2,7 @@
 //! runs the server or an offline tool.
 
 mod cli;
+mod client;
 
 use std::process::ExitCode;
 
@@ -11,6 +12,7 @@ use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, RepairArgs, ServeArgs};
+use client::{ClientCommand, Connect};
 use dododb::Db;
 
 #[global_allocator]
@@ -33,17 +35,19 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let result = match cli.command {
-        Some(Command::Serve(args)) => serve(args),
-        Some(Command::Repair(args)) => repair(args),
-        None => serve(cli.serve),
+    // Only the server and the offline tools log; client commands print
+    // results.
+    let result = match job(cli) {
+        Job::Client(connect, command) => return client::run(&connect, &command),
+        Job::Shell(connect) => return client::shell(&connect),
+        Job::Serve(args) => {
+            init_logging();
+            serve(args)
+        }
+        Job::Repair(args) => {
+            init_logging();
+            repair(args)
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -51,6 +55,40 @@ fn main() -> ExitCode {
             eprintln!("dododb: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}
+
+/// What the command line asks for.
+enum Job {
+    Serve(ServeArgs),
+    Repair(RepairArgs),
+    Client(Connect, ClientCommand),
+    Shell(Connect),
+}
+
+fn job(cli: Cli) -> Job {
+    match cli.command {
+        None => Job::Serve(cli.serve),
+        Some(Command::Serve(args)) => Job::Serve(args),
+        Some(Command::Repair(args)) => Job::Repair(args),
+        Some(Command::Get(r)) => Job::Client(r.connect, ClientCommand::Get(r.args)),
+        Some(Command::Put(r)) => Job::Client(r.connect, ClientCommand::Put(r.args)),
+        Some(Command::Del(r)) => Job::Client(r.connect, ClientCommand::Del(r.args)),
+        Some(Command::Ls(r)) => Job::Client(r.connect, ClientCommand::Ls(r.args)),
+        Some(Command::Count(r)) => Job::Client(r.connect, ClientCommand::Count(r.args)),
+        Some(Command::Watch(r)) => Job::Client(r.connect, ClientCommand::Watch(r.args)),
+        Some(Command::Subscribe(r)) => Job::Client(r.connect, ClientCommand::Subscribe(r.args)),
+        Some(Command::Shell(connect)) => Job::Shell(connect),
     }
 }
 

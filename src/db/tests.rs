@@ -1,3 +1,6 @@
+//! Unit tests of the database facade: open, write, close and reopen a real
+//! data directory.
+
 use super::*;
 use crate::config::FsyncPolicy;
 

@@ -6,6 +6,7 @@ mod feed;
 mod kv;
 mod metrics;
 mod pubsub;
+mod routes;
 mod system;
 
 use std::future::Future;
@@ -15,11 +16,11 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use serde::Serialize;
 use tokio::net::TcpListener;
 
 pub use error::ApiError;
+pub use routes::{OPENAPI_JSON, ROUTES, Route};
 
 use crate::db::Db;
 
@@ -28,6 +29,8 @@ use crate::db::Db;
 pub struct AppState {
     /// The database.
     pub db: Db,
+    /// What `GET /metrics` renders.
+    metrics: std::sync::Arc<metrics::Metrics>,
 }
 
 /// Builds the application: every route of the SPEC over `db`. Main and the
@@ -36,28 +39,8 @@ pub fn router(db: Db) -> Router {
     let max_body = db.config().max_value_bytes;
     let metrics = std::sync::Arc::new(metrics::Metrics::new(db.clone()));
     let record = metrics.layer();
-    let state = AppState { db };
-    Router::new()
-        .route("/kv", get(kv::list))
-        .route("/kv/count", get(kv::count))
-        .route("/kv/clear", post(kv::clear))
-        .route(
-            "/kv/{key}",
-            get(kv::get).head(kv::head).put(kv::put).delete(kv::delete),
-        )
-        .route("/kv/{key}/exists", get(kv::exists))
-        .route("/kv/{key}/meta", get(kv::meta))
-        .route("/pubsub/subscribe", post(pubsub::subscribe))
-        .route("/pubsub/unsubscribe", post(pubsub::unsubscribe))
-        .route("/pubsub/subscriptions", get(pubsub::subscriptions))
-        .route("/system/alive", get(system::alive))
-        .route("/system/version", get(system::version))
-        .route("/system/stats", get(system::stats))
-        .route("/system/snapshot", post(system::snapshot))
-        .route("/system/export", get(system::export))
-        .route("/events", get(feed::events))
-        .route("/ws", get(feed::ws))
-        .route("/metrics", get(move || async move { metrics.render() }))
+    let state = AppState { db, metrics };
+    routes::api()
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))

@@ -97,7 +97,7 @@ pub fn remove_leftovers(dir: &Path) -> Result<Vec<PathBuf>, SnapshotError> {
     Ok(removed)
 }
 
-/// The steps of [`write`], named for crash-injection tests.
+/// The steps of [`write()`], named for crash-injection tests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
     /// The temporary file is written and synced, not yet renamed.

@@ -1,3 +1,6 @@
+//! Unit tests of the store: writes, versions, preconditions, TTLs and
+//! listing, with the clock passed in.
+
 use bytes::Bytes;
 
 use super::*;

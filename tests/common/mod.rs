@@ -58,12 +58,30 @@ impl TestServer {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<TestServer, StartFailure> {
+        TestServer::try_start_full(dir, "127.0.0.1:0", args, env)
+    }
+
+    /// A server on `dir` listening on `listen` (for a restart on the port
+    /// an earlier server had).
+    pub fn start_at(dir: &Path, listen: &str, args: &[&str]) -> TestServer {
+        match TestServer::try_start_full(dir, listen, args, &[]) {
+            Ok(server) => server,
+            Err(failure) => panic!("server did not start on {listen}: {failure:?}"),
+        }
+    }
+
+    fn try_start_full(
+        dir: &Path,
+        listen: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<TestServer, StartFailure> {
         let log = dir.with_extension(format!("log.{}", std::process::id()));
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_dododb"))
             .arg("serve")
             .arg("--listen")
-            .arg("127.0.0.1:0")
+            .arg(listen)
             .arg("--data-dir")
             .arg(dir)
             .args(args)
@@ -110,6 +128,11 @@ impl TestServer {
         }
     }
 
+    /// The `host:port` it listens on.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
+    }
+
     /// `url` + `path`.
     pub fn at(&self, path: &str) -> String {
         format!("{}{}", self.url, path)
@@ -144,6 +167,21 @@ impl Drop for TestServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The `dododb` binary set up as a client of `url`: no token from the
+/// environment, no history file, stdin closed unless the test pipes it.
+pub fn dododb_client(url: &str) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_dododb"));
+    command
+        .env("DODODB_URL", url)
+        .env_remove("DODODB_AUTH_TOKEN")
+        .env(
+            "DODODB_HISTORY",
+            std::env::temp_dir().join("dododb-test-history"),
+        )
+        .stdin(Stdio::null());
+    command
 }
 
 /// A client with no proxy and sane timeouts.

@@ -1,0 +1,130 @@
+//! The clap types of the client commands (`get`, `put`, `del`, `ls`,
+//! `count`, `watch`, `subscribe`), shared by the command line and the
+//! interactive shell so both accept the same words. Parsing only: no I/O.
+
+use clap::{Args, Subcommand};
+
+/// Where the server is and how to authenticate to it.
+#[derive(Args, Debug, Clone)]
+pub struct Connect {
+    /// Base URL of the server.
+    #[arg(long, env = "DODODB_URL", default_value = "http://127.0.0.1:8888")]
+    pub url: String,
+    /// Bearer token, for a server started with --auth-token.
+    #[arg(long, env = "DODODB_AUTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+}
+
+/// A client command with its connection flags, as `dododb get ...` takes it.
+#[derive(Args, Debug, Clone)]
+pub struct Remote<T: Args> {
+    /// The server.
+    #[command(flatten)]
+    pub connect: Connect,
+    /// What to do there.
+    #[command(flatten)]
+    pub args: T,
+}
+
+/// One request against a running server.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ClientCommand {
+    /// Print a key's value (exit 1 if it does not exist).
+    Get(GetArgs),
+    /// Store a JSON value under a key.
+    #[command(visible_alias = "set")]
+    Put(PutArgs),
+    /// Delete a key (exit 1 if it does not exist).
+    #[command(visible_alias = "delete")]
+    Del(DelArgs),
+    /// List keys, one a line, in ascending byte order.
+    #[command(visible_alias = "list")]
+    Ls(LsArgs),
+    /// Print how many keys there are.
+    Count(CountArgs),
+    /// Follow the live feed, one event a line; reconnects and resumes.
+    Watch(WatchArgs),
+    /// Subscribe a webhook URL to a key or a prefix.
+    Subscribe(SubscribeArgs),
+}
+
+/// `get KEY`.
+#[derive(Args, Debug, Clone)]
+pub struct GetArgs {
+    /// The key.
+    pub key: String,
+}
+
+/// `put KEY [VALUE] [--ttl SECS] [--if-version N | --if-absent]`.
+#[derive(Args, Debug, Clone)]
+pub struct PutArgs {
+    /// The key.
+    pub key: String,
+    /// The JSON value, `@path` to read a file, or `-` (or nothing) to read
+    /// standard input.
+    pub value: Option<String>,
+    /// Expire the key this many seconds after the write.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl: Option<u64>,
+    /// Write only if the key is at this version (exit 1 otherwise).
+    #[arg(long, conflicts_with = "if_absent")]
+    pub if_version: Option<u64>,
+    /// Write only if the key does not exist (exit 1 otherwise).
+    #[arg(long)]
+    pub if_absent: bool,
+}
+
+/// `del KEY [--if-version N]`.
+#[derive(Args, Debug, Clone)]
+pub struct DelArgs {
+    /// The key.
+    pub key: String,
+    /// Delete only if the key is at this version (exit 1 otherwise).
+    #[arg(long)]
+    pub if_version: Option<u64>,
+}
+
+/// `ls [--prefix P]`.
+#[derive(Args, Debug, Clone)]
+pub struct LsArgs {
+    /// Only keys that start with this.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+}
+
+/// `count [--prefix P]`.
+#[derive(Args, Debug, Clone)]
+pub struct CountArgs {
+    /// Only keys that start with this.
+    #[arg(long)]
+    pub prefix: Option<String>,
+}
+
+/// `watch [--prefix P] [--since REV]`.
+#[derive(Args, Debug, Clone)]
+pub struct WatchArgs {
+    /// Only changes of keys that start with this.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Replay the retained changes after this revision first (default: the
+    /// server's revision when the watch starts).
+    #[arg(long)]
+    pub since: Option<u64>,
+}
+
+/// `subscribe (--key K | --prefix P) --callback URL [--secret S]`.
+#[derive(Args, Debug, Clone)]
+pub struct SubscribeArgs {
+    /// Changes of this key.
+    #[arg(long, required_unless_present = "prefix", conflicts_with = "prefix")]
+    pub key: Option<String>,
+    /// Changes of every key under this prefix.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// The webhook URL events are POSTed to (`--url` names the server).
+    #[arg(long, alias = "callback-url")]
+    pub callback: String,
+    /// Signs each delivery (Standard Webhooks HMAC-SHA256).
+    #[arg(long)]
+    pub secret: Option<String>,
+}
