@@ -1,5 +1,6 @@
-//! The HTTP ceiling for DodoDB's load tests: every GET and PUT on any path is
-//! answered `200 {"ok": true}\n` (13 bytes). Usage: `dododb-ceiling [--listen ADDR]`.
+//! The HTTP ceiling for DodoDB's load tests: every GET, PUT and POST on any
+//! path is answered `200 {"ok": true}\n` (13 bytes); POST makes it a fast
+//! webhook receiver for `loadtest/webhooks`. Usage: `dododb-ceiling [--listen ADDR]`.
 //! Prints `listening on http://ADDR` (the bound address) once on stdout.
 
 use std::io::Write;
@@ -17,9 +18,9 @@ static GLOBAL: MiMalloc = MiMalloc;
 const BODY: &str = "{\"ok\": true}\n";
 
 async fn answer(method: Method, body: Bytes) -> Response {
-    // Read the PUT body (the extractor does) so PUT costs what it costs a real server.
+    // Read the body (the extractor does) so PUT costs what it costs a real server.
     drop(body);
-    if method == Method::GET || method == Method::PUT {
+    if method == Method::GET || method == Method::PUT || method == Method::POST {
         ([(header::CONTENT_TYPE, "application/json")], BODY).into_response()
     } else {
         StatusCode::METHOD_NOT_ALLOWED.into_response()

@@ -1,0 +1,182 @@
+"""Webhook figures behind loadtest/webhooks (which installs wrk and builds DodoDB and
+the ceiling first). See loadtest/README.md.
+
+1. The receiver alone: the ceiling binary answers POST with 200; wrk POSTs an
+   event-sized payload to it for --duration seconds: its own maximum req/s.
+2. For each case, a fresh DodoDB (--fsync never) gets its subscriptions, then wrk PUTs
+   the 100-byte value to random keys k0..k99999 for --duration seconds. Reported: PUT
+   req/s, and from /system/stats the events delivered, dropped, retried and failed,
+   and the delivery rate: events delivered ÷ (load time + time to drain the queue).
+   Cases: no subscriber; 1, 10 and 100 subscribers of prefix "k" (every PUT is an
+   event for each) on the fast receiver; one dead subscriber (connection refused);
+   one hanging subscriber (accepts, never answers).
+With --pin, DodoDB runs on core 0; wrk and the receiver share core 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import socket
+import sys
+import threading
+import time
+
+import dodo
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="loadtest/webhooks", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--duration", type=float, default=10, help="seconds of load per case (default 10)")
+    p.add_argument("--conns", type=int, default=32, help="wrk connections (default 32)")
+    p.add_argument("--pin", action="store_true", help="DodoDB on core 0; wrk and receiver on core 1")
+    p.add_argument("--cases", default="none,1,10,100,dead,hanging",
+                   help="comma-separated subset of none,1,10,100,dead,hanging")
+    p.add_argument("--drain-timeout", type=float, default=60,
+                   help="longest wait for the queue to drain (live receivers only; default 60)")
+    p.add_argument("--dododb-bin", default=dodo.DODODB_BIN)
+    p.add_argument("--ceiling-bin", default=dodo.CEILING_BIN)
+    p.add_argument("--out", default=None)
+    p.add_argument("--no-build", action="store_true", help=argparse.SUPPRESS)
+    return p.parse_args(argv)
+
+
+def webhook_stats(url: str) -> dict:
+    status, body = dodo.http_request(url, path="/system/stats")
+    if status != 200:
+        raise RuntimeError(f"/system/stats answered {status}: {body[:200]!r}")
+    return json.loads(body)["webhooks"]
+
+
+def subscribe(url: str, callback: str) -> None:
+    body = json.dumps({"prefix": "k", "callback_url": callback})
+    status, answer = dodo.http_request(url, "POST", "/pubsub/subscribe", body)
+    if status not in (200, 201):
+        raise RuntimeError(f"subscribe answered {status}: {answer[:200]!r}")
+
+
+class HangingReceiver:
+    """Accepts connections and never answers (a subscriber that hangs)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(1024)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/hang"
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.held.append(conn)
+
+    def close(self) -> None:
+        self.sock.close()
+        for c in self.held:
+            c.close()
+
+
+def callbacks_for(case: str, receiver_url: str, hanging: HangingReceiver | None) -> list[str]:
+    if case == "none":
+        return []
+    if case == "dead":
+        return [f"http://127.0.0.1:{dodo.free_port()}/dead"]
+    if case == "hanging":
+        assert hanging is not None
+        return [hanging.url]
+    return [f"{receiver_url}/hook{i}" for i in range(int(case))]
+
+
+def run_case(args, case: str, receiver_url: str, hanging, cpu_db, cpu_load) -> dict:
+    data_dir = dodo.make_data_dir(None, f"webhooks-{case}")
+    server = dodo.start_server(
+        f"dododb-webhooks-{case}",
+        dodo.dododb_cmd(args.dododb_bin, data_dir, "never", ["--snapshot-interval", "0"]),
+        data_dir=data_dir, cpu=cpu_db)
+    try:
+        for callback in callbacks_for(case, receiver_url, hanging):
+            subscribe(server.url, callback)
+        before = webhook_stats(server.url)
+        r = dodo.run_wrk(server.url, "put.lua", conns=args.conns, duration=args.duration,
+                         cpu=cpu_load, server_pid=server.pid)
+        load_done = time.monotonic()
+        during = webhook_stats(server.url)
+        after = during
+        drained = True
+        # A dead or hanging subscriber keeps retrying for minutes: don't wait for it.
+        timeout = args.drain_timeout if case not in ("dead", "hanging") else 0
+        while after["queue_depth"] or after["in_flight"]:
+            if time.monotonic() - load_done > timeout:
+                drained = False
+                break
+            time.sleep(0.05)
+            after = webhook_stats(server.url)
+        drain_s = time.monotonic() - load_done
+        delivered = after["delivered"] - before["delivered"]
+        return {
+            "case": case,
+            "subscribers": len(callbacks_for(case, receiver_url, hanging)) if case not in ("dead", "hanging") else 1,
+            "put_rps": r.rps, "p99_ms": r.p99_ms or 0.0, "errors": r.errors,
+            "events_delivered": delivered,
+            "delivered_during_load": during["delivered"] - before["delivered"],
+            "dropped": after["dropped"] - before["dropped"],
+            "retried": after["retried"] - before["retried"],
+            "failed": after["failed"] - before["failed"],
+            "drain_s": round(drain_s, 2), "drained": drained,
+            "delivered_per_s": delivered / (r.duration_s + drain_s) if delivered else 0.0,
+            "server_cpu_pct": r.server_cpu_pct, "other_cpu_pct": r.other_cpu_pct,
+        }
+    finally:
+        server.stop()
+        dodo.remove_dir(data_dir)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    cpu_db, cpu_load = (0, 1) if args.pin else (None, None)
+    started = dt.datetime.now(dt.timezone.utc)
+    receiver = dodo.start_server("receiver", [args.ceiling_bin, "--listen", "127.0.0.1:0"], cpu=cpu_load)
+    hanging = HangingReceiver()
+    try:
+        alone = dodo.run_wrk(receiver.url, "post.lua", conns=args.conns, duration=args.duration,
+                             cpu=cpu_db, server_pid=receiver.pid)
+        print(f"receiver alone: {alone.rps:,.0f} POST/s (wrk -c{args.conns}), errors {alone.errors}",
+              flush=True)
+        rows = []
+        for case in args.cases.split(","):
+            print(f"case {case} ...", flush=True)
+            rows.append(run_case(args, case, receiver.url, hanging, cpu_db, cpu_load))
+    finally:
+        receiver.stop()
+        hanging.close()
+    base = next((r["put_rps"] for r in rows if r["case"] == "none"), None)
+    header = (f"{'case':<8} {'PUT/s':>8} {'x none':>6} {'p99 ms':>7} {'delivered':>9} "
+              f"{'deliv/s':>8} {'x recv':>6} {'dropped':>8} {'retried':>7} {'failed':>6} {'drain s':>7}")
+    lines = [header, "-" * len(header)]
+    for r in rows:
+        ratio = f"{r['put_rps'] / base:.2f}" if base else "-"
+        recv = f"{r['delivered_per_s'] / alone.rps:.2f}" if r["events_delivered"] else "-"
+        lines.append(
+            f"{r['case']:<8} {r['put_rps']:>8,.0f} {ratio:>6} {r['p99_ms']:>7.2f} "
+            f"{r['events_delivered']:>9,} {r['delivered_per_s']:>8,.0f} {recv:>6} {r['dropped']:>8,} "
+            f"{r['retried']:>7,} {r['failed']:>6,} {r['drain_s']:>7.2f}")
+    table = "\n".join(lines)
+    print(f"\nreceiver alone: {alone.rps:,.0f} POST/s\n{table}")
+    out = args.out or os.path.join(dodo.LOADTEST, "results",
+                                   f"webhooks-{started.strftime('%Y%m%d-%H%M%S')}.json")
+    with open(out, "w") as f:
+        json.dump({"started": started.isoformat(), "settings": vars(args),
+                   "receiver_alone_rps": alone.rps, "table": table, "results": rows}, f, indent=2)
+    print(f"\nresults: {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
