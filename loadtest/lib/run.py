@@ -25,6 +25,9 @@ SCENARIOS = {
     "mix": "mix.lua",                # 90% GET / 10% PUT, random keys
 }
 SERVERS = ["ceiling", "dododb-never", "dododb-always"]
+# Also accepted by --servers: DodoDB --fsync never without per-request metrics
+# recording (DODODB_BENCH_NO_REQUEST_METRICS), to measure what recording costs.
+EXTRA_SERVERS = ["dododb-never-nometrics"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -44,7 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--scenarios", default=",".join(SCENARIOS),
                    help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--servers", default=",".join(SERVERS),
-                   help=f"comma-separated subset of {','.join(SERVERS)} (the ceiling is needed for ratios)")
+                   help=f"comma-separated subset of {','.join(SERVERS + EXTRA_SERVERS)} "
+                        "(the ceiling is needed for ratios)")
     p.add_argument("--keys", type=int, default=100_000, help="keys preloaded and addressed (default 100000)")
     p.add_argument("--wrk-threads", type=int, default=0,
                    help="wrk -t (default: 1 with --pin, else 2)")
@@ -71,7 +75,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
     for s in a.servers:
-        if s not in SERVERS:
+        if s not in SERVERS + EXTRA_SERVERS:
             p.error(f"unknown server {s!r}")
     if a.wrk_threads <= 0:
         a.wrk_threads = 1 if a.pin else 2
@@ -83,12 +87,15 @@ def start(a: argparse.Namespace, server: str, tag: str) -> dodo.Server:
     cpu = 0 if a.pin else None
     if server == "ceiling":
         return dodo.start_server(server, dodo.ceiling_cmd(a.ceiling_bin), cpu=cpu)
-    fsync = server.split("-", 1)[1]
+    fsync = server.split("-")[1]
     data_dir = dodo.make_data_dir(a.tmp_dir, tag)
     if a.fake_dododb:
         cmd = dodo.ceiling_cmd(a.ceiling_bin)
     else:
         cmd = dodo.dododb_cmd(a.dododb_bin, data_dir, fsync, a.dododb_arg)
+    if server.endswith("-nometrics"):
+        # `env` execs the server, so the pid we watch stays the server's.
+        cmd = ["env", "DODODB_BENCH_NO_REQUEST_METRICS=1", *cmd]
     try:
         return dodo.start_server(server, cmd, data_dir=data_dir, cpu=cpu)
     except Exception:
