@@ -25,9 +25,9 @@ SCENARIOS = {
     "mix": "mix.lua",                # 90% GET / 10% PUT, random keys
 }
 SERVERS = ["ceiling", "dododb-never", "dododb-always"]
-# Also accepted by --servers: DodoDB --fsync never without per-request metrics
+# Also accepted by --servers: DodoDB --fsync everysec, and --fsync never without per-request metrics
 # recording (DODODB_BENCH_NO_REQUEST_METRICS), to measure what recording costs.
-EXTRA_SERVERS = ["dododb-never-nometrics"]
+EXTRA_SERVERS = ["dododb-everysec", "dododb-never-nometrics"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
