@@ -1,11 +1,15 @@
 //! The REST API over a [`Db`]: the router factory, the server loop with
 //! graceful shutdown, and the JSON helpers. The only module that knows axum.
 
+mod admission;
 mod error;
 mod feed;
+#[doc(hidden)]
+pub mod fuzz;
 mod kv;
 mod metrics;
 mod pubsub;
+mod server;
 mod system;
 
 use std::future::Future;
@@ -13,11 +17,14 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::SizeAbove;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 
@@ -30,15 +37,25 @@ pub struct AppState {
     pub db: Db,
 }
 
+/// Responses smaller than this are sent as they are: gzip would cost more
+/// time than the bytes it saves.
+const MIN_GZIP_BYTES: u16 = 1024;
+
 /// Builds the application: every route of the SPEC over `db`. Main and the
 /// tests build the same app through this.
 pub fn router(db: Db) -> Router {
-    let max_body = db.config().max_value_bytes;
+    let config = db.config();
+    let max_body = config.max_value_bytes;
+    let admission = admission::AdmissionLayer::new(config);
+    let cors = config.cors_origin.as_deref().map(cors);
     let metrics = std::sync::Arc::new(metrics::Metrics::new(db.clone()));
     let record = metrics.layer();
+    // Only the routes whose answers grow with the data are compressed (and
+    // only when the client asks), so `GET /kv/{key}` stays as it is.
+    let gzip = CompressionLayer::new().compress_when(SizeAbove::new(MIN_GZIP_BYTES));
     let state = AppState { db };
-    Router::new()
-        .route("/kv", get(kv::list))
+    let app = Router::new()
+        .route("/kv", get(kv::list).layer(gzip.clone()))
         .route("/kv/count", get(kv::count))
         .route("/kv/clear", post(kv::clear))
         .route(
@@ -54,17 +71,51 @@ pub fn router(db: Db) -> Router {
         .route("/system/version", get(system::version))
         .route("/system/stats", get(system::stats))
         .route("/system/snapshot", post(system::snapshot))
-        .route("/system/export", get(system::export))
+        .route("/system/export", get(system::export).layer(gzip))
         .route("/events", get(feed::events))
         .route("/ws", get(feed::ws))
         .route("/metrics", get(move || async move { metrics.render() }))
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(max_body))
-        // Outermost, so a request's recorded latency covers its body limit
-        // too; `Router::layer` wraps each route, so it sees the template.
-        .layer(record)
-        .with_state(state)
+        .layer(admission);
+    // CORS sits outside admission: a browser's preflight carries no token.
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
+    // Outermost, so a request's recorded latency covers admission and the
+    // body limit too; `Router::layer` wraps each route, so it sees the
+    // template.
+    app.layer(record).with_state(state)
+}
+
+/// Browser access from `origin` (`*`: any). Validated at start-up.
+fn cors(origin: &str) -> CorsLayer {
+    let allow = if origin == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::exact(
+            HeaderValue::from_str(origin).unwrap_or(HeaderValue::from_static("null")),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([header::ETAG])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn route_not_found() -> ApiError {
@@ -87,6 +138,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(db.clone());
+    let header_read_timeout = db.config().header_read_timeout;
     let feed_db = db.clone();
     // Live feed streams never end on their own: close them when shutdown
     // starts, or the graceful shutdown would wait for them forever.
@@ -94,9 +146,7 @@ pub async fn serve(
         shutdown.await;
         feed_db.feed().close();
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    server::run(listener, app, header_read_timeout, shutdown).await?;
     tracing::info!("HTTP server stopped; closing the database");
     tokio::task::spawn_blocking(move || db.close())
         .await

@@ -106,6 +106,12 @@ impl WalWriter {
             stats: WalStats::default(),
         });
         shared.stats.segment.store(segment, Ordering::Relaxed);
+        // Fault injection for the disk-full tests, like the snapshot crash
+        // hook in `db`: the log behaves as if the disk held only this many
+        // more bytes.
+        let space_left = std::env::var("DODODB_TEST_WAL_SPACE_BYTES")
+            .ok()
+            .and_then(|s| s.parse().ok());
         let mut state = WriterState {
             shared: Arc::clone(&shared),
             dir,
@@ -116,6 +122,7 @@ impl WalWriter {
             sink,
             unsynced: false,
             last_sync: Instant::now(),
+            space_left,
         };
         let thread = std::thread::Builder::new()
             .name("dododb-wal".into())
@@ -256,6 +263,8 @@ struct WriterState {
     sink: Box<dyn BatchSink>,
     unsynced: bool,
     last_sync: Instant,
+    /// Bytes the (simulated) disk still takes; `None`: no limit.
+    space_left: Option<u64>,
 }
 
 impl WriterState {
@@ -325,8 +334,8 @@ impl WriterState {
             self.shared.wake_waiters();
             return;
         }
+        let written = self.append(buf);
         let stats = &self.shared.stats;
-        let written = self.file.write_all(buf);
         let synced = match (&written, self.policy) {
             (Ok(()), FsyncPolicy::Always) => {
                 let started = Instant::now();
@@ -358,6 +367,25 @@ impl WriterState {
         self.sink.durable(records);
         self.shared.durable_seq.store(last_seq, Ordering::Release);
         self.shared.wake_waiters();
+    }
+
+    /// Writes `buf` at the end of the segment. Under the disk-full hook, a
+    /// batch larger than the space left is written only in part and fails
+    /// the way a full disk does, leaving a torn tail for `poison` to cut.
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let Some(left) = self.space_left else {
+            return self.file.write_all(buf);
+        };
+        let fits = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        self.file.write_all(&buf[..fits])?;
+        self.space_left = Some(left - fits as u64);
+        if fits < buf.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (DODODB_TEST_WAL_SPACE_BYTES)",
+            ));
+        }
+        Ok(())
     }
 
     fn sync_or_poison(&mut self) {
