@@ -124,8 +124,13 @@ async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    // `scripts/crash-loop N` runs the same loop for N cycles.
+    // `scripts/crash-loop N` runs the same loop for N cycles, with a new
+    // seed for the kill moments each run (printed, so a failure replays).
+    let mut seed = std::env::var("DODODB_CRASH_SEED")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n != 0)
+        .unwrap_or(0x9E37_79B9_7F4A_7C15);
     let cycles: usize = std::env::var("DODODB_CRASH_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
