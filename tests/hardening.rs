@@ -56,6 +56,12 @@ fn raw(server: &TestServer, request: &[u8]) -> String {
     String::from_utf8_lossy(&answer).into_owned()
 }
 
+/// `GET target` with `extra` header lines, on a fresh connection.
+fn get(server: &TestServer, target: &str, extra: &str) -> String {
+    let request = format!("GET {target} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n");
+    raw(server, request.as_bytes())
+}
+
 fn status_of(answer: &str) -> u16 {
     answer
         .split(' ')
@@ -249,42 +255,25 @@ async fn requests_beyond_the_limit_are_shed_at_once() {
 #[tokio::test]
 async fn long_uris_and_large_headers_are_refused() {
     let server = TestServer::start(&[]);
-    let long_uri = format!(
-        "GET /kv/{} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-        "a".repeat(9000)
-    );
-    let answer = raw(&server, long_uri.as_bytes());
+    let answer = get(&server, &format!("/kv/{}", "a".repeat(9000)), "");
     assert_eq!(status_of(&answer), 414, "{answer}");
     assert_eq!(code_of(&answer), "uri_too_long");
 
-    let big_header = format!(
-        "GET /kv/a HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
-        "b".repeat(20_000)
-    );
-    let answer = raw(&server, big_header.as_bytes());
+    let big = format!("X-Big: {}\r\n", "b".repeat(20_000));
+    let answer = get(&server, "/kv/a", &big);
     assert_eq!(status_of(&answer), 431, "{answer}");
     assert_eq!(code_of(&answer), "headers_too_large");
 
     // Past what the HTTP layer buffers at all: refused before routing.
-    let huge_header = format!(
-        "GET /kv/a HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
-        "b".repeat(70_000)
-    );
-    let answer = raw(&server, huge_header.as_bytes());
+    let huge = format!("X-Big: {}\r\n", "b".repeat(70_000));
+    let answer = get(&server, "/kv/a", &huge);
     assert_eq!(status_of(&answer), 431, "{answer}");
 
-    let mut many = String::from("GET /kv/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n");
-    for i in 0..120 {
-        many.push_str(&format!("X-H{i}: v\r\n"));
-    }
-    many.push_str("\r\n");
-    let answer = raw(&server, many.as_bytes());
+    let many: String = (0..120).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let answer = get(&server, "/kv/a", &many);
     assert_eq!(status_of(&answer), 431, "{answer}");
 
-    let fine = raw(
-        &server,
-        b"GET /kv/a HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    );
+    let fine = get(&server, "/kv/a", "");
     assert_eq!(status_of(&fine), 404, "{fine}");
 }
 
