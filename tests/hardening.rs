@@ -649,3 +649,35 @@ async fn hundreds_of_idle_connections_do_not_stop_service_or_shutdown() {
     assert_eq!(server.terminate(), Some(0));
     drop(idle);
 }
+
+/// Found by the key_and_value fuzz target: simd-json took `1\0` for a
+/// number, the value was stored, and the next snapshot could not be read
+/// back, so the server refused to start.
+#[tokio::test]
+async fn a_nul_byte_in_a_value_is_refused_and_restarts_stay_possible() {
+    let mut server = TestServer::start(&[]);
+    let http = client();
+    for body in [&b"1\0"[..], b"184467440737\0\0\0\x001616", b"[1\0]"] {
+        let put = http
+            .put(server.at("/kv/n"))
+            .body(body.to_vec())
+            .send()
+            .await
+            .expect("put");
+        assert_eq!(put.status(), 400, "{body:?}");
+        assert_eq!(error_code(put).await, "invalid_json");
+    }
+    let put = http
+        .put(server.at("/kv/ok"))
+        .body("1")
+        .send()
+        .await
+        .expect("put");
+    assert_eq!(put.status(), 201);
+    assert_eq!(server.terminate(), Some(0), "final snapshot written");
+    let tmp = server.take_tmp();
+    let again = TestServer::start_in(&server.dir, &[]);
+    let got = http.get(again.at("/kv/ok")).send().await.expect("get");
+    assert_eq!(got.status(), 200);
+    drop(tmp);
+}
