@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use dododb::config::{Config, FsyncPolicy, Storage};
+use dododb::config::{AuthToken, Config, FsyncPolicy, Storage};
 
 use crate::client::Remote;
 use crate::client::args::{
@@ -26,6 +26,8 @@ pub struct Cli {
     pub serve: ServeArgs,
 }
 
+// Parsed once per run: the size of the `serve` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the server (the default).
@@ -99,6 +101,27 @@ pub struct ServeArgs {
     /// What /system/version reports (default: the crate version).
     #[arg(long, env = "DODODB_SERVER_VERSION")]
     pub server_version: Option<String>,
+    /// Every route but GET /system/alive then needs `Authorization: Bearer TOKEN`.
+    #[arg(long, env = "DODODB_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<AuthToken>,
+    /// A request still running after this many seconds gets 503.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub request_timeout_secs: u64,
+    /// Requests in progress beyond this are shed with 503 at once.
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrent_requests: u64,
+    /// A connection that sends no complete request head for this many
+    /// seconds is closed (against slowloris clients; also ends idle
+    /// keep-alive connections).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout_secs: u64,
+    /// Allow browser calls from this origin (`*` for any).
+    #[arg(long)]
+    pub cors_origin: Option<String>,
+    /// A TOML file with the same settings (flag names without `--`, `-` as
+    /// `_`); flags beat environment variables, which beat the file.
+    #[arg(long, env = "DODODB_CONFIG")]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -135,6 +158,12 @@ impl ServeArgs {
             webhook_timeout: Duration::from_secs(self.webhook_timeout_secs),
             webhook_max_attempts: self.webhook_max_attempts,
             feed_retained_events: usize::try_from(self.feed_retained_events).unwrap_or(usize::MAX),
+            auth_token: self.auth_token.clone(),
+            request_timeout: Duration::from_secs(self.request_timeout_secs),
+            max_concurrent_requests: usize::try_from(self.max_concurrent_requests)
+                .unwrap_or(usize::MAX),
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            cors_origin: self.cors_origin.clone(),
             ..defaults
         }
     }

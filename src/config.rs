@@ -56,6 +56,41 @@ pub enum Storage {
     Dir(PathBuf),
 }
 
+/// The bearer token of `--auth-token`. Its `Debug` never shows the
+/// token, so a logged or printed configuration cannot leak it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AuthToken(String);
+
+impl AuthToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> AuthToken {
+        AuthToken(token.into())
+    }
+
+    /// The token itself, for the one place that compares it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AuthToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AuthToken(<redacted>)")
+    }
+}
+
+impl std::str::FromStr for AuthToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.is_empty() {
+            Err("the token must not be empty".into())
+        } else {
+            Ok(AuthToken(s.to_string()))
+        }
+    }
+}
+
 /// Every setting of a database and its server.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -87,6 +122,20 @@ pub struct Config {
     pub webhook_max_attempts: u32,
     /// Capacity of the queue between writes and the webhook pool.
     pub webhook_queue_capacity: usize,
+    /// When set, every route but `GET /system/alive` needs
+    /// `Authorization: Bearer <token>`.
+    pub auth_token: Option<AuthToken>,
+    /// A request whose response head is not ready by then gets `503`
+    /// (the live feed's streams are exempt).
+    pub request_timeout: Duration,
+    /// Requests in progress beyond this are shed with `503` at once.
+    pub max_concurrent_requests: usize,
+    /// A connection that has not sent a complete request head this long
+    /// after it opened (or after its previous response) is closed.
+    pub header_read_timeout: Duration,
+    /// The origin browsers may call from (`*` for any); `None` sends no
+    /// CORS headers.
+    pub cors_origin: Option<String>,
 }
 
 impl Default for Config {
@@ -106,6 +155,11 @@ impl Default for Config {
             webhook_timeout: Duration::from_secs(5),
             webhook_max_attempts: 8,
             webhook_queue_capacity: 65_536,
+            auth_token: None,
+            request_timeout: Duration::from_secs(30),
+            max_concurrent_requests: 4096,
+            header_read_timeout: Duration::from_secs(30),
+            cors_origin: None,
         }
     }
 }
@@ -157,9 +211,66 @@ impl Config {
         if self.webhook_queue_capacity == 0 {
             return Err("the webhook queue needs room for at least 1 event".into());
         }
+        if self.request_timeout.is_zero() {
+            return Err("request-timeout-secs must be at least 1".into());
+        }
+        if self.max_concurrent_requests == 0 {
+            return Err("max-concurrent-requests must be at least 1".into());
+        }
+        if self.header_read_timeout.is_zero() {
+            return Err("header-read-timeout-secs must be at least 1".into());
+        }
+        if let Some(origin) = &self.cors_origin
+            && origin != "*"
+            && !is_origin(origin)
+        {
+            return Err(format!(
+                "cors-origin must be * or an origin like https://app.example.com; got {origin:?}"
+            ));
+        }
         if self.feed_retained_events == 0 {
             return Err("feed retention must hold at least 1 event".into());
         }
         Ok(())
+    }
+}
+
+/// Whether `text` is a serialized origin: `http` or `https`, `://`, and a
+/// host with an optional port, nothing after it.
+fn is_origin(text: &str) -> bool {
+    let host = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"));
+    host.is_some_and(|h| !h.is_empty() && h.bytes().all(|b| b.is_ascii_graphic() && b != b'/'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_token_never_shows_in_debug() {
+        let config = Config {
+            auth_token: Some(AuthToken::new("s3cret-token")),
+            ..Config::in_memory()
+        };
+        let text = format!("{config:?}");
+        assert!(!text.contains("s3cret-token"), "{text}");
+        assert!(text.contains("<redacted>"), "{text}");
+    }
+
+    #[test]
+    fn origins_are_checked() {
+        for good in ["http://localhost:3000", "https://app.example.com"] {
+            assert!(is_origin(good), "{good}");
+        }
+        for bad in [
+            "app.example.com",
+            "https://",
+            "https://a.com/path",
+            "ftp://x",
+        ] {
+            assert!(!is_origin(bad), "{bad}");
+        }
     }
 }

@@ -75,6 +75,8 @@
 pub mod config;
 pub mod db;
 pub mod events;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod http;
 pub mod snapshot;
 pub mod store;

@@ -3,11 +3,11 @@
 
 mod cli;
 mod client;
+mod config_file;
 
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::Parser;
 use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
@@ -19,14 +19,18 @@ use dododb::Db;
 static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match config_file::parse() {
         Ok(cli) => cli,
-        Err(e) if !e.use_stderr() => {
+        Err(config_file::ParseFailure::File(line)) => {
+            eprintln!("dododb: {line}");
+            return ExitCode::from(2);
+        }
+        Err(config_file::ParseFailure::Cli(e)) if !e.use_stderr() => {
             // --help and --version.
             let _ = e.print();
             return ExitCode::SUCCESS;
         }
-        Err(e) => {
+        Err(config_file::ParseFailure::Cli(e)) => {
             // One line, as the SPEC asks; clap's own text adds usage blocks.
             let text = e.to_string();
             let first = text.lines().next().unwrap_or("invalid arguments");
@@ -100,6 +104,7 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .thread_name("dododb-http")
         .build()
         .context("cannot start the async runtime")?;
+    raise_open_files_limit();
     runtime.block_on(async move {
         // Bind first: a port in use should fail before any recovery work.
         let listener = tokio::net::TcpListener::bind(args.listen)
@@ -121,6 +126,20 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .context("server failed")
     })
 }
+
+/// Every connection is a file descriptor, and the usual soft limit (1024)
+/// is far below what a server holding thousands of idle keep-alive
+/// connections needs: raise it to the hard limit.
+#[cfg(unix)]
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open files limit"),
+        Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+    }
+}
+
+#[cfg(not(unix))]
+fn raise_open_files_limit() {}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -58,7 +58,7 @@ pub fn validate(doc: &[u8]) -> Result<(), ValueError> {
             simd_json::fill_tape(&mut validator.scratch, &mut validator.buffers, &mut tape);
         let result = match parsed {
             Ok(()) if max_depth(&tape.0) > MAX_DEPTH => Err(ValueError::TooDeep),
-            Ok(()) => Ok(()),
+            Ok(()) => check_tokens(doc),
             Err(e) if *e.error() == simd_json::ErrorType::InvalidNumber => validate_slowly(doc),
             Err(e) => Err(ValueError::Invalid(e.to_string())),
         };
@@ -84,6 +84,93 @@ fn validate_slowly(doc: &[u8]) -> Result<(), ValueError> {
         return Err(ValueError::TooDeep);
     }
     Ok(())
+}
+
+/// Checks each scalar outside strings against the JSON grammar, and
+/// strings for raw control characters, after simd-json accepted `doc`.
+///
+/// simd-json checks the structure but is lax about some scalars: fuzzing
+/// found it taking `1\0` (a NUL after a number) and
+/// `18446773440737097955Z16` (garbage after a number too big for 64
+/// bits). serde_json refuses both, so a stored value like that made every
+/// later snapshot unreadable and the server refused to start. This pass is
+/// one cheap scan; the strict parser stays off the hot path.
+fn check_tokens(doc: &[u8]) -> Result<(), ValueError> {
+    let bad = |at: usize, what: &str| Err(ValueError::Invalid(format!("{what} at offset {at}")));
+    let mut i = 0;
+    while i < doc.len() {
+        match doc[i] {
+            b' ' | b'\t' | b'\n' | b'\r' | b'{' | b'}' | b'[' | b']' | b':' | b',' => i += 1,
+            b'"' => {
+                i += 1;
+                while i < doc.len() && doc[i] != b'"' {
+                    match doc[i] {
+                        b'\\' => i += 2,
+                        c if c < 0x20 => return bad(i, "a raw control character in a string"),
+                        _ => i += 1,
+                    }
+                }
+                i += 1;
+            }
+            _ => {
+                let start = i;
+                while i < doc.len()
+                    && !matches!(
+                        doc[i],
+                        b' ' | b'\t'
+                            | b'\n'
+                            | b'\r'
+                            | b'{'
+                            | b'}'
+                            | b'['
+                            | b']'
+                            | b':'
+                            | b','
+                            | b'"'
+                    )
+                {
+                    i += 1;
+                }
+                let token = &doc[start..i];
+                if !matches!(token, b"true" | b"false" | b"null") && !is_number(token) {
+                    return bad(start, "not a number, true, false or null");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, the JSON number.
+fn is_number(token: &[u8]) -> bool {
+    fn digits(t: &[u8]) -> usize {
+        t.iter().take_while(|b| b.is_ascii_digit()).count()
+    }
+    let mut t = token.strip_prefix(b"-").unwrap_or(token);
+    match t.first() {
+        Some(b'0') => t = &t[1..],
+        Some(b'1'..=b'9') => t = &t[digits(t)..],
+        _ => return false,
+    }
+    if let Some(rest) = t.strip_prefix(b".") {
+        let n = digits(rest);
+        if n == 0 {
+            return false;
+        }
+        t = &rest[n..];
+    }
+    if let Some(rest) = t.strip_prefix(b"e").or_else(|| t.strip_prefix(b"E")) {
+        let rest = rest
+            .strip_prefix(b"+")
+            .or_else(|| rest.strip_prefix(b"-"))
+            .unwrap_or(rest);
+        let n = digits(rest);
+        if n == 0 {
+            return false;
+        }
+        t = &rest[n..];
+    }
+    t.is_empty()
 }
 
 /// The nesting depth of a document already known to be valid JSON: brackets
@@ -173,6 +260,19 @@ mod tests {
             "\"unterminated",
             "[1] x",
             "\u{0}",
+            "184467440737\0\0\0\x001616",
+            "1\0",
+            "[1\0]",
+            "\"a\0b\"",
+            "{\"a\":1}\0",
+            "18446773440737097955Z16",
+            "[1Z]",
+            "\"a\u{1}b\"",
+            "1.",
+            "-",
+            "1e",
+            "tru",
+            "nulll",
         ] {
             check(doc, false);
         }
@@ -202,6 +302,18 @@ mod tests {
     #[test]
     fn rejects_invalid_utf8_inside_strings() {
         assert!(validate(b"\"\xff\"").is_err());
+    }
+
+    #[test]
+    fn numbers_follow_the_grammar() {
+        for good in ["0", "-0", "12", "1.5", "-1.5e10", "1E+2", "3e-7", "0.0"] {
+            assert!(is_number(good.as_bytes()), "{good}");
+        }
+        for bad in [
+            "", "-", "01", "1.", ".5", "1e", "1e+", "+1", "1x", "0x10", "1.5.5",
+        ] {
+            assert!(!is_number(bad.as_bytes()), "{bad}");
+        }
     }
 
     #[test]

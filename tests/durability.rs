@@ -121,27 +121,32 @@ fn verify(entries: &HashMap<String, (u64, Value)>, ledger: &Ledger) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write() {
-    // `scripts/crash-loop N` runs the same loop for N cycles.
+    // `scripts/crash-loop N` runs the same loop for N cycles, with a new
+    // seed for the kill moments each run (printed, so a failure replays).
+    let seed = std::env::var("DODODB_CRASH_SEED")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n != 0)
+        .unwrap_or(0x9E37_79B9_7F4A_7C15);
     let cycles: usize = std::env::var("DODODB_CRASH_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
         .unwrap_or(20);
-    crash_loop("always", cycles).await;
+    crash_loop("always", cycles, seed).await;
 }
 
 /// Under `never` the writers commit their own batches (no writer thread);
 /// a killed process still leaves every acknowledged write in the page cache.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_under_fsync_never_loses_no_acknowledged_write() {
-    crash_loop("never", 8).await;
+    crash_loop("never", 8, 0x9E37_79B9_7F4A_7C15).await;
 }
 
 /// `cycles` rounds of: start, verify, 8 writers, `kill -9` at a random moment.
-async fn crash_loop(fsync: &str, cycles: usize) {
+async fn crash_loop(fsync: &str, cycles: usize, mut seed: u64) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     let ledger = Arc::new(Mutex::new(Ledger::default()));
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     for cycle in 0..cycles {
         let mut server = TestServer::start_in(&dir, &["--fsync", fsync]);
         verify(&dump(&server).await, &ledger.lock().expect("lock"));

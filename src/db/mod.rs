@@ -28,6 +28,7 @@ use crate::store::{
 };
 use crate::value::{self, ValueError};
 use crate::wal::{BatchSink, Record, WalWriter};
+pub(crate) use pubsub::check_callback_url;
 pub use pubsub::{EventSubscription, Unsubscribe};
 
 /// Key names taken by routes under `/kv/`.

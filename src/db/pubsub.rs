@@ -231,7 +231,7 @@ impl Db {
 }
 
 /// A callback URL must be an absolute http or https URL with a host.
-fn check_callback_url(url: &str) -> Result<(), DbError> {
+pub(crate) fn check_callback_url(url: &str) -> Result<(), DbError> {
     let parsed = reqwest::Url::parse(url)
         .map_err(|e| DbError::InvalidRequest(format!("callback_url {url:?} is not a URL: {e}")))?;
     if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none_or(str::is_empty) {

@@ -27,6 +27,10 @@ pub enum ApiError {
     PreconditionFailed(String),
     /// 413 `payload_too_large`.
     PayloadTooLarge(String),
+    /// 414 `uri_too_long`.
+    UriTooLong(String),
+    /// 431 `headers_too_large`.
+    HeadersTooLarge(String),
     /// 503 `unavailable`.
     Unavailable(String),
     /// 500 `internal`: a bug; details go to the log only.
@@ -56,6 +60,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
+            ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,6 +78,8 @@ impl ApiError {
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PreconditionFailed(_) => "precondition_failed",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::UriTooLong(_) => "uri_too_long",
+            ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -85,6 +93,8 @@ impl ApiError {
             | ApiError::NotFound(m)
             | ApiError::PreconditionFailed(m)
             | ApiError::PayloadTooLarge(m)
+            | ApiError::UriTooLong(m)
+            | ApiError::HeadersTooLarge(m)
             | ApiError::Unavailable(m) => m,
             ApiError::Unauthorized => "missing or wrong bearer token",
             ApiError::MethodNotAllowed => "method not allowed on this path",
@@ -123,6 +133,11 @@ impl IntoResponse for ApiError {
             response
                 .headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if matches!(self, ApiError::Unauthorized) {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         response
     }

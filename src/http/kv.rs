@@ -22,7 +22,7 @@ const MAX_LIST_LIMIT: usize = 10_000;
 
 /// The key of a `/kv/{key}[/suffix]` request, percent-decoded. Taken from
 /// the raw path so a lookup allocates nothing when there is no escape.
-fn key_of<'a>(uri: &'a Uri, suffix: &str) -> Result<Cow<'a, str>, ApiError> {
+pub(super) fn key_of<'a>(uri: &'a Uri, suffix: &str) -> Result<Cow<'a, str>, ApiError> {
     let raw = uri
         .path()
         .strip_prefix("/kv/")
@@ -158,7 +158,8 @@ pub(super) async fn put(
     Ok(response)
 }
 
-fn body_error(rejection: BytesRejection) -> ApiError {
+/// The answer to a body that could not be read: 413 past the limit.
+pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::PayloadTooLarge("request body is larger than --max-value-bytes".into())
     } else {

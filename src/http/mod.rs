@@ -1,12 +1,16 @@
 //! The REST API over a [`Db`]: the router factory, the server loop with
 //! graceful shutdown, and the JSON helpers. The only module that knows axum.
 
+mod admission;
 mod error;
 mod feed;
+#[doc(hidden)]
+pub mod fuzz;
 mod kv;
 mod metrics;
 mod pubsub;
 mod routes;
+mod server;
 mod system;
 
 use std::future::Future;
@@ -14,10 +18,13 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tower_http::compression::CompressionLayer;
+use tower_http::compression::predicate::SizeAbove;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use error::ApiError;
 pub use routes::{OPENAPI_JSON, ROUTES, Route};
@@ -33,26 +40,74 @@ pub struct AppState {
     metrics: std::sync::Arc<metrics::Metrics>,
 }
 
+/// Responses smaller than this are sent as they are: gzip would cost more
+/// time than the bytes it saves.
+const MIN_GZIP_BYTES: u16 = 1024;
+
 /// Builds the application: every route of the SPEC over `db`. Main and the
 /// tests build the same app through this.
 pub fn router(db: Db) -> Router {
-    let max_body = db.config().max_value_bytes;
+    let config = db.config();
+    let max_body = config.max_value_bytes;
+    let admission = admission::AdmissionLayer::new(config);
+    let cors = config.cors_origin.as_deref().map(cors);
     let metrics = std::sync::Arc::new(metrics::Metrics::new(db.clone()));
     let record = metrics.layer();
     let state = AppState { db, metrics };
     let app = routes::api()
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body));
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(admission);
+    // CORS sits outside admission: a browser's preflight carries no token.
+    let app = match cors {
+        Some(cors) => app.layer(cors),
+        None => app,
+    };
     // Benchmark hook: the load harness measures GET with and without request
-    // recording (loadtest/run --dododb-arg is not enough: it is not a setting
-    // users should turn off).
+    // recording (it is not a setting users should turn off).
     if std::env::var_os("DODODB_BENCH_NO_REQUEST_METRICS").is_some() {
         return app.with_state(state);
     }
-    // Outermost, so a request's recorded latency covers its body limit
-    // too; `Router::layer` wraps each route, so it sees the template.
+    // Outermost, so a request's recorded latency covers admission and the
+    // body limit too; `Router::layer` wraps each route, so it sees the
+    // template.
     app.layer(record).with_state(state)
+}
+
+/// Gzip for the routes whose answers grow with the data (`GET /kv`,
+/// `/system/export`), only when the client asks: `GET /kv/{key}` stays as
+/// it is.
+pub(super) fn gzip() -> CompressionLayer<SizeAbove> {
+    CompressionLayer::new().compress_when(SizeAbove::new(MIN_GZIP_BYTES))
+}
+
+/// Browser access from `origin` (`*`: any). Validated at start-up.
+fn cors(origin: &str) -> CorsLayer {
+    let allow = if origin == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::exact(
+            HeaderValue::from_str(origin).unwrap_or(HeaderValue::from_static("null")),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::DELETE,
+        ])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            header::IF_MATCH,
+            header::IF_NONE_MATCH,
+        ])
+        .expose_headers([header::ETAG])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn route_not_found() -> ApiError {
@@ -75,6 +130,7 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = router(db.clone());
+    let header_read_timeout = db.config().header_read_timeout;
     let feed_db = db.clone();
     // Live feed streams never end on their own: close them when shutdown
     // starts, or the graceful shutdown would wait for them forever.
@@ -82,9 +138,7 @@ pub async fn serve(
         shutdown.await;
         feed_db.feed().close();
     };
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await?;
+    server::run(listener, app, header_read_timeout, shutdown).await?;
     tracing::info!("HTTP server stopped; closing the database");
     tokio::task::spawn_blocking(move || db.close())
         .await

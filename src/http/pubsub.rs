@@ -62,19 +62,37 @@ fn shown(sub: &Subscription) -> Shown<'_> {
 
 /// Parses a JSON request body into `T`: broken JSON is `invalid_json`,
 /// JSON of the wrong shape is `invalid_request`.
-fn parse_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, BytesRejection>,
-) -> Result<T, ApiError> {
-    let body = body.map_err(|e| {
-        ApiError::InvalidRequest(format!("could not read the body: {}", e.body_text()))
-    })?;
-    serde_json::from_slice(&body).map_err(|e| {
+fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
         if e.is_syntax() || e.is_eof() {
             ApiError::InvalidJson(format!("body is not valid JSON: {e}"))
         } else {
             ApiError::InvalidRequest(format!("bad subscription body: {e}"))
         }
     })
+}
+
+/// What a `POST /pubsub/subscribe` body asks for: the target, the
+/// callback URL and the secret (the URL is checked by the database).
+pub(super) fn subscribe_request(body: Bytes) -> Result<(Target, String, Option<String>), ApiError> {
+    let body: SubscribeBody = parse_body(&body)?;
+    let target = target(body.key, body.prefix)?;
+    let url = body
+        .callback_url
+        .ok_or_else(|| ApiError::InvalidRequest("\"callback_url\" is required".into()))?;
+    Ok((target, url, body.secret))
+}
+
+/// What a `POST /pubsub/unsubscribe` body asks to remove.
+pub(super) fn unsubscribe_request(body: Bytes) -> Result<Unsubscribe, ApiError> {
+    let body: UnsubscribeBody = parse_body(&body)?;
+    match (body.id, body.callback_url) {
+        (Some(id), None) if body.key.is_none() && body.prefix.is_none() => Ok(Unsubscribe::Id(id)),
+        (None, Some(url)) => Ok(Unsubscribe::Target(target(body.key, body.prefix)?, url)),
+        _ => Err(ApiError::InvalidRequest(
+            "give either \"id\", or \"key\"/\"prefix\" with \"callback_url\"".into(),
+        )),
+    }
 }
 
 fn target(key: Option<String>, prefix: Option<String>) -> Result<Target, ApiError> {
@@ -91,14 +109,10 @@ pub(super) async fn subscribe(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body: SubscribeBody = parse_body(body)?;
-    let target = target(body.key, body.prefix)?;
-    let url = body
-        .callback_url
-        .ok_or_else(|| ApiError::InvalidRequest("\"callback_url\" is required".into()))?;
+    let (target, url, secret) = subscribe_request(body.map_err(super::kv::body_error)?)?;
     let db = state.db.clone();
     let (sub, created) =
-        tokio::task::spawn_blocking(move || db.subscribe_webhook(target, &url, body.secret))
+        tokio::task::spawn_blocking(move || db.subscribe_webhook(target, &url, secret))
             .await
             .map_err(|e| ApiError::Internal(format!("subscribe task failed: {e}")))??;
     let status = if created {
@@ -113,16 +127,7 @@ pub(super) async fn unsubscribe(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body: UnsubscribeBody = parse_body(body)?;
-    let which = match (body.id, body.callback_url) {
-        (Some(id), None) if body.key.is_none() && body.prefix.is_none() => Unsubscribe::Id(id),
-        (None, Some(url)) => Unsubscribe::Target(target(body.key, body.prefix)?, url),
-        _ => {
-            return Err(ApiError::InvalidRequest(
-                "give either \"id\", or \"key\"/\"prefix\" with \"callback_url\"".into(),
-            ));
-        }
-    };
+    let which = unsubscribe_request(body.map_err(super::kv::body_error)?)?;
     let db = state.db.clone();
     let removed = tokio::task::spawn_blocking(move || db.unsubscribe_webhook(&which))
         .await

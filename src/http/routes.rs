@@ -49,7 +49,7 @@ impl Route {
 
 /// Every route of the API (SPEC §4–§7 and `/openapi.json`).
 pub static ROUTES: &[Route] = &[
-    Route::new(Method::GET, "/kv", |m| on(m, kv::list)),
+    Route::new(Method::GET, "/kv", |m| on(m, kv::list).layer(super::gzip())),
     Route::new(Method::GET, "/kv/count", |m| on(m, kv::count)),
     Route::new(Method::POST, "/kv/clear", |m| on(m, kv::clear)),
     Route::new(Method::GET, "/kv/{key}", |m| on(m, kv::get)),
@@ -73,7 +73,9 @@ pub static ROUTES: &[Route] = &[
     Route::new(Method::POST, "/system/snapshot", |m| {
         on(m, system::snapshot)
     }),
-    Route::new(Method::GET, "/system/export", |m| on(m, system::export)),
+    Route::new(Method::GET, "/system/export", |m| {
+        on(m, system::export).layer(super::gzip())
+    }),
     Route::new(Method::GET, "/events", |m| on(m, feed::events)),
     Route::new(Method::GET, "/ws", |m| on(m, feed::ws)),
     Route::new(Method::GET, "/metrics", |m| on(m, metrics)),

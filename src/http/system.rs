@@ -194,9 +194,12 @@ pub(super) async fn export(State(state): State<AppState>) -> Response {
             tracing::warn!("export stopped: {e}");
         }
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|chunk| (chunk, rx))
-    });
+    // Fused: a body wrapper (gzip) may poll again after the end, and a
+    // bare `unfold` panics then.
+    let stream =
+        futures_util::StreamExt::fuse(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (chunk, rx))
+        }));
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(
         header::CONTENT_TYPE,

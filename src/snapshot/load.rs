@@ -62,13 +62,27 @@ struct Line<'a> {
 /// [`SnapshotError::Damaged`] when the file is incomplete or fails its
 /// checksum (nothing was applied then), [`SnapshotError::Io`] when it
 /// cannot be read.
-pub fn load(path: &Path, mut apply: impl FnMut(Change)) -> Result<Loaded, SnapshotError> {
+pub fn load(path: &Path, apply: impl FnMut(Change)) -> Result<Loaded, SnapshotError> {
     let data = std::fs::read(path).map_err(|e| SnapshotError::io(path, e))?;
+    load_bytes(&data, &path.display().to_string(), apply)
+}
+
+/// [`load`] over the bytes of a snapshot file named `file` (for messages).
+///
+/// # Errors
+///
+/// [`SnapshotError::Damaged`] when the data is incomplete or fails its
+/// checksum; nothing was applied then.
+pub fn load_bytes(
+    data: &[u8],
+    file: &str,
+    mut apply: impl FnMut(Change),
+) -> Result<Loaded, SnapshotError> {
     let damaged = |why: &str| SnapshotError::Damaged {
-        file: path.display().to_string(),
+        file: file.to_string(),
         reason: why.to_string(),
     };
-    let body_end = verify(&data).map_err(damaged)?;
+    let body_end = verify(data).map_err(damaged)?;
     let mut loaded = Loaded::default();
     let mut lines = serde_json::Deserializer::from_slice(&data[..body_end]).into_iter::<Line<'_>>();
     let header = lines

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 pub use encode::{Written, encode};
-pub use load::{Loaded, load};
+pub use load::{Loaded, load, load_bytes};
 
 use crate::store::Store;
 use crate::wal::segment;

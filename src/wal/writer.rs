@@ -64,6 +64,29 @@ struct LogFile {
     sink: Box<dyn BatchSink>,
     /// The queue's previous buffer, kept for its capacity.
     spare: Vec<u8>,
+    /// Bytes the (simulated) disk still takes; `None`: no limit.
+    space_left: Option<u64>,
+}
+
+impl LogFile {
+    /// Writes `buf` at the end of the segment. Under the disk-full hook, a
+    /// batch larger than the space left is written only in part and fails
+    /// the way a full disk does, leaving a torn tail for `poison` to cut.
+    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
+        let Some(left) = self.space_left else {
+            return self.file.write_all(buf);
+        };
+        let fits = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
+        self.file.write_all(&buf[..fits])?;
+        self.space_left = Some(left - fits as u64);
+        if fits < buf.len() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "no space left on device (DODODB_TEST_WAL_SPACE_BYTES)",
+            ));
+        }
+        Ok(())
+    }
 }
 
 struct Shared {
@@ -174,7 +197,7 @@ impl Shared {
         if let Some(why) = self.poisoned.get() {
             return Err(WalError::Poisoned(why.clone()));
         }
-        let written = log.file.write_all(bytes);
+        let written = log.append(bytes);
         let synced = match (&written, log.policy) {
             (Ok(()), FsyncPolicy::Always) => {
                 let started = Instant::now();
@@ -268,6 +291,12 @@ impl WalWriter {
                 last_sync: Instant::now(),
                 sink,
                 spare: Vec::new(),
+                // Fault injection for the disk-full tests, like the snapshot
+                // crash hook in `db`: the log behaves as if the disk held
+                // only this many more bytes.
+                space_left: std::env::var("DODODB_TEST_WAL_SPACE_BYTES")
+                    .ok()
+                    .and_then(|s| s.parse().ok()),
             }),
             done_lock: Mutex::new(()),
             done: Condvar::new(),
