@@ -149,6 +149,24 @@ async fn delete(http: &reqwest::Client, server: &TestServer, key: &str) -> u64 {
         .expect("version")
 }
 
+/// 4 concurrent writers × 250 PUTs of `value` over 200 keys: enough
+/// traffic to overrun a client that does not read its feed.
+async fn write_burst(http: &reqwest::Client, server: &Arc<TestServer>, value: &str) {
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (server, value, http) = (Arc::clone(server), value.to_string(), http.clone());
+            tokio::spawn(async move {
+                for i in 0..250 {
+                    put(&http, &server, &format!("w{w}-{}", i % 50), &value).await;
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.expect("every write succeeds");
+    }
+}
+
 async fn stats(http: &reqwest::Client, server: &TestServer) -> Value {
     http.get(server.at("/system/stats"))
         .send()
@@ -440,19 +458,7 @@ async fn a_slow_client_is_cut_off_while_a_fast_one_keeps_up() {
     while !cut_off.load(Ordering::Acquire) {
         rounds += 1;
         assert!(rounds <= 40, "the slow client was never cut off");
-        let writers: Vec<_> = (0..4)
-            .map(|w| {
-                let (server, value, http) = (Arc::clone(&server), value.clone(), http.clone());
-                tokio::spawn(async move {
-                    for i in 0..250 {
-                        put(&http, &server, &format!("w{w}-{}", i % 50), &value).await;
-                    }
-                })
-            })
-            .collect();
-        for writer in writers {
-            writer.await.expect("every write succeeds");
-        }
+        write_burst(&http, &server, &value).await;
         let s = stats(&http, &server).await;
         cut_off.store(s["feed"]["cut_off"] == 1, Ordering::Release);
     }
@@ -499,19 +505,7 @@ async fn a_lagging_websocket_client_is_closed() {
     loop {
         rounds += 1;
         assert!(rounds <= 40, "the slow client was never cut off");
-        let writers: Vec<_> = (0..4)
-            .map(|w| {
-                let (server, value, http) = (Arc::clone(&server), value.clone(), http.clone());
-                tokio::spawn(async move {
-                    for i in 0..250 {
-                        put(&http, &server, &format!("w{w}-{}", i % 50), &value).await;
-                    }
-                })
-            })
-            .collect();
-        for writer in writers {
-            writer.await.expect("every write succeeds");
-        }
+        write_burst(&http, &server, &value).await;
         if stats(&http, &server).await["feed"]["cut_off"] == 1 {
             break;
         }

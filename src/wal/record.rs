@@ -49,9 +49,8 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
     }
 }
 
-/// Appends the framed record of one key's change to `out` (what
-/// [`encode`] writes for a [`Record::Change`]).
-pub fn encode_change(change: &Change, out: &mut Vec<u8>) {
+/// Appends the framed record of one key's change to `out`.
+fn encode_change(change: &Change, out: &mut Vec<u8>) {
     framed(out, |out| {
         let kind = match change.kind {
             ChangeKind::Update => KIND_UPDATE,

@@ -137,6 +137,11 @@ impl Shared {
     /// asleep: waking every waiter per batch costs a task poll each, which
     /// at 256 connections is most of a core.
     fn wake_waiters(&self) {
+        // Under `never`/`everysec` every writer commits or checks for itself
+        // and never sleeps on these: skip two lock round trips per batch.
+        if self.policy != FsyncPolicy::Always {
+            return;
+        }
         let durable = self.durable_seq.load(Ordering::Acquire);
         let all = self.poisoned.get().is_some();
         let ready: Vec<Waker> = relock(self.waiters.lock())
