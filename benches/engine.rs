@@ -10,6 +10,11 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use dododb::store::{Change, ChangeKind, Mutation, NoJournal, Precondition, Store};
 use dododb::wal::record::{Record, decode, encode};
 use dododb::{Config, Db, FsyncPolicy, PutOptions};
+use mimalloc::MiMalloc;
+
+// The allocator the server ships with, so the figures are the server's.
+#[global_allocator]
+static GLOBAL: MiMalloc = MiMalloc;
 
 const VALUE: &[u8] = br#"{"user":"ada","score":1234,"tags":["a","b","c"],"active":true,"note":"0123456789abcdef0123"}"#;
 
@@ -17,7 +22,7 @@ fn filled_store(n: usize) -> Store {
     let store = Store::new();
     for i in 0..n {
         let put = Mutation::Put {
-            value: Bytes::from_static(VALUE),
+            value: Bytes::copy_from_slice(VALUE),
             expires_at_ms: 0,
         };
         let _ = store.mutate(
@@ -48,7 +53,7 @@ fn store_ops(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % keys.len();
             let put = Mutation::Put {
-                value: Bytes::from_static(VALUE),
+                value: Bytes::copy_from_slice(VALUE),
                 expires_at_ms: 0,
             };
             black_box(
@@ -68,7 +73,7 @@ fn store_ops(c: &mut Criterion) {
     g.bench_function("put_then_delete", |b| {
         b.iter(|| {
             let put = Mutation::Put {
-                value: Bytes::from_static(VALUE),
+                value: Bytes::copy_from_slice(VALUE),
                 expires_at_ms: 0,
             };
             let _ = store.mutate(
