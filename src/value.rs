@@ -6,7 +6,7 @@
 
 use std::cell::RefCell;
 
-use simd_json::{Buffers, Node, Tape};
+use simd_json::{Buffers, Tape};
 
 /// The deepest nesting of arrays and objects accepted. Deeper documents
 /// are rejected on write so that every stored value can be re-read by any
@@ -57,7 +57,6 @@ pub fn validate(doc: &[u8]) -> Result<(), ValueError> {
         let parsed =
             simd_json::fill_tape(&mut validator.scratch, &mut validator.buffers, &mut tape);
         let result = match parsed {
-            Ok(()) if max_depth(&tape.0) > MAX_DEPTH => Err(ValueError::TooDeep),
             Ok(()) => check_tokens(doc),
             Err(e) if *e.error() == simd_json::ErrorType::InvalidNumber => validate_slowly(doc),
             Err(e) => Err(ValueError::Invalid(e.to_string())),
@@ -80,27 +79,39 @@ fn validate_slowly(doc: &[u8]) -> Result<(), ValueError> {
     std::str::from_utf8(doc).map_err(|e| ValueError::Invalid(e.to_string()))?;
     serde_json::from_slice::<serde::de::IgnoredAny>(doc)
         .map_err(|e| ValueError::Invalid(e.to_string()))?;
-    if raw_depth(doc) > MAX_DEPTH {
-        return Err(ValueError::TooDeep);
-    }
-    Ok(())
+    check_tokens(doc)
 }
 
-/// Checks each scalar outside strings against the JSON grammar, and
-/// strings for raw control characters, after simd-json accepted `doc`.
+/// Checks each scalar outside strings against the JSON grammar, strings
+/// for raw control characters, and the nesting depth, after a parser
+/// accepted the structure of `doc`.
 ///
 /// simd-json checks the structure but is lax about some scalars: fuzzing
 /// found it taking `1\0` (a NUL after a number) and
 /// `18446773440737097955Z16` (garbage after a number too big for 64
 /// bits). serde_json refuses both, so a stored value like that made every
 /// later snapshot unreadable and the server refused to start. This pass is
-/// one cheap scan; the strict parser stays off the hot path.
+/// one cheap scan; the strict parser stays off the hot path. Brackets
+/// are counted in the same scan, which is cheaper than walking the tape.
 fn check_tokens(doc: &[u8]) -> Result<(), ValueError> {
     let bad = |at: usize, what: &str| Err(ValueError::Invalid(format!("{what} at offset {at}")));
+    let mut depth = 0usize;
     let mut i = 0;
     while i < doc.len() {
         match doc[i] {
-            b' ' | b'\t' | b'\n' | b'\r' | b'{' | b'}' | b'[' | b']' | b':' | b',' => i += 1,
+            b' ' | b'\t' | b'\n' | b'\r' | b':' | b',' => i += 1,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(ValueError::TooDeep);
+                }
+                i += 1;
+            }
+            b'}' | b']' => {
+                // The parser already checked that brackets balance.
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
             b'"' => {
                 i += 1;
                 while i < doc.len() && doc[i] != b'"' {
@@ -171,47 +182,6 @@ fn is_number(token: &[u8]) -> bool {
         t = &rest[n..];
     }
     t.is_empty()
-}
-
-/// The nesting depth of a document already known to be valid JSON: brackets
-/// outside strings (serde_json ignores values without a depth limit).
-fn raw_depth(doc: &[u8]) -> usize {
-    let (mut depth, mut deepest) = (0usize, 0usize);
-    let (mut in_string, mut escaped) = (false, false);
-    for &byte in doc {
-        match byte {
-            _ if escaped => escaped = false,
-            b'\\' if in_string => escaped = true,
-            b'"' => in_string = !in_string,
-            b'[' | b'{' if !in_string => {
-                depth += 1;
-                deepest = deepest.max(depth);
-            }
-            b']' | b'}' if !in_string => depth -= 1,
-            _ => {}
-        }
-    }
-    deepest
-}
-
-/// The nesting depth of a parsed tape (0 for a scalar).
-fn max_depth(nodes: &[Node<'_>]) -> usize {
-    // Each open container is remembered by the index just past its last node.
-    let mut open_until: Vec<usize> = Vec::new();
-    let mut deepest = 0;
-    for (i, node) in nodes.iter().enumerate() {
-        while open_until.last().is_some_and(|&end| end <= i) {
-            open_until.pop();
-        }
-        if let Node::Object { count, .. } | Node::Array { count, .. } = node {
-            open_until.push(i + count + 1);
-            deepest = deepest.max(open_until.len());
-            if deepest > MAX_DEPTH {
-                break;
-            }
-        }
-    }
-    deepest
 }
 
 #[cfg(test)]
@@ -293,10 +263,26 @@ mod tests {
         let deep = "[".repeat(MAX_DEPTH + 1) + "18446744073709551616" + &"]".repeat(MAX_DEPTH + 1);
         assert_eq!(validate(deep.as_bytes()), Err(ValueError::TooDeep));
         assert!(validate(b"[18446744073709551616, \"\xff\"]").is_err());
-        assert_eq!(
-            raw_depth(br#"[{"a\"[[": "]]\\"}, 18446744073709551616]"#),
-            2
+        // Brackets inside strings do not nest.
+        let in_string = format!(
+            r#"[{{"a\"[": "{}"}}, 18446744073709551616]"#,
+            "[".repeat(200)
         );
+        check(&in_string, true);
+    }
+
+    #[test]
+    fn strings_are_checked_at_every_offset() {
+        // Escapes and control characters anywhere in a string.
+        for at in 0..24 {
+            let with =
+                |middle: &str| format!("[\"{}{middle}{}\"]", "a".repeat(at), "b".repeat(24 - at));
+            check(&with("\u{1}"), false);
+            check(&with("\u{1f}"), false);
+            check(&with("\\\""), true);
+            check(&with("\\\\"), true);
+            check(&with("\u{7f}é"), true);
+        }
     }
 
     #[test]
@@ -322,13 +308,15 @@ mod tests {
         let deep = "[".repeat(MAX_DEPTH + 1) + &"]".repeat(MAX_DEPTH + 1);
         check(&ok, true);
         assert_eq!(validate(deep.as_bytes()), Err(ValueError::TooDeep));
-        let siblings = format!("[{}]", vec!["[[1]]"; 50].join(","));
-        assert_eq!(max_depth_of(&siblings), 3);
-    }
-
-    fn max_depth_of(doc: &str) -> usize {
-        let mut bytes = doc.as_bytes().to_vec();
-        let tape = simd_json::to_tape(&mut bytes).expect("valid");
-        max_depth(&tape.0)
+        // Depth is nesting, not the number of containers.
+        let siblings = format!("[{}]", vec!["[[1]]"; 200].join(","));
+        check(&siblings, true);
+        let in_string = format!(r#"["{}"]"#, "[".repeat(200));
+        check(&in_string, true);
+        let deep_in_object = "{\"a\":".repeat(MAX_DEPTH + 1) + "1" + &"}".repeat(MAX_DEPTH + 1);
+        assert_eq!(
+            validate(deep_in_object.as_bytes()),
+            Err(ValueError::TooDeep)
+        );
     }
 }

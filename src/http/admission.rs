@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
-use axum::extract::Request;
+use axum::extract::{DefaultBodyLimit, Request};
 use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
@@ -116,7 +116,7 @@ fn is_stream(req: &Request) -> bool {
     matches!(req.uri().path(), "/events" | "/ws")
 }
 
-/// Adds an [`Admit`] to each route (through `Router::layer`).
+/// Wraps the router in an [`Admit`].
 #[derive(Clone)]
 pub(super) struct AdmissionLayer {
     rules: Arc<Rules>,
@@ -156,7 +156,7 @@ impl<S> tower_layer::Layer<S> for AdmissionLayer {
 
 /// Refuses or runs a request; see the module docs.
 #[derive(Clone)]
-pub(super) struct Admit<S> {
+pub struct Admit<S> {
     inner: S,
     rules: Arc<Rules>,
 }
@@ -174,7 +174,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         if let Err(e) = self.rules.check(&req) {
             return AdmitFuture::Refused {
                 response: Some(e.into_response()),
@@ -193,6 +193,11 @@ where
                 ),
             };
         };
+        // The body extractors read their limit from the request; only
+        // requests that carry a body pay for the extension.
+        if req.method() == Method::PUT || req.method() == Method::POST {
+            DefaultBodyLimit::max(self.rules.max_body_bytes).apply(&mut req);
+        }
         let timeout = self.rules.request_timeout;
         let deadline = (!is_stream(&req)).then(|| tokio::time::sleep(timeout));
         AdmitFuture::Admitted {
@@ -208,7 +213,7 @@ pin_project! {
     /// The answer of [`Admit`]: a refusal, or the handler's response raced
     /// against the deadline while holding a concurrency slot.
     #[project = AdmitProj]
-    pub(super) enum AdmitFuture<F> {
+    pub enum AdmitFuture<F> {
         Refused { response: Option<Response> },
         Admitted {
             #[pin]

@@ -13,7 +13,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
-use super::{AppState, json};
+use super::{AppState, json, json_bytes};
 use crate::db::PutOptions;
 use crate::store::Precondition;
 
@@ -101,11 +101,28 @@ pub(super) struct PutQuery {
     ttl: Option<String>,
 }
 
-#[derive(Serialize)]
-struct PutAnswer<'a> {
-    key: &'a str,
-    version: u64,
-    created: bool,
+/// `{"key":…,"version":…,"created":…}`, the answer to every PUT, written
+/// directly rather than through a serializer.
+fn put_answer(key: &str, version: u64, created: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(key.len() + 48);
+    out.extend_from_slice(b"{\"key\":");
+    let plain = key.bytes().all(|b| b >= 0x20 && b != b'"' && b != b'\\');
+    if plain {
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.push(b'"');
+    } else if serde_json::to_writer(&mut out, key).is_err() {
+        // Writing a string into a Vec cannot fail; keep the JSON valid anyway.
+        out.extend_from_slice(b"null");
+    }
+    out.extend_from_slice(b",\"version\":");
+    out.extend_from_slice(itoa::Buffer::new().format(version).as_bytes());
+    out.extend_from_slice(if created {
+        b",\"created\":true}"
+    } else {
+        b",\"created\":false}"
+    });
+    out
 }
 
 /// Takes the whole request rather than `Uri` and `HeaderMap` extractors,
@@ -144,14 +161,7 @@ pub(super) async fn put(
     } else {
         StatusCode::OK
     };
-    let mut response = json(
-        status,
-        &PutAnswer {
-            key: &key,
-            version: written.version,
-            created: written.created,
-        },
-    );
+    let mut response = json_bytes(status, put_answer(&key, written.version, written.created));
     response
         .headers_mut()
         .insert(header::ETAG, etag(written.version));
@@ -366,4 +376,25 @@ pub(super) async fn clear(
     let q = query(q)?;
     let cleared = state.db.clear_async(q.prefix.as_deref()).await?;
     Ok(json(StatusCode::OK, &ClearAnswer { cleared }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::put_answer;
+
+    fn check(key: &str, version: u64, created: bool) {
+        let expected = serde_json::json!({"key": key, "version": version, "created": created});
+        let written: serde_json::Value =
+            serde_json::from_slice(&put_answer(key, version, created)).expect("valid JSON");
+        assert_eq!(written, expected, "{key:?}");
+    }
+
+    #[test]
+    fn put_answers_are_json_for_any_key() {
+        check("k1", 1, true);
+        check("a/b c%", u64::MAX, false);
+        check("quote\"back\\slash", 7, true);
+        check("tab\tnl\ncr\r\u{1}", 8, false);
+        check("ünï😀", 9, true);
+    }
 }

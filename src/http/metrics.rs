@@ -6,27 +6,25 @@
 //! Database, feed and webhook figures are not recorded as they happen:
 //! [`DbCollector`] reads the counters the engine keeps anyway
 //! ([`Db::stats`], the feed's and the delivery pool's) at scrape time.
-//! Recording a request costs two clock reads, one atomic increment and one
-//! short histogram lock: each route caches its series after its first
-//! request, so the hot path neither hashes labels nor locks the families.
+//! Recording a request costs a route lookup, two clock reads, one atomic
+//! increment and one short histogram lock: each template, method and
+//! status class caches its series after its first request, so the hot path
+//! neither hashes labels nor locks the families.
 
-use std::fmt::Write as _;
 use std::future::Future;
-use std::hash::{Hash, Hasher};
 use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::{MatchedPath, Request};
+use axum::extract::Request;
 use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{
-    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeLabelValue,
-    EncodeMetric, LabelValueEncoder,
+    DescriptorEncoder, EncodeCounterValue, EncodeGaugeValue, EncodeLabelSet, EncodeMetric,
 };
 use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
@@ -34,6 +32,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::ROUTES;
 use super::error::ApiError;
 use crate::db::Db;
 
@@ -67,11 +66,12 @@ impl Metrics {
         Metrics { registry, requests }
     }
 
-    /// The middleware that records every request; add it with
-    /// `Router::layer` so it sees the matched route.
-    pub(super) fn layer(&self) -> RecordLayer {
+    /// The middleware that records every request; it wraps the whole
+    /// application and finds the route template itself.
+    /// `enabled: false` only forwards requests (a benchmark hook).
+    pub(super) fn layer(&self, enabled: bool) -> RecordLayer {
         RecordLayer {
-            metrics: Arc::clone(&self.requests),
+            metrics: enabled.then(|| Arc::clone(&self.requests)),
         }
     }
 
@@ -94,30 +94,85 @@ impl Metrics {
 struct RequestMetrics {
     count: Family<RequestLabels, Counter>,
     latency: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Finds a request's route template from its raw path, as the router
+    /// does: both are built from [`ROUTES`], so they agree.
+    routes: matchit::Router<usize>,
+    /// Index to template; the last one is `unmatched`.
+    templates: Vec<&'static str>,
+    /// The series of every template, method and status class, looked up in
+    /// the families on first use and reused after, so the hot path hashes
+    /// no labels and takes no map lock.
+    cache: Box<[[OnceLock<Series>; N_STATUS_CLASSES]]>,
 }
+
+const N_STATUS_CLASSES: usize = 5;
+
+/// The methods that get a label of their own; the rest are `other`.
+const METHOD_LABELS: [&str; 8] = [
+    "GET", "HEAD", "PUT", "POST", "DELETE", "PATCH", "OPTIONS", "other",
+];
 
 impl Default for RequestMetrics {
     fn default() -> Self {
+        let mut templates: Vec<&'static str> = Vec::new();
+        let mut routes = matchit::Router::new();
+        for route in ROUTES {
+            if !templates.contains(&route.path()) {
+                // Every template is valid: the router was built from them.
+                let _ = routes.insert(route.path(), templates.len());
+                templates.push(route.path());
+            }
+        }
+        templates.push("unmatched");
+        let cache = (0..templates.len() * METHOD_LABELS.len())
+            .map(|_| Default::default())
+            .collect();
         RequestMetrics {
             count: Family::default(),
             latency: Family::new_with_constructor(|| Histogram::new(LATENCY_BUCKETS)),
+            routes,
+            templates,
+            cache,
         }
     }
 }
 
 impl RequestMetrics {
-    /// The series of `labels` (shared with the families, so recording into
-    /// them shows up in the scrape).
-    fn series(&self, labels: &RequestLabels) -> Series {
-        Series {
-            count: self.count.get_or_create_owned(labels),
-            latency: self.latency.get_or_create_owned(labels),
-        }
+    /// The cache slot of a request: its route template and method.
+    fn slot(&self, method: &Method, path: &str) -> usize {
+        let route = self
+            .routes
+            .at(path)
+            .map_or(self.templates.len() - 1, |m| *m.value);
+        route * METHOD_LABELS.len() + method_index(method)
+    }
+
+    /// Counts one answered request of `slot` that took `elapsed`; returns
+    /// its method and route labels.
+    fn record(&self, slot: usize, status: StatusCode, elapsed: Duration) -> (&str, &str) {
+        let method = METHOD_LABELS[slot % METHOD_LABELS.len()];
+        let route = self.templates[slot / METHOD_LABELS.len()];
+        let (class, index) = status_class(status);
+        self.cache[slot][index]
+            .get_or_init(|| Series {
+                count: self.count.get_or_create_owned(&RequestLabels {
+                    method,
+                    route,
+                    status: class,
+                }),
+                latency: self.latency.get_or_create_owned(&RequestLabels {
+                    method,
+                    route,
+                    status: class,
+                }),
+            })
+            .record(elapsed.as_secs_f64());
+        (method, route)
     }
 }
 
-/// One label set's counter and histogram.
-#[derive(Clone)]
+/// One label set's counter and histogram (shared with the families, so
+/// recording into them shows up in the scrape).
 struct Series {
     count: Counter,
     latency: Histogram,
@@ -130,84 +185,27 @@ impl Series {
     }
 }
 
-/// The series of one route and method, looked up on its first request and
-/// reused after, so the hot path hashes nothing and takes no map lock.
-struct RouteSeries {
-    method: &'static str,
-    route: RouteLabel,
-    /// Where the matched template's text lives: axum hands every request
-    /// of a route the same shared string, so equal addresses mean the same
-    /// route without comparing text.
-    route_addr: usize,
-    /// By status class, 1xx to 5xx.
-    by_status: [OnceLock<Series>; 5],
-}
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
     method: &'static str,
-    route: RouteLabel,
+    route: &'static str,
     status: &'static str,
 }
 
-/// The route template a request matched (shared with axum, so taking it
-/// costs a reference count), or `unmatched` for requests that matched no
-/// route: raw paths would make one series per key.
-#[derive(Clone, Debug)]
-enum RouteLabel {
-    Matched(MatchedPath),
-    Unmatched,
-}
-
-impl RouteLabel {
-    fn of(matched: Option<&MatchedPath>) -> RouteLabel {
-        matched.map_or(RouteLabel::Unmatched, |path| {
-            RouteLabel::Matched(path.clone())
-        })
-    }
-
-    fn as_str(&self) -> &str {
-        match self {
-            RouteLabel::Matched(path) => path.as_str(),
-            RouteLabel::Unmatched => "unmatched",
-        }
-    }
-}
-
-impl Hash for RouteLabel {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
-    }
-}
-
-impl PartialEq for RouteLabel {
-    fn eq(&self, other: &Self) -> bool {
-        self.as_str() == other.as_str()
-    }
-}
-
-impl Eq for RouteLabel {}
-
-impl EncodeLabelValue for RouteLabel {
-    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
-        encoder.write_str(self.as_str())
-    }
-}
-
-fn method_label(method: &Method) -> &'static str {
+fn method_index(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::PUT => "PUT",
-        Method::POST => "POST",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        _ => "other",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::PUT => 2,
+        Method::POST => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        _ => 7,
     }
 }
 
-/// The status class label and its index in [`RouteSeries::by_status`].
+/// The status class label and its index in a cache row, 1xx to 5xx.
 fn status_class(status: StatusCode) -> (&'static str, usize) {
     match status.as_u16() / 100 {
         1 => ("1xx", 0),
@@ -218,10 +216,11 @@ fn status_class(status: StatusCode) -> (&'static str, usize) {
     }
 }
 
-/// Wraps each route in a [`Record`].
+/// Wraps the whole application (not each route: `Router::layer` would box
+/// the service and its future once per route and request) in a [`Record`].
 #[derive(Clone)]
 pub(super) struct RecordLayer {
-    metrics: Arc<RequestMetrics>,
+    metrics: Option<Arc<RequestMetrics>>,
 }
 
 impl<S> tower_layer::Layer<S> for RecordLayer {
@@ -230,29 +229,16 @@ impl<S> tower_layer::Layer<S> for RecordLayer {
     fn layer(&self, inner: S) -> Record<S> {
         Record {
             inner,
-            metrics: Arc::clone(&self.metrics),
-            cache: Arc::new(OnceLock::new()),
+            metrics: self.metrics.clone(),
         }
     }
 }
 
 /// Records the request `inner` answers once its response head is ready.
-/// `Router::layer` makes one per route and method (and one per fallback),
-/// so `cache` nearly always holds the series of every request it sees.
 #[derive(Clone)]
-pub(super) struct Record<S> {
+pub struct Record<S> {
     inner: S,
-    metrics: Arc<RequestMetrics>,
-    cache: Arc<OnceLock<RouteSeries>>,
-}
-
-/// Where a request's figures go.
-enum Target {
-    /// The route's cached series.
-    Cached(Arc<OnceLock<RouteSeries>>),
-    /// A request unlike the first one this route saw (a fallback serves
-    /// many): looked up in the families.
-    Lookup(&'static str, RouteLabel),
+    metrics: Option<Arc<RequestMetrics>>,
 }
 
 impl<S, B> tower_service::Service<Request> for Record<S>
@@ -269,41 +255,31 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let started = Instant::now();
-        let method = method_label(request.method());
-        let matched = request.extensions().get::<MatchedPath>();
-        let route_addr = matched.map_or(0, |path| path.as_str().as_ptr() as usize);
-        let cached = self.cache.get_or_init(|| RouteSeries {
-            method,
-            route: RouteLabel::of(matched),
-            route_addr,
-            by_status: Default::default(),
-        });
-        let target = if cached.method == method && cached.route_addr == route_addr {
-            Target::Cached(Arc::clone(&self.cache))
-        } else {
-            Target::Lookup(method, RouteLabel::of(matched))
-        };
+        let slot = self
+            .metrics
+            .as_ref()
+            .map_or(0, |m| m.slot(request.method(), request.uri().path()));
         // The raw path is kept for the debug log only when it is on.
         let uri = tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().clone());
         RecordFuture {
             inner: self.inner.call(request),
             started,
-            target: Some(target),
+            slot,
             uri,
-            metrics: Arc::clone(&self.metrics),
+            metrics: self.metrics.clone(),
         }
     }
 }
 
 pin_project! {
     /// The future of a [`Record`]ed request.
-    pub(super) struct RecordFuture<F> {
+    pub struct RecordFuture<F> {
         #[pin]
         inner: F,
         started: Instant,
-        target: Option<Target>,
+        slot: usize,
         uri: Option<Uri>,
-        metrics: Arc<RequestMetrics>,
+        metrics: Option<Arc<RequestMetrics>>,
     }
 }
 
@@ -316,32 +292,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(target)) = (&result, this.target.take()) {
+        if let (Ok(response), Some(metrics)) = (&result, this.metrics.as_ref()) {
             let elapsed = this.started.elapsed();
             let status = response.status();
-            let (class, index) = status_class(status);
-            let labels = |method: &'static str, route: &RouteLabel| RequestLabels {
-                method,
-                route: route.clone(),
-                status: class,
-            };
-            let (method, route) = match &target {
-                Target::Cached(cache) => match cache.get() {
-                    Some(c) => {
-                        c.by_status[index]
-                            .get_or_init(|| this.metrics.series(&labels(c.method, &c.route)))
-                            .record(elapsed.as_secs_f64());
-                        (c.method, c.route.as_str())
-                    }
-                    None => ("other", "unmatched"),
-                },
-                Target::Lookup(method, route) => {
-                    this.metrics
-                        .series(&labels(method, route))
-                        .record(elapsed.as_secs_f64());
-                    (*method, route.as_str())
-                }
-            };
+            let (method, route) = metrics.record(*this.slot, status, elapsed);
             tracing::debug!(
                 method,
                 route,

@@ -17,14 +17,15 @@ use std::future::Future;
 use std::time::{Duration, UNIX_EPOCH};
 
 use axum::Router;
-use axum::extract::DefaultBodyLimit;
 use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use tokio::net::TcpListener;
+use tower::util::Either;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::SizeAbove;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::{AllowOrigin, Cors, CorsLayer};
+use tower_layer::Layer;
 
 pub use error::ApiError;
 pub use routes::{OPENAPI_JSON, ROUTES, Route};
@@ -44,35 +45,46 @@ pub struct AppState {
 /// time than the bytes it saves.
 const MIN_GZIP_BYTES: u16 = 1024;
 
-/// Builds the application: every route of the SPEC over `db`. Main and the
-/// tests build the same app through this.
-pub fn router(db: Db) -> Router {
+/// The whole application as one service: request recording, then CORS
+/// when configured, then admission (limits, token, load shedding,
+/// deadline), then the router.
+///
+/// The two middlewares wrap the router once instead of being added with
+/// `Router::layer`, which would box each route's service and its future
+/// once per layer on every request.
+pub type App = metrics::Record<Either<Cors<admission::Admit<Router>>, admission::Admit<Router>>>;
+
+/// Builds the application: every route of the SPEC over `db`, behind the
+/// admission and recording middleware. The server runs this.
+pub fn app(db: Db) -> App {
     let config = db.config();
-    let max_body = config.max_value_bytes;
     let admission = admission::AdmissionLayer::new(config);
     let cors = config.cors_origin.as_deref().map(cors);
     let metrics = std::sync::Arc::new(metrics::Metrics::new(db.clone()));
-    let record = metrics.layer();
+    // Benchmark hook: the load harness measures with and without request
+    // recording (it is not a setting users should turn off).
+    let record = metrics.layer(std::env::var_os("DODODB_BENCH_NO_REQUEST_METRICS").is_none());
     let state = AppState { db, metrics };
-    let app = routes::api()
+    let routes = routes::api()
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(max_body))
-        .layer(admission);
-    // CORS sits outside admission: a browser's preflight carries no token.
+        .with_state(state);
+    let admitted = admission.layer(routes);
+    // CORS sits outside admission: a browser's preflight carries no token,
+    // and a refusal must carry the CORS headers for the page to read it.
+    // Only there when asked for, so the default path pays nothing for it.
     let app = match cors {
-        Some(cors) => app.layer(cors),
-        None => app,
+        Some(cors) => Either::Left(cors.layer(admitted)),
+        None => Either::Right(admitted),
     };
-    // Benchmark hook: the load harness measures GET with and without request
-    // recording (it is not a setting users should turn off).
-    if std::env::var_os("DODODB_BENCH_NO_REQUEST_METRICS").is_some() {
-        return app.with_state(state);
-    }
-    // Outermost, so a request's recorded latency covers admission and the
-    // body limit too; `Router::layer` wraps each route, so it sees the
-    // template.
-    app.layer(record).with_state(state)
+    // Outermost, so a request's recorded latency covers admission too.
+    record.layer(app)
+}
+
+/// [`app`] as an axum [`Router`], for embedding the API in another axum
+/// application (`Router::nest`, `Router::merge`).
+pub fn router(db: Db) -> Router {
+    Router::new().fallback_service(app(db))
 }
 
 /// Gzip for the routes whose answers grow with the data (`GET /kv`,
@@ -129,7 +141,7 @@ pub async fn serve(
     db: Db,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = router(db.clone());
+    let app = app(db.clone());
     let header_read_timeout = db.config().header_read_timeout;
     let feed_db = db.clone();
     // Live feed streams never end on their own: close them when shutdown
@@ -149,16 +161,22 @@ pub async fn serve(
 /// A JSON response with `status`.
 pub(crate) fn json(status: StatusCode, body: &impl Serialize) -> Response {
     match serde_json::to_vec(body) {
-        Ok(bytes) => {
-            let mut response = (status, bytes).into_response();
-            response.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            response
-        }
+        Ok(bytes) => json_bytes(status, bytes),
         Err(e) => ApiError::Internal(format!("cannot encode a response: {e}")).into_response(),
     }
+}
+
+/// A response with `status` whose body is the JSON text `bytes`. Its
+/// headers are set once (`into_response` for bytes would set a content
+/// type only for it to be replaced).
+pub(crate) fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
+    let mut response = Response::new(axum::body::Body::from(bytes));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
 }
 
 /// Unix milliseconds as RFC 3339 UTC (`2025-01-01T12:00:00.123Z`; whole

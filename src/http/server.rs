@@ -6,10 +6,12 @@
 use std::future::Future;
 use std::time::Duration;
 
-use axum::Router;
+use axum::body::Body;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tower_service::Service;
+
+use super::App;
 use tokio::sync::watch;
 
 /// The largest request head (request line and headers) hyper buffers. A
@@ -27,7 +29,7 @@ const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// descriptor table must not stop the server.
 pub(super) async fn run(
     listener: TcpListener,
-    app: Router,
+    app: App,
     header_read_timeout: Duration,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
@@ -58,7 +60,12 @@ pub(super) async fn run(
         };
         // Small responses should leave at once, not wait for Nagle.
         let _ = tcp.set_nodelay(true);
-        let service = TowerToHyperService::new(app.clone());
+        let app = app.clone();
+        // Every layer of `App` is always ready, so `call` needs no
+        // `poll_ready` first.
+        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
+            app.clone().call(request.map(Body::new))
+        });
         let conn = http
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();
