@@ -46,7 +46,7 @@ fn store_ops(c: &mut Criterion) {
     g.bench_function("get_hit", |b| {
         b.iter(|| {
             i = (i + 7919) % keys.len();
-            black_box(store.get(&keys[i], 1))
+            black_box(store.get(&keys[i], || 1))
         })
     });
     g.bench_function("put_overwrite", |b| {

@@ -97,51 +97,49 @@ fn check_tokens(doc: &[u8]) -> Result<(), ValueError> {
     let bad = |at: usize, what: &str| Err(ValueError::Invalid(format!("{what} at offset {at}")));
     let mut depth = 0usize;
     let mut i = 0;
-    while i < doc.len() {
-        match doc[i] {
-            b' ' | b'\t' | b'\n' | b'\r' | b':' | b',' => i += 1,
-            b'{' | b'[' => {
+    while let Some(&byte) = doc.get(i) {
+        match OUTSIDE_STRINGS[usize::from(byte)] {
+            Outside::Skip => i += 1,
+            Outside::Open => {
                 depth += 1;
                 if depth > MAX_DEPTH {
                     return Err(ValueError::TooDeep);
                 }
                 i += 1;
             }
-            b'}' | b']' => {
+            Outside::Close => {
                 // The parser already checked that brackets balance.
                 depth = depth.saturating_sub(1);
                 i += 1;
             }
-            b'"' => {
+            Outside::Quote => {
                 i += 1;
-                while i < doc.len() && doc[i] != b'"' {
+                loop {
+                    // Plain content, most of a document, in one tight loop.
+                    let Some(n) = doc[i..]
+                        .iter()
+                        .position(|&b| ENDS_PLAIN_STRING[usize::from(b)])
+                    else {
+                        return Ok(());
+                    };
+                    i += n;
                     match doc[i] {
+                        b'"' => break,
                         b'\\' => i += 2,
-                        c if c < 0x20 => return bad(i, "a raw control character in a string"),
-                        _ => i += 1,
+                        _ => return bad(i, "a raw control character in a string"),
+                    }
+                    if i >= doc.len() {
+                        return Ok(());
                     }
                 }
                 i += 1;
             }
-            _ => {
+            Outside::Scalar => {
                 let start = i;
-                while i < doc.len()
-                    && !matches!(
-                        doc[i],
-                        b' ' | b'\t'
-                            | b'\n'
-                            | b'\r'
-                            | b'{'
-                            | b'}'
-                            | b'['
-                            | b']'
-                            | b':'
-                            | b','
-                            | b'"'
-                    )
-                {
-                    i += 1;
-                }
+                i += doc[i..]
+                    .iter()
+                    .position(|&b| OUTSIDE_STRINGS[usize::from(b)] != Outside::Scalar)
+                    .unwrap_or(doc.len() - i);
                 let token = &doc[start..i];
                 if !matches!(token, b"true" | b"false" | b"null") && !is_number(token) {
                     return bad(start, "not a number, true, false or null");
@@ -151,6 +149,52 @@ fn check_tokens(doc: &[u8]) -> Result<(), ValueError> {
     }
     Ok(())
 }
+
+/// What a byte outside strings is to [`check_tokens`].
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Outside {
+    /// Whitespace, `:` and `,`.
+    Skip,
+    /// `{` or `[`.
+    Open,
+    /// `}` or `]`.
+    Close,
+    /// `"`: a string starts.
+    Quote,
+    /// Anything else: part of a number, `true`, `false` or `null`.
+    Scalar,
+}
+
+/// [`Outside`] of every byte, looked up instead of matched: one load per
+/// byte.
+static OUTSIDE_STRINGS: [Outside; 256] = {
+    let mut table = [Outside::Scalar; 256];
+    let mut skip: &[u8] = b" \t\n\r:,";
+    while let [first, rest @ ..] = skip {
+        table[*first as usize] = Outside::Skip;
+        skip = rest;
+    }
+    table[b'{' as usize] = Outside::Open;
+    table[b'[' as usize] = Outside::Open;
+    table[b'}' as usize] = Outside::Close;
+    table[b']' as usize] = Outside::Close;
+    table[b'"' as usize] = Outside::Quote;
+    table
+};
+
+/// Bytes that end a run of plain string content: `"`, `\\` and the
+/// control characters (which JSON forbids raw in strings).
+static ENDS_PLAIN_STRING: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut byte = 0;
+    while byte < 0x20 {
+        table[byte] = true;
+        byte += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
 
 /// `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`, the JSON number.
 fn is_number(token: &[u8]) -> bool {

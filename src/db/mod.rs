@@ -374,7 +374,7 @@ impl Db {
     /// [`DbError::InvalidKey`].
     pub fn get(&self, key: &str) -> Result<Option<Entry>, DbError> {
         self.inner.check_key(key)?;
-        Ok(self.inner.store.get(key, now_ms()))
+        Ok(self.inner.store.get(key, now_ms))
     }
 
     /// Whether `key` exists.
@@ -384,7 +384,7 @@ impl Db {
     /// [`DbError::InvalidKey`].
     pub fn exists(&self, key: &str) -> Result<bool, DbError> {
         self.inner.check_key(key)?;
-        Ok(self.inner.store.contains(key, now_ms()))
+        Ok(self.inner.store.contains(key, now_ms))
     }
 
     /// Removes `key`; returns the revision of the delete.

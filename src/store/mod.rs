@@ -226,20 +226,25 @@ impl Store {
         self.revision.fetch_max(revision, Ordering::AcqRel);
     }
 
-    /// The committed, unexpired entry of `key`.
-    pub fn get(&self, key: &str, now_ms: u64) -> Option<Entry> {
+    /// The committed, unexpired entry of `key`. `now_ms` (Unix ms) is
+    /// called only for an entry that has an expiry: most have none, and a
+    /// clock read is a noticeable part of a lookup.
+    pub fn get(&self, key: &str, now_ms: impl FnOnce() -> u64) -> Option<Entry> {
         let slot = self.map.get(key)?;
         slot.committed
             .as_ref()
-            .filter(|e| e.is_live(now_ms))
+            .filter(|e| e.expires_at_ms == 0 || e.is_live(now_ms()))
             .cloned()
     }
 
-    /// Whether `key` has a committed, unexpired value.
-    pub fn contains(&self, key: &str, now_ms: u64) -> bool {
-        self.map
-            .get(key)
-            .is_some_and(|slot| slot.committed.as_ref().is_some_and(|e| e.is_live(now_ms)))
+    /// Whether `key` has a committed, unexpired value; `now_ms` as for
+    /// [`Store::get`].
+    pub fn contains(&self, key: &str, now_ms: impl FnOnce() -> u64) -> bool {
+        self.map.get(key).is_some_and(|slot| {
+            slot.committed
+                .as_ref()
+                .is_some_and(|e| e.expires_at_ms == 0 || e.is_live(now_ms()))
+        })
     }
 
     /// Number of visible keys, optionally only those under `prefix`.

@@ -43,7 +43,7 @@ fn delete(store: &Store, key: &str, pre: Precondition) -> Result<Outcome<()>, St
 
 fn value(store: &Store, key: &str, now: u64) -> Option<String> {
     store
-        .get(key, now)
+        .get(key, || now)
         .map(|e| String::from_utf8(e.value.to_vec()).expect("utf8"))
 }
 
@@ -55,7 +55,7 @@ fn versions_follow_the_global_revision() {
     let a2 = put(&store, "a", "3", Precondition::None).expect("put");
     assert_eq!((a.version, b.version, a2.version), (1, 2, 3));
     assert!(a.created && b.created && !a2.created);
-    assert_eq!(store.get("a", NOW).map(|e| e.version), Some(3));
+    assert_eq!(store.get("a", || NOW).map(|e| e.version), Some(3));
     let d = delete(&store, "b", Precondition::None).expect("delete");
     assert_eq!(d.version, 4);
     assert_eq!(store.revision(), 4);
@@ -84,7 +84,7 @@ fn preconditions() {
         delete(&store, "k", Precondition::IfVersion(99)).err(),
         Some(StoreError::PreconditionFailed { current: Some(3) })
     );
-    assert!(store.contains("k", NOW));
+    assert!(store.contains("k", || NOW));
 }
 
 #[test]
@@ -262,7 +262,7 @@ fn deferred_changes_are_invisible_until_applied_but_checked_against() {
     };
     put(Precondition::IfAbsent).expect("first");
     assert_eq!(
-        store.get("k", NOW),
+        store.get("k", || NOW),
         None,
         "not visible before it is applied"
     );
@@ -278,7 +278,7 @@ fn deferred_changes_are_invisible_until_applied_but_checked_against() {
         store.apply(change, &mut |e| events.push(e.version));
     }
     assert_eq!(events, vec![1, 2]);
-    assert_eq!(store.get("k", NOW).map(|e| e.version), Some(2));
+    assert_eq!(store.get("k", || NOW).map(|e| e.version), Some(2));
 }
 
 #[test]
