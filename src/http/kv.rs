@@ -151,7 +151,7 @@ pub(super) async fn put(
         ttl,
         precondition: precondition(&parts.headers, true)?,
     };
-    // The limit of `DefaultBodyLimit` travels in the request's extensions.
+    // The body limit travels in the request's extensions (set by admission).
     let body = Bytes::from_request(Request::from_parts(parts, body), &())
         .await
         .map_err(body_error)?;
