@@ -24,7 +24,7 @@ use crate::events::webhook::{DeliveryConfig, DeliveryPool};
 use crate::snapshot::{self, Step};
 use crate::store::{
     Change, Entry, Journal, ListPage, Mutation, NoJournal, Outcome, Precondition, Store,
-    StoreError, Submitted,
+    StoreError, Submitted, copy_value,
 };
 use crate::value::{self, ValueError};
 use crate::wal::{BatchSink, Record, WalWriter};
@@ -587,7 +587,7 @@ impl Inner {
         };
         // A copy of its own: a slice of a request buffer would keep the
         // whole buffer alive for as long as the value lives.
-        let value = Bytes::copy_from_slice(value);
+        let value = copy_value(value);
         self.mutate(
             key,
             Mutation::Put {

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::SnapshotError;
-use crate::store::{Change, ChangeKind};
+use crate::store::{Change, ChangeKind, copy_value};
 
 /// What a snapshot held besides its entries.
 #[derive(Debug, Default)]
@@ -159,8 +159,8 @@ fn read_entries<'a>(
             return Err("a line is neither an entry nor a control document".into());
         };
         let value = match (line.value, line.value_text) {
-            (Some(raw), None) => Bytes::copy_from_slice(raw.get().as_bytes()),
-            (None, Some(text)) => Bytes::copy_from_slice(text.as_bytes()),
+            (Some(raw), None) => copy_value(raw.get().as_bytes()),
+            (None, Some(text)) => copy_value(text.as_bytes()),
             _ => return Err("an entry needs exactly one of value and value_text".into()),
         };
         apply(Change {

@@ -11,6 +11,7 @@
 mod change;
 mod list;
 mod ttl;
+mod value_copy;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
@@ -21,6 +22,7 @@ use dashmap::DashMap;
 pub use change::{Change, ChangeEvent, ChangeKind};
 pub use list::ListPage;
 use ttl::TtlIndex;
+pub use value_copy::copy_value;
 
 /// A fast, DoS-resistant hasher (randomly seeded per process).
 type KeyHasher = foldhash::fast::RandomState;

@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::store::{Change, ChangeKind};
+use crate::store::{Change, ChangeKind, copy_value};
 
 /// Bytes before each payload: length, length checksum, payload checksum.
 pub const HEADER_BYTES: usize = 12;
@@ -144,7 +144,7 @@ fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
     let key =
         std::str::from_utf8(r.bytes()?).map_err(|_| DecodeError::Malformed("key is not UTF-8"))?;
     let value = match kind {
-        ChangeKind::Update => Some(Bytes::copy_from_slice(r.bytes()?)),
+        ChangeKind::Update => Some(copy_value(r.bytes()?)),
         ChangeKind::Delete | ChangeKind::Expire => None,
     };
     r.finish(Record::Change(Change {
