@@ -51,7 +51,6 @@ struct Queue {
 
 /// The open segment file and what is known about it.
 struct LogFile {
-    dir: PathBuf,
     file: File,
     segment: u64,
     /// Bytes of the segment that were written completely.
@@ -90,6 +89,8 @@ impl LogFile {
 }
 
 struct Shared {
+    /// The data directory the segments live in.
+    dir: PathBuf,
     /// Guards the queue; held only to enqueue or to swap the batch out,
     /// never across I/O.
     queue: Mutex<Queue>,
@@ -244,23 +245,56 @@ impl Shared {
         }
     }
 
-    fn rotate(&self, log: &mut LogFile) -> Result<u64, WalError> {
+    /// Creates the segment after the current one. Called by the writer
+    /// thread (the only one that rotates) before it takes the log lock:
+    /// creating a file syncs the directory, which can wait behind the disk.
+    fn create_next_segment(&self) -> Result<(u64, File), WalError> {
+        let next = self.stats.segment.load(Ordering::Relaxed) + 1;
+        let file = segment::create(&self.dir, next).map_err(|e| WalError::io(&self.dir, e))?;
+        Ok((next, file))
+    }
+
+    /// Continues the log in the new segment `next`; returns the closed
+    /// segment's file when it still has to be synced. Everything queued
+    /// before was committed by the caller, under the same lock.
+    fn switch_segment(
+        &self,
+        log: &mut LogFile,
+        (next, file): (u64, File),
+    ) -> Result<Option<File>, WalError> {
         if let Some(why) = self.poisoned.get() {
             return Err(WalError::Poisoned(why.clone()));
         }
-        if log.unsynced || log.policy != FsyncPolicy::Always {
-            log.file
-                .sync_data()
-                .map_err(|e| WalError::io(&log.dir, e))?;
-            log.unsynced = false;
-        }
-        let next = log.segment + 1;
-        log.file = segment::create(&log.dir, next).map_err(|e| WalError::io(&log.dir, e))?;
+        let closed = std::mem::replace(&mut log.file, file);
+        // Under `always` every batch was synced already.
+        let needs_sync = log.unsynced || log.policy != FsyncPolicy::Always;
+        log.unsynced = false;
         log.segment = next;
         log.file_len = 0;
         self.stats.segment.store(next, Ordering::Relaxed);
         self.stats.bytes_since_rotation.store(0, Ordering::Relaxed);
-        Ok(next)
+        Ok(needs_sync.then_some(closed))
+    }
+
+    /// Syncs a closed segment without holding the log lock: under `never`
+    /// it may hold tens of MiB the OS has not written yet, and writers
+    /// waiting that long for the lock made the latency spikes of every
+    /// snapshot. A failure poisons the log like any failed sync.
+    fn sync_closed_segment(&self, closed: &File) -> Result<(), WalError> {
+        let started = Instant::now();
+        match closed.sync_data() {
+            Ok(()) => {
+                self.stats.record_fsync(started.elapsed());
+                Ok(())
+            }
+            Err(e) => {
+                let why = format!("WAL fsync of a closed segment failed: {e}");
+                tracing::error!("{why}; refusing writes until restart");
+                let _ = self.poisoned.set(why.clone());
+                self.wake_waiters();
+                Err(WalError::Poisoned(why))
+            }
+        }
     }
 }
 
@@ -286,8 +320,8 @@ impl WalWriter {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
+            dir,
             log: Mutex::new(LogFile {
-                dir,
                 file,
                 segment,
                 file_len: 0,
@@ -494,6 +528,7 @@ fn run_thread(shared: &Shared) {
             queue.writer_idle = false;
             (std::mem::take(&mut queue.rotations), queue.closing)
         };
+        let next_segment = (!rotations.is_empty()).then(|| shared.create_next_segment());
         let mut log = shared.lock_log();
         shared.commit_queued(&mut log);
         if log.policy == FsyncPolicy::EverySec
@@ -502,14 +537,24 @@ fn run_thread(shared: &Shared) {
         {
             shared.sync_or_poison(&mut log);
         }
-        for reply in rotations {
-            let _ = reply.send(shared.rotate(&mut log));
+        // One rotation serves every request that is waiting for one.
+        let switched = next_segment.map(|next| {
+            next.and_then(|(n, file)| Ok((n, shared.switch_segment(&mut log, (n, file))?)))
+        });
+        if closing && log.unsynced {
+            shared.sync_or_poison(&mut log);
+        }
+        drop(log);
+        if let Some(switched) = switched {
+            let result = switched.and_then(|(n, closed)| match closed {
+                Some(file) => shared.sync_closed_segment(&file).map(|()| n),
+                None => Ok(n),
+            });
+            for reply in rotations {
+                let _ = reply.send(result.clone());
+            }
         }
         if closing {
-            if log.unsynced {
-                shared.sync_or_poison(&mut log);
-            }
-            drop(log);
             shared.wake_waiters();
             return;
         }
