@@ -189,3 +189,51 @@ pub(crate) fn rfc3339_ms(ms: u64) -> String {
         humantime::format_rfc3339_millis(at).to_string()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::util::ServiceExt;
+
+    use crate::config::{AuthToken, Config};
+    use crate::db::Db;
+
+    async fn status(db: &Db, uri: &str, token: Option<&str>) -> StatusCode {
+        let mut request = Request::get(uri);
+        if let Some(token) = token {
+            request = request.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let request = request.body(Body::empty()).expect("request");
+        let response = super::router(db.clone()).oneshot(request).await;
+        response.map_or(StatusCode::INTERNAL_SERVER_ERROR, |r| r.status())
+    }
+
+    /// Embedders get the whole application, middleware included.
+    #[test]
+    fn the_embeddable_router_keeps_the_middleware() {
+        // Opened and dropped outside the runtime: the database owns a
+        // runtime of its own (webhook delivery) that cannot be dropped
+        // inside another.
+        let db = Db::open(Config {
+            auth_token: Some(AuthToken::new("tok")),
+            ..Config::in_memory()
+        })
+        .expect("open");
+        let runtime = tokio::runtime::Runtime::new().expect("runtime");
+        runtime.block_on(async {
+            assert_eq!(status(&db, "/kv/a", None).await, StatusCode::UNAUTHORIZED);
+            assert_eq!(
+                status(&db, "/kv/a", Some("tok")).await,
+                StatusCode::NOT_FOUND
+            );
+            assert_eq!(status(&db, "/system/alive", None).await, StatusCode::OK);
+            assert_eq!(
+                status(&db, "/nowhere", Some("tok")).await,
+                StatusCode::NOT_FOUND
+            );
+        });
+        drop(runtime);
+        drop(db);
+    }
+}
