@@ -154,17 +154,16 @@ impl RequestMetrics {
         let route = self.templates[slot / METHOD_LABELS.len()];
         let (class, index) = status_class(status);
         self.cache[slot][index]
-            .get_or_init(|| Series {
-                count: self.count.get_or_create_owned(&RequestLabels {
+            .get_or_init(|| {
+                let labels = RequestLabels {
                     method,
                     route,
                     status: class,
-                }),
-                latency: self.latency.get_or_create_owned(&RequestLabels {
-                    method,
-                    route,
-                    status: class,
-                }),
+                };
+                Series {
+                    count: self.count.get_or_create_owned(&labels),
+                    latency: self.latency.get_or_create_owned(&labels),
+                }
             })
             .record(elapsed.as_secs_f64());
         (method, route)
