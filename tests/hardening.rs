@@ -237,23 +237,39 @@ async fn a_request_that_runs_too_long_gets_503_but_streams_do_not() {
 #[tokio::test]
 async fn requests_beyond_the_limit_are_shed_at_once() {
     let server = TestServer::start(&["--max-concurrent-requests", "1"]);
-    let mut slow = connect(&server);
-    slow.write_all(b"PUT /kv/held HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n[")
-        .expect("write");
     let http = client();
     // The held request takes its slot once the server has read its head;
-    // until then a probe may still get through.
+    // until then a probe may still get through, and a probe that holds the
+    // slot at that moment gets the held request itself shed. Then the slot
+    // stays free, so the held request is sent again.
     let mut shed = None;
-    for _ in 0..500 {
-        let response = http.get(server.at("/kv/other")).send().await.expect("get");
-        if response.status() == 503 {
-            shed = Some(response);
+    let mut slow = None;
+    for _attempt in 0..20 {
+        let mut held = connect(&server);
+        held.write_all(b"PUT /kv/held HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n[")
+            .expect("write");
+        for _ in 0..50 {
+            let response = http.get(server.at("/kv/other")).send().await.expect("get");
+            if response.status() == 503 {
+                shed = Some(response);
+                break;
+            }
+            assert_eq!(response.status(), 404);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if shed.is_some() {
+            slow = Some(held);
             break;
         }
-        assert_eq!(response.status(), 404);
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        // Not shed in half a second: the held request must have been
+        // refused itself.
+        held.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let head = read_head(&mut held);
+        assert_eq!(status_of(&head), 503, "{head}");
     }
     let shed = shed.expect("a request was shed while the slot was taken");
+    let mut slow = slow.expect("the request holding the slot");
     assert_eq!(error_code(shed).await, "unavailable");
 
     slow.write_all(b"1]").expect("finish the body");
