@@ -242,12 +242,12 @@ async fn requests_beyond_the_limit_are_shed_at_once() {
     // until then a probe may still get through, and a probe that holds the
     // slot at that moment gets the held request itself shed. Then the slot
     // stays free, so the held request is sent again.
-    let mut shed = None;
-    let mut slow = None;
+    let mut held_and_shed = None;
     for _attempt in 0..20 {
         let mut held = connect(&server);
         held.write_all(b"PUT /kv/held HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n[")
             .expect("write");
+        let mut shed = None;
         for _ in 0..50 {
             let response = http.get(server.at("/kv/other")).send().await.expect("get");
             if response.status() == 503 {
@@ -257,8 +257,8 @@ async fn requests_beyond_the_limit_are_shed_at_once() {
             assert_eq!(response.status(), 404);
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if shed.is_some() {
-            slow = Some(held);
+        if let Some(shed) = shed {
+            held_and_shed = Some((held, shed));
             break;
         }
         // Not shed in half a second: the held request must have been
@@ -268,8 +268,7 @@ async fn requests_beyond_the_limit_are_shed_at_once() {
         let head = read_head(&mut held);
         assert_eq!(status_of(&head), 503, "{head}");
     }
-    let shed = shed.expect("a request was shed while the slot was taken");
-    let mut slow = slow.expect("the request holding the slot");
+    let (mut slow, shed) = held_and_shed.expect("a request was shed while the slot was taken");
     assert_eq!(error_code(shed).await, "unavailable");
 
     slow.write_all(b"1]").expect("finish the body");

@@ -254,18 +254,17 @@ where
 
     fn call(&mut self, request: Request) -> Self::Future {
         let started = Instant::now();
-        let slot = self
-            .metrics
-            .as_ref()
-            .map_or(0, |m| m.slot(request.method(), request.uri().path()));
+        let target = self.metrics.as_ref().map(|metrics| {
+            let slot = metrics.slot(request.method(), request.uri().path());
+            (Arc::clone(metrics), slot)
+        });
         // The raw path is kept for the debug log only when it is on.
         let uri = tracing::enabled!(tracing::Level::DEBUG).then(|| request.uri().clone());
         RecordFuture {
             inner: self.inner.call(request),
             started,
-            slot,
+            target,
             uri,
-            metrics: self.metrics.clone(),
         }
     }
 }
@@ -276,9 +275,9 @@ pin_project! {
         #[pin]
         inner: F,
         started: Instant,
-        slot: usize,
+        // Where the figures go, and the request's cache slot there.
+        target: Option<(Arc<RequestMetrics>, usize)>,
         uri: Option<Uri>,
-        metrics: Option<Arc<RequestMetrics>>,
     }
 }
 
@@ -291,10 +290,10 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
-        if let (Ok(response), Some(metrics)) = (&result, this.metrics.as_ref()) {
+        if let (Ok(response), Some((metrics, slot))) = (&result, this.target.as_ref()) {
             let elapsed = this.started.elapsed();
             let status = response.status();
-            let (method, route) = metrics.record(*this.slot, status, elapsed);
+            let (method, route) = metrics.record(*slot, status, elapsed);
             tracing::debug!(
                 method,
                 route,
@@ -539,4 +538,35 @@ fn encode_webhook_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Resul
         "Sum of enqueue-to-2xx times of delivered events (divide by webhook_delivered_total)",
         micros_to_secs(d.latency_micros.load(Relaxed)),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_indexes_match_their_labels() {
+        for (index, label) in METHOD_LABELS.iter().enumerate() {
+            let method = Method::from_bytes(label.as_bytes()).expect("a method name");
+            assert_eq!(METHOD_LABELS[method_index(&method)], *label);
+            assert_eq!(method_index(&method), index);
+        }
+        let unusual = Method::from_bytes(b"PURGE").expect("a method name");
+        assert_eq!(METHOD_LABELS[method_index(&unusual)], "other");
+    }
+
+    #[test]
+    fn requests_find_their_route_template() {
+        let metrics = RequestMetrics::default();
+        let route_of = |path: &str| {
+            let slot = metrics.slot(&Method::GET, path);
+            metrics.templates[slot / METHOD_LABELS.len()]
+        };
+        assert_eq!(route_of("/kv/a%2Fb"), "/kv/{key}");
+        assert_eq!(route_of("/kv/count"), "/kv/count");
+        assert_eq!(route_of("/kv/a/meta"), "/kv/{key}/meta");
+        assert_eq!(route_of("/kv"), "/kv");
+        assert_eq!(route_of("/kv/"), "unmatched");
+        assert_eq!(route_of("/nowhere"), "unmatched");
+    }
 }

@@ -9,10 +9,10 @@ use std::time::Duration;
 use axum::body::Body;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tower_service::Service;
 
 use super::App;
-use tokio::sync::watch;
 
 /// The largest request head (request line and headers) hyper buffers. A
 /// larger one gets a bare `431` and the connection closes; this bounds the

@@ -3,10 +3,10 @@
 //!
 //! A `Bytes` made from a `Vec` costs two allocations once it is first
 //! cloned (and every stored value is cloned for its change event): the
-//! buffer, and a 32-byte shared header allocated by that first clone. Here
+//! buffer, and a 24-byte shared header allocated by that first clone. Here
 //! the buffer sits inside the header's allocation (`Bytes::from_owner`), in
 //! size classes that fill mimalloc's size bins, so a 100-byte value costs
-//! one 112-byte block instead of 112 + 32 bytes and an allocation on its
+//! one 112-byte block instead of 112 + 24 bytes and an allocation on its
 //! first clone.
 //!
 //! Invariant: no I/O, no locks; a pure copy.
@@ -36,7 +36,7 @@ fn copy_inline<const N: usize>(src: &[u8]) -> Bytes {
 }
 
 /// A copy of `src` for keeping: inline in one allocation up to 1012
-/// bytes, a plain buffer beyond (where the 32-byte header no longer
+/// bytes, a plain buffer beyond (where the 24-byte header no longer
 /// matters).
 pub fn copy_value(src: &[u8]) -> Bytes {
     // Each capacity is a mimalloc bin size less the 12 bytes of reference

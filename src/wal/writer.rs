@@ -205,12 +205,7 @@ impl Shared {
         }
         let written = log.append(bytes);
         let synced = match (&written, log.policy) {
-            (Ok(()), FsyncPolicy::Always) => {
-                let started = Instant::now();
-                let result = log.file.sync_data();
-                self.stats.record_fsync(started.elapsed());
-                result
-            }
+            (Ok(()), FsyncPolicy::Always) => self.timed_sync(&log.file),
             (Ok(()), _) => {
                 log.unsynced = true;
                 Ok(())
@@ -233,11 +228,17 @@ impl Shared {
         Ok(())
     }
 
-    fn sync_or_poison(&self, log: &mut LogFile) {
+    /// fdatasync of `file`, counted in the stats when it succeeds.
+    fn timed_sync(&self, file: &File) -> std::io::Result<()> {
         let started = Instant::now();
-        match log.file.sync_data() {
+        file.sync_data()?;
+        self.stats.record_fsync(started.elapsed());
+        Ok(())
+    }
+
+    fn sync_or_poison(&self, log: &mut LogFile) {
+        match self.timed_sync(&log.file) {
             Ok(()) => {
-                self.stats.record_fsync(started.elapsed());
                 log.unsynced = false;
                 log.last_sync = Instant::now();
             }
@@ -249,6 +250,10 @@ impl Shared {
     /// thread (the only one that rotates) before it takes the log lock:
     /// creating a file syncs the directory, which can wait behind the disk.
     fn create_next_segment(&self) -> Result<(u64, File), WalError> {
+        // A poisoned log takes no new segment (it would stay behind empty).
+        if let Some(why) = self.poisoned.get() {
+            return Err(WalError::Poisoned(why.clone()));
+        }
         let next = self.stats.segment.load(Ordering::Relaxed) + 1;
         let file = segment::create(&self.dir, next).map_err(|e| WalError::io(&self.dir, e))?;
         Ok((next, file))
@@ -260,7 +265,8 @@ impl Shared {
     fn switch_segment(
         &self,
         log: &mut LogFile,
-        (next, file): (u64, File),
+        next: u64,
+        file: File,
     ) -> Result<Option<File>, WalError> {
         if let Some(why) = self.poisoned.get() {
             return Err(WalError::Poisoned(why.clone()));
@@ -281,12 +287,8 @@ impl Shared {
     /// waiting that long for the lock made the latency spikes of every
     /// snapshot. A failure poisons the log like any failed sync.
     fn sync_closed_segment(&self, closed: &File) -> Result<(), WalError> {
-        let started = Instant::now();
-        match closed.sync_data() {
-            Ok(()) => {
-                self.stats.record_fsync(started.elapsed());
-                Ok(())
-            }
+        match self.timed_sync(closed) {
+            Ok(()) => Ok(()),
             Err(e) => {
                 let why = format!("WAL fsync of a closed segment failed: {e}");
                 tracing::error!("{why}; refusing writes until restart");
@@ -538,17 +540,20 @@ fn run_thread(shared: &Shared) {
             shared.sync_or_poison(&mut log);
         }
         // One rotation serves every request that is waiting for one.
-        let switched = next_segment.map(|next| {
-            next.and_then(|(n, file)| Ok((n, shared.switch_segment(&mut log, (n, file))?)))
+        let switched = next_segment.map(|created| {
+            let (next, file) = created?;
+            Ok::<_, WalError>((next, shared.switch_segment(&mut log, next, file)?))
         });
         if closing && log.unsynced {
             shared.sync_or_poison(&mut log);
         }
         drop(log);
         if let Some(switched) = switched {
-            let result = switched.and_then(|(n, closed)| match closed {
-                Some(file) => shared.sync_closed_segment(&file).map(|()| n),
-                None => Ok(n),
+            let result = switched.and_then(|(next, closed)| {
+                if let Some(file) = closed {
+                    shared.sync_closed_segment(&file)?;
+                }
+                Ok(next)
             });
             for reply in rotations {
                 let _ = reply.send(result.clone());
