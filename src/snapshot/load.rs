@@ -3,6 +3,8 @@
 //! and recovery can fall back to an older one.
 
 use std::borrow::Cow;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use bytes::Bytes;
@@ -57,14 +59,58 @@ struct Line<'a> {
 /// Reads and verifies `path`, then hands each entry to `apply` as an
 /// update change.
 ///
+/// The file is read twice, a chunk at a time: once for the checksum, once
+/// to parse. Loading holds one chunk, never the whole file, so a restart
+/// does not leave the allocator holding a file-sized buffer on top of the
+/// data.
+///
 /// # Errors
 ///
 /// [`SnapshotError::Damaged`] when the file is incomplete or fails its
 /// checksum (nothing was applied then), [`SnapshotError::Io`] when it
 /// cannot be read.
 pub fn load(path: &Path, apply: impl FnMut(Change) + Send) -> Result<Loaded, SnapshotError> {
-    let data = std::fs::read(path).map_err(|e| SnapshotError::io(path, e))?;
-    load_bytes(&data, &path.display().to_string(), apply)
+    let io = |e| SnapshotError::io(path, e);
+    let file_name = path.display().to_string();
+    let mut file = File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    // The trailer is one short line; this much of the tail always holds it.
+    let tail_len = len.min(64 << 10);
+    let tail_start = len - tail_len;
+    let mut tail = vec![0; usize::try_from(tail_len).expect("64 KiB fits")];
+    file.seek(SeekFrom::Start(tail_start)).map_err(io)?;
+    file.read_exact(&mut tail).map_err(io)?;
+    let (trailer_at, trailer) =
+        find_trailer(&tail, tail_start == 0).map_err(|why| damaged(&file_name, why))?;
+    let body_len = tail_start + trailer_at as u64;
+
+    file.rewind().map_err(io)?;
+    let mut crc = 0;
+    for_each_chunk(
+        &mut (&file).take(body_len),
+        READ_CHUNK,
+        path,
+        &mut |chunk| {
+            crc = crc32c::crc32c_append(crc, chunk);
+            Ok(())
+        },
+    )?;
+    if crc != trailer.crc32c {
+        return Err(damaged(&file_name, "checksum mismatch"));
+    }
+
+    file.rewind().map_err(io)?;
+    let body = Body::File {
+        reader: (&file).take(body_len),
+        path,
+    };
+    read_body(
+        body,
+        body_len >= PARALLEL_LOAD_BYTES,
+        &trailer,
+        &file_name,
+        apply,
+    )
 }
 
 /// [`load`] over the bytes of a snapshot file named `file` (for messages).
@@ -76,28 +122,104 @@ pub fn load(path: &Path, apply: impl FnMut(Change) + Send) -> Result<Loaded, Sna
 pub fn load_bytes(
     data: &[u8],
     file: &str,
-    mut apply: impl FnMut(Change) + Send,
+    apply: impl FnMut(Change) + Send,
 ) -> Result<Loaded, SnapshotError> {
-    let damaged = |why: &str| SnapshotError::Damaged {
+    let (body_end, trailer) = find_trailer(data, true).map_err(|why| damaged(file, why))?;
+    let body = &data[..body_end];
+    if crc32c::crc32c(body) != trailer.crc32c {
+        return Err(damaged(file, "checksum mismatch"));
+    }
+    let parallel = body.len() as u64 >= PARALLEL_LOAD_BYTES;
+    read_body(Body::Bytes(body), parallel, &trailer, file, apply)
+}
+
+fn damaged(file: &str, why: impl std::fmt::Display) -> SnapshotError {
+    SnapshotError::Damaged {
         file: file.to_string(),
         reason: why.to_string(),
-    };
-    let body_end = verify(data).map_err(damaged)?;
-    let mut loaded = Loaded::default();
-    let mut lines = serde_json::Deserializer::from_slice(&data[..body_end]).into_iter::<Line<'_>>();
-    let header = lines
-        .next()
-        .ok_or_else(|| damaged("no header"))?
-        .map_err(|e| damaged(&e.to_string()))?;
-    if header.dododb_snapshot != Some(super::encode::FORMAT_VERSION) {
-        return Err(damaged("not a DodoDB snapshot of a known format version"));
     }
-    loaded.wal_segment = header
-        .wal_segment
-        .ok_or_else(|| damaged("header lacks wal_segment"))?;
-    if data.len() < PARALLEL_LOAD_BYTES {
-        read_entries(lines, &mut loaded, &mut apply).map_err(|why| damaged(&why))?;
-    } else {
+}
+
+/// Snapshots at least this large are parsed and applied on two threads.
+const PARALLEL_LOAD_BYTES: u64 = 1 << 20;
+
+/// Entries handed from the parsing to the applying thread at a time.
+const LOAD_BATCH: usize = 4096;
+
+/// A file is read this much at a time (a line cut at the end of a chunk is
+/// carried over to the next).
+const READ_CHUNK: usize = 4 << 20;
+
+/// A snapshot's lines before the trailer, already checksummed.
+enum Body<'a> {
+    /// All in memory.
+    Bytes(&'a [u8]),
+    /// Still in the file.
+    File {
+        reader: std::io::Take<&'a File>,
+        path: &'a Path,
+    },
+}
+
+impl Body<'_> {
+    /// Hands the body to `each` in chunks of whole lines.
+    fn for_each_chunk(
+        self,
+        each: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        match self {
+            Body::Bytes(data) => each(data),
+            Body::File { mut reader, path } => for_each_chunk(&mut reader, READ_CHUNK, path, each),
+        }
+    }
+}
+
+/// Reads `reader` to its end in chunks of about `chunk_size` bytes, each
+/// ending after a newline (the last one: wherever the data ends).
+fn for_each_chunk(
+    reader: &mut impl Read,
+    chunk_size: usize,
+    path: &Path,
+    each: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
+) -> Result<(), SnapshotError> {
+    let mut buf = Vec::with_capacity(chunk_size);
+    loop {
+        let read = reader
+            .take(chunk_size as u64)
+            .read_to_end(&mut buf)
+            .map_err(|e| SnapshotError::io(path, e))?;
+        if read == 0 {
+            return if buf.is_empty() { Ok(()) } else { each(&buf) };
+        }
+        // A line longer than a chunk: read on until it ends.
+        if let Some(last_newline) = buf.iter().rposition(|&b| b == b'\n') {
+            each(&buf[..=last_newline])?;
+            buf.drain(..=last_newline);
+        }
+    }
+}
+
+/// Parses the header and every entry of `body`, handing entries to `apply`
+/// (on a second thread when `parallel`), and checks them against the
+/// trailer.
+fn read_body(
+    body: Body<'_>,
+    parallel: bool,
+    trailer: &Trailer,
+    file: &str,
+    mut apply: impl FnMut(Change) + Send,
+) -> Result<Loaded, SnapshotError> {
+    let mut loaded = Loaded::default();
+    let mut header_seen = false;
+    let mut parse = |chunk: &[u8], sink: &mut dyn FnMut(Change)| {
+        let mut lines = serde_json::Deserializer::from_slice(chunk).into_iter::<Line<'_>>();
+        if !header_seen {
+            read_header(lines.next(), &mut loaded).map_err(|why| damaged(file, why))?;
+            header_seen = true;
+        }
+        read_entries(lines, &mut loaded, sink).map_err(|why| damaged(file, why))
+    };
+    if parallel {
         // Parsing lines and inserting entries cost about the same, so a
         // large snapshot is parsed here while a second thread applies it,
         // in file order, in batches.
@@ -109,36 +231,47 @@ pub fn load_bytes(
                 }
             });
             let mut batch = Vec::with_capacity(LOAD_BATCH);
-            let parsed = read_entries(lines, &mut loaded, &mut |change| {
+            let mut send = |change| {
                 batch.push(change);
                 if batch.len() == LOAD_BATCH {
                     let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
                     // The applier only stops once this side is done.
                     let _ = batches.send(full);
                 }
-            });
+            };
+            let parsed = body.for_each_chunk(&mut |chunk| parse(chunk, &mut send));
             let _ = batches.send(batch);
             drop(batches);
             if applier.join().is_err() {
-                return Err(damaged("the thread applying the snapshot panicked"));
+                return Err(damaged(file, "the thread applying the snapshot panicked"));
             }
-            parsed.map_err(|why| damaged(&why))
+            parsed
         })?;
+    } else {
+        body.for_each_chunk(&mut |chunk| parse(chunk, &mut apply))?;
     }
-    let trailer: Line<'_> =
-        serde_json::from_slice(&data[body_end..]).map_err(|e| damaged(&e.to_string()))?;
-    loaded.revision = trailer.revision.unwrap_or(0);
-    if trailer.entries != Some(loaded.keys) {
-        return Err(damaged("entry count does not match the trailer"));
+    if !header_seen {
+        return Err(damaged(file, "no header"));
     }
+    if trailer.entries != loaded.keys {
+        return Err(damaged(file, "entry count does not match the trailer"));
+    }
+    loaded.revision = trailer.revision;
     Ok(loaded)
 }
 
-/// Snapshots at least this large are parsed and applied on two threads.
-const PARALLEL_LOAD_BYTES: usize = 1 << 20;
-
-/// Entries handed from the parsing to the applying thread at a time.
-const LOAD_BATCH: usize = 4096;
+/// Checks the header line and takes the WAL segment from it.
+fn read_header(
+    line: Option<serde_json::Result<Line<'_>>>,
+    loaded: &mut Loaded,
+) -> Result<(), String> {
+    let header = line.ok_or("no header")?.map_err(|e| e.to_string())?;
+    if header.dododb_snapshot != Some(super::encode::FORMAT_VERSION) {
+        return Err("not a DodoDB snapshot of a known format version".into());
+    }
+    loaded.wal_segment = header.wal_segment.ok_or("header lacks wal_segment")?;
+    Ok(())
+}
 
 /// Hands every entry line after the header to `apply` and collects the
 /// control documents; says what is wrong with the first bad line.
@@ -176,25 +309,37 @@ fn read_entries<'a>(
     Ok(())
 }
 
-/// Checks the trailer's checksum and returns where the trailer starts.
-fn verify(data: &[u8]) -> Result<usize, &'static str> {
-    let without_newline = data
+/// What the last line of a snapshot says about the rest.
+struct Trailer {
+    revision: u64,
+    entries: u64,
+    crc32c: u32,
+}
+
+/// Finds the trailer at the end of `tail` (the end of a snapshot file) and
+/// returns where in `tail` it starts. `whole_file` says `tail` is the
+/// entire file, so a trailer with no newline before it is the first line.
+fn find_trailer(tail: &[u8], whole_file: bool) -> Result<(usize, Trailer), &'static str> {
+    let not_a_trailer = "the last line is not a trailer (cut short?)";
+    let without_newline = tail
         .strip_suffix(b"\n")
         .ok_or("file does not end with a newline (cut short?)")?;
-    let trailer_start = without_newline
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    let trailer: Line<'_> = serde_json::from_slice(&without_newline[trailer_start..])
-        .map_err(|_| "the last line is not a trailer (cut short?)")?;
-    if trailer.end != Some(true) {
-        return Err("the last line is not a trailer (cut short?)");
+    let trailer_start = match without_newline.iter().rposition(|&b| b == b'\n') {
+        Some(i) => i + 1,
+        None if whole_file => 0,
+        None => return Err(not_a_trailer),
+    };
+    let line: Line<'_> =
+        serde_json::from_slice(&without_newline[trailer_start..]).map_err(|_| not_a_trailer)?;
+    if line.end != Some(true) {
+        return Err(not_a_trailer);
     }
-    let expected = trailer.crc32c.ok_or("the trailer lacks crc32c")?;
-    if crc32c::crc32c(&data[..trailer_start]) != expected {
-        return Err("checksum mismatch");
-    }
-    Ok(trailer_start)
+    let trailer = Trailer {
+        revision: line.revision.unwrap_or(0),
+        entries: line.entries.ok_or("the trailer lacks entries")?,
+        crc32c: line.crc32c.ok_or("the trailer lacks crc32c")?,
+    };
+    Ok((trailer_start, trailer))
 }
 
 #[cfg(test)]
@@ -239,7 +384,7 @@ mod tests {
                 Bytes::from_static(b"{\"sub\":2}"),
             ];
             let data = encoded(&original, &metas);
-            assert_eq!(data.len() >= PARALLEL_LOAD_BYTES, n == 30_000);
+            assert_eq!(data.len() as u64 >= PARALLEL_LOAD_BYTES, n == 30_000);
             let copy = Store::new();
             let loaded = load_bytes(&data, "test", |change| copy.replay(change)).expect("load");
             assert_eq!(loaded.keys, n as u64);
@@ -252,6 +397,58 @@ mod tests {
             });
             assert_eq!(seen, n);
         }
+    }
+
+    #[test]
+    fn chunks_end_at_line_ends_and_cover_everything() {
+        let data = b"{\"a\":1}\n{\"long\":\"0123456789abcdef\"}\n\n{}\nno newline at the end";
+        for chunk_size in [1, 3, 7, 16, 1000] {
+            let mut chunks = Vec::new();
+            for_each_chunk(&mut &data[..], chunk_size, Path::new("t"), &mut |chunk| {
+                chunks.push(chunk.to_vec());
+                Ok(())
+            })
+            .expect("read");
+            let (last, whole_lines) = chunks.split_last().expect("chunks");
+            assert!(
+                whole_lines.iter().all(|c| c.ends_with(b"\n")),
+                "{chunk_size}"
+            );
+            assert!(last.ends_with(b"at the end"), "{chunk_size}");
+            assert_eq!(chunks.concat(), data.to_vec(), "{chunk_size}");
+        }
+    }
+
+    #[test]
+    fn a_file_loads_like_its_bytes_and_a_flipped_byte_applies_nothing() {
+        let dir = std::env::temp_dir().join(format!("dododb-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("snapshot.json");
+        for n in [10, 30_000] {
+            let data = encoded(&store_with(n), &[Bytes::from_static(b"{\"sub\":1}")]);
+            std::fs::write(&path, &data).expect("write");
+            let (mut from_file, mut from_bytes) = (Vec::new(), Vec::new());
+            let a = load(&path, |c| from_file.push(c)).expect("file");
+            let b = load_bytes(&data, "t", |c| from_bytes.push(c)).expect("bytes");
+            assert_eq!(
+                (a.keys, a.revision, a.wal_segment),
+                (b.keys, b.revision, b.wal_segment)
+            );
+            assert_eq!(a.metas, b.metas);
+            assert_eq!(from_file, from_bytes);
+
+            let mut flipped = data.clone();
+            flipped[data.len() / 2] ^= 0x01;
+            std::fs::write(&path, &flipped).expect("write");
+            let mut applied = 0;
+            let result = load(&path, |_| applied += 1);
+            assert!(
+                matches!(&result, Err(SnapshotError::Damaged { reason, .. }) if reason == "checksum mismatch"),
+                "{result:?}"
+            );
+            assert_eq!(applied, 0);
+        }
+        std::fs::remove_dir_all(&dir).expect("clean up");
     }
 
     #[test]
