@@ -1,7 +1,9 @@
 """The scenario runner behind loadtest/run (which installs wrk and builds the servers
 first). For every (connections, scenario, server) it starts a fresh server, preloads
 keys, warms up, runs wrk once, and finally prints one table and writes
-loadtest/results/<timestamp>.json. See loadtest/README.md.
+loadtest/results/<timestamp>.json. With --rounds N the whole plan runs N times, each
+round with its own ceiling rows, and a second table gives each ratio's median over
+the rounds. See loadtest/README.md.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import datetime as dt
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -25,9 +28,10 @@ SCENARIOS = {
     "mix": "mix.lua",                # 90% GET / 10% PUT, random keys
 }
 SERVERS = ["ceiling", "dododb-never", "dododb-always"]
-# Also accepted by --servers: DodoDB --fsync everysec, and --fsync never without per-request metrics
-# recording (DODODB_BENCH_NO_REQUEST_METRICS), to measure what recording costs.
-EXTRA_SERVERS = ["dododb-everysec", "dododb-never-nometrics"]
+# Also accepted by --servers: DodoDB --fsync everysec; --fsync never without per-request metrics
+# recording (DODODB_BENCH_NO_REQUEST_METRICS), to measure what recording costs; and `naive`, the
+# ceiling binary's --naive-kv mode (axum + DashMap<String, Bytes>, PERF.md's naive KV: the bar).
+EXTRA_SERVERS = ["dododb-everysec", "dododb-never-nometrics", "naive"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -49,6 +53,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--servers", default=",".join(SERVERS),
                    help=f"comma-separated subset of {','.join(SERVERS + EXTRA_SERVERS)} "
                         "(the ceiling is needed for ratios)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="run the whole plan this many times; adds a table of median ratios (default 1)")
     p.add_argument("--keys", type=int, default=100_000, help="keys preloaded and addressed (default 100000)")
     p.add_argument("--wrk-threads", type=int, default=0,
                    help="wrk -t (default: 1 with --pin, else 2)")
@@ -87,6 +93,8 @@ def start(a: argparse.Namespace, server: str, tag: str) -> dodo.Server:
     cpu = 0 if a.pin else None
     if server == "ceiling":
         return dodo.start_server(server, dodo.ceiling_cmd(a.ceiling_bin), cpu=cpu)
+    if server == "naive":
+        return dodo.start_server(server, [*dodo.ceiling_cmd(a.ceiling_bin), "--naive-kv"], cpu=cpu)
     fsync = server.split("-")[1]
     data_dir = dodo.make_data_dir(a.tmp_dir, tag)
     if a.fake_dododb:
@@ -167,12 +175,40 @@ def flags(row: dict, pinned: bool) -> list[str]:
 
 
 def add_ratios(rows: list[dict]) -> None:
-    """Each DodoDB row divided by the ceiling row of the same scenario and connections."""
-    ceil = {(r["scenario"], r["connections"]): r["rps"] for r in rows if r["server"] == "ceiling" and "rps" in r}
+    """Each row divided by the ceiling row of the same round, scenario and connections."""
+    def at(r):
+        return (r.get("round", 1), r["scenario"], r["connections"])
+    ceil = {at(r): r["rps"] for r in rows if r["server"] == "ceiling" and "rps" in r}
     for r in rows:
-        ref = ceil.get((r["scenario"], r["connections"]))
+        ref = ceil.get(at(r))
         if r["server"] != "ceiling" and ref and "rps" in r:
             r["ratio_to_ceiling"] = round(r["rps"] / ref, 3)
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """Per (scenario, server, connections): the median ratio and req/s over the rounds."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if "ratio_to_ceiling" in r:
+            groups.setdefault((r["scenario"], r["server"], r["connections"]), []).append(r)
+    return [{"scenario": sc, "server": srv, "connections": c,
+             "median_ratio": round(statistics.median(x["ratio_to_ceiling"] for x in rs), 3),
+             "ratios": [x["ratio_to_ceiling"] for x in rs],
+             "median_rps": round(statistics.median(x["rps"] for x in rs), 1),
+             "flagged_rounds": sum(1 for x in rs if x["flags"])}
+            for (sc, srv, c), rs in groups.items()]
+
+
+def median_table(meds: list[dict]) -> str:
+    head = ["scenario", "server", "conns", "median req/s", "median x ceiling", "each round", "flagged"]
+    body = [[m["scenario"], m["server"], str(m["connections"]), f"{m['median_rps']:,.0f}",
+             f"{m['median_ratio']:.2f}", " ".join(f"{x:.2f}" for x in m["ratios"]),
+             str(m["flagged_rounds"])] for m in meds]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in (2, 3, 4, 6) else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
 
 def fmt_ms(v) -> str:
@@ -180,6 +216,7 @@ def fmt_ms(v) -> str:
 
 
 def table(rows: list[dict]) -> str:
+    rounds = max((r.get("round", 1) for r in rows), default=1)
     head = ["scenario", "server", "conns", "req/s", "p50 ms", "p99 ms", "x ceiling",
             "srv CPU%", "wrk CPU%", "other%", "flags"]
     body = []
@@ -190,7 +227,8 @@ def table(rows: list[dict]) -> str:
             continue
         ratio = "ref" if r["server"] == "ceiling" else (
             f"{r['ratio_to_ceiling']:.2f}" if "ratio_to_ceiling" in r else "-")
-        body.append([r["scenario"], r["server"], str(r["connections"]), f"{r['rps']:,.0f}",
+        scenario = r["scenario"] if rounds == 1 else f"{r['scenario']} #{r['round']}"
+        body.append([scenario, r["server"], str(r["connections"]), f"{r['rps']:,.0f}",
                      fmt_ms(r["p50_ms"]), fmt_ms(r["p99_ms"]), ratio,
                      f"{r['server_cpu_pct']:.0f}", f"{r['wrk_cpu_pct']:.0f}", f"{r['other_cpu_pct']:.0f}",
                      " ".join(r["flags"]) or "ok"])
@@ -224,7 +262,8 @@ def main(argv: list[str]) -> int:
     started = dt.datetime.now()
     stamp = started.strftime("%Y%m%d-%H%M%S")
     out = a.out or os.path.join(dodo.LOADTEST, "results", f"{stamp}.json")
-    plan = [(c, s, srv) for c in a.conns for s in a.scenarios for srv in a.servers]
+    plan = [(rnd, c, s, srv) for rnd in range(1, a.rounds + 1)
+            for c in a.conns for s in a.scenarios for srv in a.servers]
     per_run = a.duration + a.warmup + 1.5
     print(f"loadtest: {len(plan)} runs x ~{per_run:.0f}s (+ preloads), "
           f"{'pinned: server cpu0, wrk -t1 cpu1' if a.pin else f'unpinned, wrk -t{a.wrk_threads}'}, "
@@ -235,21 +274,28 @@ def main(argv: list[str]) -> int:
     rows = []
     # Order: for each connection count and scenario, the ceiling and then each DodoDB
     # right after it, so each ratio compares runs minutes apart, not the run's ends.
-    for i, (conns, scenario, server) in enumerate(plan, 1):
+    for i, (rnd, conns, scenario, server) in enumerate(plan, 1):
         print(f"  [{i}/{len(plan)}] {scenario:<10} {server:<13} c={conns:<4}", end=" ", flush=True)
         try:
             row = one_run(a, scenario, server, conns)
+            row["round"] = rnd
             pre = f" (preload {row['preload']['keys_per_s']:,}/s)" if "preload" in row else ""
             print(f"{row['rps']:>12,.0f} req/s  p99 {fmt_ms(row['p99_ms'])} ms  "
                   f"{' '.join(row['flags'])}{pre}", flush=True)
         except Exception as e:  # keep going: one broken server should not lose the rest
-            row = {"scenario": scenario, "server": server, "connections": conns, "error": str(e)}
+            row = {"scenario": scenario, "server": server, "connections": conns, "error": str(e),
+                   "round": rnd}
             print(f"FAILED: {str(e).splitlines()[0]}", flush=True)
         rows.append(row)
     add_ratios(rows)
     text = table(rows)
     print()
     print(text)
+    meds = medians(rows) if a.rounds > 1 else []
+    if meds:
+        text += "\n\nmedian over " + str(a.rounds) + " rounds\n" + median_table(meds)
+        print(f"\nmedian over {a.rounds} rounds")
+        print(median_table(meds))
     flagged = [r for r in rows if r.get("flags") or "error" in r]
     result = {
         "started": started.isoformat(timespec="seconds"),
@@ -258,11 +304,12 @@ def main(argv: list[str]) -> int:
         "host": {"node": platform.node(), "cpus": os.cpu_count(), "kernel": platform.release(),
                  "wrk": subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.splitlines()[0:1]},
         "settings": {"duration_s": a.duration, "warmup_s": a.warmup, "pinned": a.pin, "keys": a.keys,
-                     "wrk_threads": a.wrk_threads, "value_bytes": len(dodo.BODY), "body": dodo.BODY,
+                     "wrk_threads": a.wrk_threads, "rounds": a.rounds, "value_bytes": len(dodo.BODY), "body": dodo.BODY,
                      "connections": a.conns, "scenarios": a.scenarios, "servers": a.servers,
                      "dododb_args": a.dododb_arg, "fake_dododb": a.fake_dododb},
         "top_before": before,
         "results": rows,
+        "medians": meds,
         "table": text,
     }
     os.makedirs(os.path.dirname(out), exist_ok=True)
