@@ -531,6 +531,13 @@ fn run_thread(shared: &Shared) {
             (std::mem::take(&mut queue.rotations), queue.closing)
         };
         let next_segment = (!rotations.is_empty()).then(|| shared.create_next_segment());
+        if !writers_commit {
+            // Woken by the first record, the thread would sync that one
+            // alone while the requests right behind it wait a whole fsync.
+            // Yielding once lets a worker that shares this core enqueue
+            // what it has ready, so one fsync carries them all.
+            std::thread::yield_now();
+        }
         let mut log = shared.lock_log();
         shared.commit_queued(&mut log);
         if log.policy == FsyncPolicy::EverySec
