@@ -48,13 +48,15 @@ def cpu_ticks(pid: int) -> int:
         return 0
 
 
-def system_busy_ticks() -> int:
-    """Busy clock ticks of all CPUs together (everything but idle and iowait)."""
+def system_ticks() -> tuple[int, int, int]:
+    """Clock ticks of all CPUs together: (busy, irq + softirq, steal). Busy is
+    everything but idle and iowait; steal is time the hypervisor gave to other
+    guests, which on a shared VM is most of the noise."""
     with open("/proc/stat") as f:
-        parts = [int(x) for x in f.readline().split()[1:]]
-    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+        parts = [int(x) for x in f.readline().split()[1:]] + [0] * 8
+    idle = parts[3] + parts[4]
     # guest time is already counted in user; steal is not ours but is not idle either.
-    return sum(parts[:8]) - idle
+    return sum(parts[:8]) - idle, parts[5] + parts[6], parts[7]
 
 
 def all_cpu_ticks() -> dict[int, tuple[str, int]]:
@@ -287,6 +289,8 @@ class WrkResult:
     wrk_cpu_pct: float = 0.0     # % of one core
     server_cpu_pct: float = 0.0  # % of one core
     other_cpu_pct: float = 0.0   # everything else on the machine, % of one core
+    steal_cpu_pct: float = 0.0   # of which stolen by the hypervisor
+    irq_cpu_pct: float = 0.0     # of which interrupts and softirqs (loopback TCP runs there too)
     other_top: list = field(default_factory=list)  # [(process name, % of one core)], biggest first
     exit_code: int = 0
     raw: str = ""
@@ -351,7 +355,7 @@ def run_wrk(url: str, script: str, *, conns: int, duration: float, threads: int 
     out = tempfile.TemporaryFile()
     srv0 = cpu_ticks(server_pid) if server_pid else 0
     procs0 = all_cpu_ticks()
-    sys0 = system_busy_ticks()
+    sys0 = system_ticks()
     t0 = time.monotonic()
     proc = subprocess.Popen(
         pinned(wrk_cmd(url, script, conns, duration, threads), cpu),
@@ -362,7 +366,8 @@ def run_wrk(url: str, script: str, *, conns: int, duration: float, threads: int 
     proc.returncode = os.waitstatus_to_exitcode(status)
     wall = time.monotonic() - t0
     srv_ticks = (cpu_ticks(server_pid) - srv0) if server_pid else 0
-    sys_ticks = system_busy_ticks() - sys0
+    sys1 = system_ticks()
+    sys_ticks, irq_ticks, steal_ticks = (b - a for a, b in zip(sys0, sys1))
     procs1 = all_cpu_ticks()
     out.seek(0)
     r = parse_wrk(out.read().decode(errors="replace"))
@@ -373,6 +378,8 @@ def run_wrk(url: str, script: str, *, conns: int, duration: float, threads: int 
     r.server_cpu_pct = 100.0 * srv_ticks / CLK_TCK / wall
     other_s = sys_ticks / CLK_TCK - wrk_s - srv_ticks / CLK_TCK
     r.other_cpu_pct = max(0.0, 100.0 * other_s / wall)
+    r.steal_cpu_pct = 100.0 * steal_ticks / CLK_TCK / wall
+    r.irq_cpu_pct = 100.0 * irq_ticks / CLK_TCK / wall
     # Who the others were: a compile, or the kernel's own work for us (e.g. jbd2 for fsyncs)?
     r.other_top = top_other(procs0, procs1, {server_pid or -1, proc.pid, os.getpid()}, wall)
     return r

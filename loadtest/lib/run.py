@@ -139,6 +139,7 @@ def one_run(a: argparse.Namespace, scenario: str, server: str, conns: int) -> di
             "non_2xx": r.non_2xx, "socket_errors": r.socket_errors,
             "server_cpu_pct": round(r.server_cpu_pct, 1), "wrk_cpu_pct": round(r.wrk_cpu_pct, 1),
             "other_cpu_pct": round(r.other_cpu_pct, 1), "other_top": r.other_top,
+            "steal_cpu_pct": round(r.steal_cpu_pct, 1), "irq_cpu_pct": round(r.irq_cpu_pct, 1),
             "wrk_exit": r.exit_code, "wrk_output": r.raw,
         })
         row["flags"] = flags(row, a.pin)
@@ -168,8 +169,11 @@ def flags(row: dict, pinned: bool) -> list[str]:
     if pinned and row["wrk_cpu_pct"] >= 95 * row["wrk_threads"] and row["server_cpu_pct"] < 90:
         f.append("GEN-BOUND")
     if row["other_cpu_pct"] >= 15:
-        # Another process took a noticeable share of the machine; name the biggest.
+        # Another process or the hypervisor (steal) took a noticeable share of the
+        # machine; name the biggest.
         top = [name for name, pct in row.get("other_top", []) if pct >= 5][:2]
+        if row.get("steal_cpu_pct", 0) >= 5:
+            top.insert(0, "steal")
         f.append("NOISY" + (f"({','.join(top)})" if top else ""))
     return f
 
@@ -218,11 +222,11 @@ def fmt_ms(v) -> str:
 def table(rows: list[dict]) -> str:
     rounds = max((r.get("round", 1) for r in rows), default=1)
     head = ["scenario", "server", "conns", "req/s", "p50 ms", "p99 ms", "x ceiling",
-            "srv CPU%", "wrk CPU%", "other%", "flags"]
+            "srv CPU%", "wrk CPU%", "other%", "steal%", "flags"]
     body = []
     for r in rows:
         if "rps" not in r:
-            body.append([r["scenario"], r["server"], str(r["connections"]), "-", "-", "-", "-", "-", "-", "-",
+            body.append([r["scenario"], r["server"], str(r["connections"]), "-", "-", "-", "-", "-", "-", "-", "-",
                          "FAILED: " + r.get("error", "?").splitlines()[0][:60]])
             continue
         ratio = "ref" if r["server"] == "ceiling" else (
@@ -231,9 +235,10 @@ def table(rows: list[dict]) -> str:
         body.append([scenario, r["server"], str(r["connections"]), f"{r['rps']:,.0f}",
                      fmt_ms(r["p50_ms"]), fmt_ms(r["p99_ms"]), ratio,
                      f"{r['server_cpu_pct']:.0f}", f"{r['wrk_cpu_pct']:.0f}", f"{r['other_cpu_pct']:.0f}",
+                     f"{r.get('steal_cpu_pct', 0):.0f}",
                      " ".join(r["flags"]) or "ok"])
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    right = {2, 3, 4, 5, 6, 7, 8, 9}  # numbers right-aligned
+    right = {2, 3, 4, 5, 6, 7, 8, 9, 10}  # numbers right-aligned
     def line(cells):
         return "  ".join(c.rjust(w) if i in right else c.ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
@@ -320,7 +325,7 @@ def main(argv: list[str]) -> int:
     print(f"\nresults: {out if shown.startswith('..') else shown}")
     if flagged:
         print(f"flagged: {len(flagged)} run(s); NON2XX/SOCKERR = errors counted by wrk, "
-              "GEN-BOUND = wrk saturated before the server, NOISY = another process used >=15% CPU")
+              "GEN-BOUND = wrk saturated before the server, NOISY = another process or the hypervisor (steal) used >=15% CPU")
     # Non-zero when a run failed or wrk counted errors, so scripts notice.
     bad = ("NON2XX", "SOCKERR", "WRK-FAILED")
     return 1 if any("error" in r or any(f.startswith(bad) for f in r.get("flags", [])) for r in rows) else 0
