@@ -60,7 +60,8 @@ struct Line<'a> {
 /// update change.
 ///
 /// The file is read twice, a chunk at a time: once for the checksum, once
-/// to parse. Loading holds one chunk, never the whole file, so a restart
+/// to parse (through the same open handle; snapshots are never changed
+/// once renamed into place). Loading holds one chunk, never the whole file, so a restart
 /// does not leave the allocator holding a file-sized buffer on top of the
 /// data.
 ///

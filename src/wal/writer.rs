@@ -3,7 +3,9 @@
 //! log order, and exactly the writers it carried are woken.
 //!
 //! Who commits a batch depends on the fsync policy. Under `always` a named
-//! thread does, because its fdatasync would stall an async worker. Under
+//! thread does, because its fdatasync would stall an async worker; it
+//! yields once before taking a batch, so that a worker sharing its core
+//! enqueues what it has ready and one fdatasync carries it all. Under
 //! `never` and `everysec` the waiting writer itself does, after yielding
 //! once so that the other requests ready on its worker enqueue first: one
 //! write(2) then carries many records with no thread hop at all. The thread
