@@ -60,8 +60,7 @@ struct Line<'a> {
 /// update change.
 ///
 /// The file is read twice, a chunk at a time: once for the checksum, once
-/// to parse (through the same open handle; snapshots are never changed
-/// once renamed into place). Loading holds one chunk, never the whole file, so a restart
+/// to parse. Loading holds one chunk, never the whole file, so a restart
 /// does not leave the allocator holding a file-sized buffer on top of the
 /// data.
 ///
@@ -83,35 +82,12 @@ pub fn load(path: &Path, apply: impl FnMut(Change) + Send) -> Result<Loaded, Sna
     file.read_exact(&mut tail).map_err(io)?;
     let (trailer_at, trailer) =
         find_trailer(&tail, tail_start == 0).map_err(|why| damaged(&file_name, why))?;
-    let body_len = tail_start + trailer_at as u64;
-
-    file.rewind().map_err(io)?;
-    let mut crc = 0;
-    for_each_chunk(
-        &mut (&file).take(body_len),
-        READ_CHUNK,
-        path,
-        &mut |chunk| {
-            crc = crc32c::crc32c_append(crc, chunk);
-            Ok(())
-        },
-    )?;
-    if crc != trailer.crc32c {
-        return Err(damaged(&file_name, "checksum mismatch"));
-    }
-
-    file.rewind().map_err(io)?;
     let body = Body::File {
-        reader: (&file).take(body_len),
+        file: &file,
+        len: tail_start + trailer_at as u64,
         path,
     };
-    read_body(
-        body,
-        body_len >= PARALLEL_LOAD_BYTES,
-        &trailer,
-        &file_name,
-        apply,
-    )
+    load_body(&body, &trailer, &file_name, apply)
 }
 
 /// [`load`] over the bytes of a snapshot file named `file` (for messages).
@@ -126,12 +102,7 @@ pub fn load_bytes(
     apply: impl FnMut(Change) + Send,
 ) -> Result<Loaded, SnapshotError> {
     let (body_end, trailer) = find_trailer(data, true).map_err(|why| damaged(file, why))?;
-    let body = &data[..body_end];
-    if crc32c::crc32c(body) != trailer.crc32c {
-        return Err(damaged(file, "checksum mismatch"));
-    }
-    let parallel = body.len() as u64 >= PARALLEL_LOAD_BYTES;
-    read_body(Body::Bytes(body), parallel, &trailer, file, apply)
+    load_body(&Body::Bytes(&data[..body_end]), &trailer, file, apply)
 }
 
 fn damaged(file: &str, why: impl std::fmt::Display) -> SnapshotError {
@@ -151,28 +122,61 @@ const LOAD_BATCH: usize = 4096;
 /// carried over to the next).
 const READ_CHUNK: usize = 4 << 20;
 
-/// A snapshot's lines before the trailer, already checksummed.
+/// A snapshot's lines before the trailer.
 enum Body<'a> {
     /// All in memory.
     Bytes(&'a [u8]),
-    /// Still in the file.
+    /// The first `len` bytes of `file`, read a chunk at a time on each pass
+    /// (through the same open handle; snapshots are never changed once
+    /// renamed into place).
     File {
-        reader: std::io::Take<&'a File>,
+        file: &'a File,
+        len: u64,
         path: &'a Path,
     },
 }
 
 impl Body<'_> {
-    /// Hands the body to `each` in chunks of whole lines.
-    fn for_each_chunk(
-        self,
-        each: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
-    ) -> Result<(), SnapshotError> {
+    fn len(&self) -> u64 {
         match self {
-            Body::Bytes(data) => each(data),
-            Body::File { mut reader, path } => for_each_chunk(&mut reader, READ_CHUNK, path, each),
+            Body::Bytes(data) => data.len() as u64,
+            Body::File { len, .. } => *len,
         }
     }
+
+    /// Hands the body to `each` in chunks of whole lines.
+    fn for_each_chunk(
+        &self,
+        each: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
+    ) -> Result<(), SnapshotError> {
+        match *self {
+            Body::Bytes(data) => each(data),
+            Body::File { file, len, path } => {
+                let mut file = file;
+                file.rewind().map_err(|e| SnapshotError::io(path, e))?;
+                for_each_chunk(&mut file.take(len), READ_CHUNK, path, each)
+            }
+        }
+    }
+}
+
+/// Verifies the body's checksum against the trailer, then reads it: a
+/// damaged snapshot is refused before a single entry is applied.
+fn load_body(
+    body: &Body<'_>,
+    trailer: &Trailer,
+    file: &str,
+    apply: impl FnMut(Change) + Send,
+) -> Result<Loaded, SnapshotError> {
+    let mut crc = 0;
+    body.for_each_chunk(&mut |chunk| {
+        crc = crc32c::crc32c_append(crc, chunk);
+        Ok(())
+    })?;
+    if crc != trailer.crc32c {
+        return Err(damaged(file, "checksum mismatch"));
+    }
+    read_body(body, trailer, file, apply)
 }
 
 /// Reads `reader` to its end in chunks of about `chunk_size` bytes, each
@@ -201,11 +205,10 @@ fn for_each_chunk(
 }
 
 /// Parses the header and every entry of `body`, handing entries to `apply`
-/// (on a second thread when `parallel`), and checks them against the
+/// (on a second thread for a large body), and checks them against the
 /// trailer.
 fn read_body(
-    body: Body<'_>,
-    parallel: bool,
+    body: &Body<'_>,
     trailer: &Trailer,
     file: &str,
     mut apply: impl FnMut(Change) + Send,
@@ -220,7 +223,7 @@ fn read_body(
         }
         read_entries(lines, &mut loaded, sink).map_err(|why| damaged(file, why))
     };
-    if parallel {
+    if body.len() >= PARALLEL_LOAD_BYTES {
         // Parsing lines and inserting entries cost about the same, so a
         // large snapshot is parsed here while a second thread applies it,
         // in file order, in batches.

@@ -45,7 +45,14 @@ pub struct Entry {
 impl Entry {
     /// Whether the entry is still visible at `now_ms`.
     pub fn is_live(&self, now_ms: u64) -> bool {
-        self.expires_at_ms == 0 || self.expires_at_ms > now_ms
+        self.is_live_by(|| now_ms)
+    }
+
+    /// [`Entry::is_live`], reading the clock only for an entry that has an
+    /// expiry: most have none, and a clock read is a noticeable part of a
+    /// lookup.
+    fn is_live_by(&self, now_ms: impl FnOnce() -> u64) -> bool {
+        self.expires_at_ms == 0 || self.expires_at_ms > now_ms()
     }
 }
 
@@ -229,13 +236,12 @@ impl Store {
     }
 
     /// The committed, unexpired entry of `key`. `now_ms` (Unix ms) is
-    /// called only for an entry that has an expiry: most have none, and a
-    /// clock read is a noticeable part of a lookup.
+    /// called only for an entry that has an expiry.
     pub fn get(&self, key: &str, now_ms: impl FnOnce() -> u64) -> Option<Entry> {
         let slot = self.map.get(key)?;
         slot.committed
             .as_ref()
-            .filter(|e| e.expires_at_ms == 0 || e.is_live(now_ms()))
+            .filter(|e| e.is_live_by(now_ms))
             .cloned()
     }
 
@@ -245,7 +251,7 @@ impl Store {
         self.map.get(key).is_some_and(|slot| {
             slot.committed
                 .as_ref()
-                .is_some_and(|e| e.expires_at_ms == 0 || e.is_live(now_ms()))
+                .is_some_and(|e| e.is_live_by(now_ms))
         })
     }
 
