@@ -208,9 +208,14 @@ def median_table(meds: list[dict]) -> str:
     body = [[m["scenario"], m["server"], str(m["connections"]), f"{m['median_rps']:,.0f}",
              f"{m['median_ratio']:.2f}", " ".join(f"{x:.2f}" for x in m["ratios"]),
              str(m["flagged_rounds"])] for m in meds]
+    return render(head, body, right={2, 3, 4, 6})
+
+
+def render(head: list[str], body: list[list[str]], right: set[int]) -> str:
+    """A plain-text table: a header, a rule, the rows; columns in `right` right-aligned."""
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     def line(cells):
-        return "  ".join(c.rjust(w) if i in (2, 3, 4, 6) else c.ljust(w)
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
                          for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
     return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
 
@@ -237,12 +242,7 @@ def table(rows: list[dict]) -> str:
                      f"{r['server_cpu_pct']:.0f}", f"{r['wrk_cpu_pct']:.0f}", f"{r['other_cpu_pct']:.0f}",
                      f"{r.get('steal_cpu_pct', 0):.0f}",
                      " ".join(r["flags"]) or "ok"])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    right = {2, 3, 4, 5, 6, 7, 8, 9, 10}  # numbers right-aligned
-    def line(cells):
-        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
-    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(b) for b in body])
+    return render(head, body, right={2, 3, 4, 5, 6, 7, 8, 9, 10})
 
 
 def git_commit() -> str | None:
