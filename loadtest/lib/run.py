@@ -30,7 +30,7 @@ SCENARIOS = {
 SERVERS = ["ceiling", "dododb-never", "dododb-always"]
 # Also accepted by --servers: DodoDB --fsync everysec; --fsync never without per-request metrics
 # recording (DODODB_BENCH_NO_REQUEST_METRICS), to measure what recording costs; and `naive`, the
-# ceiling binary's --naive-kv mode (axum + DashMap<String, Bytes>, PERF.md's naive KV: the bar).
+# ceiling binary's --naive-kv mode (axum + DashMap<String, Bytes>, docs/performance.md's naive KV: the bar).
 EXTRA_SERVERS = ["dododb-everysec", "dododb-never-nometrics", "naive"]
 
 
@@ -254,7 +254,7 @@ def git_commit() -> str | None:
 
 
 def top_snapshot() -> str:
-    """What else was running (PERF.md: look before quoting a run)."""
+    """What else was running (docs/performance.md: look before quoting a run)."""
     try:
         out = subprocess.run(["top", "-b", "-n1", "-w", "160"], capture_output=True, text=True).stdout
         return "\n".join(out.splitlines()[:15])

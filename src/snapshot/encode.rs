@@ -1,6 +1,6 @@
 //! Streaming encoder of the snapshot format (also used by `/system/export`).
 //!
-//! Layout (one JSON document per line, see `docs/format.md`):
+//! Layout (one JSON document per line, see `docs/durability.md`):
 //! a header, control documents, one line per entry, and a trailer holding
 //! the CRC32C of every byte before it.
 

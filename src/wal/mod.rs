@@ -1,6 +1,6 @@
 //! The write-ahead log: checksummed records in numbered segment files, a
 //! group-commit writer thread, replay at start-up and offline repair.
-//! The byte layout is drawn in `docs/format.md`.
+//! The byte layout is drawn in `docs/durability.md`.
 //!
 //! This module knows files and bytes, never HTTP or the map's internals:
 //! the database hands it records and a [`writer::BatchSink`] to apply them.

@@ -1,5 +1,5 @@
 //! The WAL record codec: framing, checksums and the payload layout drawn in
-//! `docs/format.md`. Pure functions over byte slices; no I/O.
+//! `docs/durability.md`. Pure functions over byte slices; no I/O.
 
 use bytes::Bytes;
 

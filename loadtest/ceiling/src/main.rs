@@ -2,11 +2,11 @@
 //! path is answered `200 {"ok": true}\n` (13 bytes); POST makes it a fast
 //! webhook receiver for `loadtest/webhooks`.
 //!
-//! With `--naive-kv` it is instead the naive key-value server PERF.md
-//! describes, the bar DodoDB has to beat: axum + `DashMap<String, Bytes>`,
-//! `Path<String>` extraction, no validation, versions, log or events. GET
-//! `/kv/{key}` answers the stored bytes (404 if absent), PUT stores a copy of
-//! the body (201 new, 200 replaced).
+//! With `--naive-kv` it is instead the naive key-value server that
+//! `docs/performance.md` describes, the bar DodoDB has to beat: axum +
+//! `DashMap<String, Bytes>`, `Path<String>` extraction, no validation,
+//! versions, log or events. GET `/kv/{key}` answers the stored bytes (404
+//! if absent), PUT stores a copy of the body (201 new, 200 replaced).
 //!
 //! Usage: `dododb-ceiling [--listen ADDR] [--naive-kv]`. Prints
 //! `listening on http://ADDR` (the bound address) once on stdout.
