@@ -735,13 +735,17 @@ async fn bad_parameters_and_headers_are_invalid_request_and_change_nothing() {
         let reply = api.put_at(&format!("/kv/new?{query}"), &[], "2").await;
         assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
     }
-    let bad_headers: [&[(&str, &str)]; 6] = [
+    let bad_headers: [&[(&str, &str)]; 10] = [
         &[("if-match", "abc")],
         &[("if-match", "\"x\"")],
         &[("if-match", "\"-1\"")],
-        &[("if-match", "W/\"1\"")],
+        &[("if-match", "1")],
+        &[("if-match", "")],
+        &[("if-match", "*, \"1\"")],
+        &[("if-match", "w/\"1\"")],
         &[("if-none-match", "\"1\"")],
-        &[("if-match", "*"), ("if-none-match", "*")],
+        &[("if-match", "abc"), ("if-none-match", "*")],
+        &[("if-match", "*"), ("if-none-match", "\"1\"")],
     ];
     for headers in bad_headers {
         let reply = api.put_at("/kv/k", headers, "2").await;
@@ -749,6 +753,7 @@ async fn bad_parameters_and_headers_are_invalid_request_and_change_nothing() {
     }
     for headers in [
         &[("if-match", "abc")][..],
+        &[("if-match", "")][..],
         &[("if-none-match", "*")][..], // only PUT takes If-None-Match
     ] {
         let reply = api.call(Method::DELETE, "/kv/k", headers, None).await;
@@ -1573,6 +1578,84 @@ async fn if_match_applies_only_at_the_right_version() {
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
     assert_eq!(reply.json()["deleted"], json!(true));
     assert_eq!(api.get("doc").await.status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn if_match_takes_lists_and_weak_tags() {
+    let api = Api::start(&[]);
+    let v1 = api.put_ok("doc", "1").await;
+
+    // A list applies when any of its versions is the key's.
+    let listed = format!("\"{}\", \"{v1}\"", v1 + 10);
+    let reply = api.put_at("/kv/doc", &[("if-match", &listed)], "2").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let v2 = reply.json()["version"].as_u64().expect("version");
+
+    // A weak tag matches like a strong one.
+    let weak = format!("W/\"{v2}\"");
+    let reply = api.put_at("/kv/doc", &[("if-match", &weak)], "3").await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    let v3 = reply.json()["version"].as_u64().expect("version");
+
+    // A list without the key's version, weak or not, changes nothing.
+    let before = api.seen("doc").await;
+    let revision = api.revision().await;
+    let stale = format!("\"{v1}\", W/\"{v2}\", \"{}\"", v3 + 1);
+    let reply = api.put_at("/kv/doc", &[("if-match", &stale)], "4").await;
+    assert_error(
+        &reply,
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+    );
+    let reply = api
+        .call(Method::DELETE, "/kv/doc", &[("if-match", &stale)], None)
+        .await;
+    assert_error(
+        &reply,
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+    );
+    assert_eq!(api.seen("doc").await, before, "nothing changed");
+    assert_eq!(api.revision().await, revision, "no revision was taken");
+
+    // Two field lines are one list (RFC 9110 §5.3).
+    let mut request = api.http.delete(api.server.at("/kv/doc"));
+    request = request.header("if-match", format!("\"{v1}\""));
+    request = request.header("if-match", format!("W/\"{v3}\""));
+    let reply = Reply::read(request.send().await.expect("DELETE")).await;
+    assert_eq!(reply.status, StatusCode::OK, "{}", reply.text());
+    assert_eq!(api.get("doc").await.status, StatusCode::NOT_FOUND);
+}
+
+/// RFC 9110 §13.2.2: `If-Match` is evaluated first, then `If-None-Match`.
+/// The first needs the key to exist and `If-None-Match: *` needs it
+/// absent, so together they fail whether the key exists or not.
+#[tokio::test]
+async fn if_match_with_if_none_match_is_412_whatever_the_state() {
+    let api = Api::start(&[]);
+    let v1 = api.put_ok("doc", "1").await;
+    let before = api.seen("doc").await;
+    let revision = api.revision().await;
+    let current = format!("\"{v1}\"");
+    for if_match in ["*", current.as_str()] {
+        for key in ["doc", "absent"] {
+            let reply = api
+                .put_at(
+                    &format!("/kv/{key}"),
+                    &[("if-match", if_match), ("if-none-match", "*")],
+                    "2",
+                )
+                .await;
+            assert_error(
+                &reply,
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+            );
+        }
+    }
+    assert_eq!(api.seen("doc").await, before, "nothing changed");
+    assert_eq!(api.get("absent").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(api.revision().await, revision, "no revision was taken");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

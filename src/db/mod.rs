@@ -83,7 +83,7 @@ impl From<StoreError> for DbError {
 }
 
 /// Options of a put.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PutOptions {
     /// Expire the key this long after the write.
     pub ttl: Option<Duration>,

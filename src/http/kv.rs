@@ -12,10 +12,10 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
+use super::conditions::{Conditions, precondition};
 use super::error::ApiError;
 use super::{AppState, json, json_bytes};
 use crate::db::PutOptions;
-use crate::store::Precondition;
 
 const DEFAULT_LIST_LIMIT: usize = 1000;
 const MAX_LIST_LIMIT: usize = 10_000;
@@ -39,55 +39,6 @@ fn etag(version: u64) -> HeaderValue {
     text.push_str(itoa::Buffer::new().format(version));
     text.push('"');
     HeaderValue::from_str(&text).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
-}
-
-/// Reads `If-Match` / `If-None-Match` into a precondition.
-fn precondition(
-    headers: &HeaderMap,
-    allow_if_none_match: bool,
-) -> Result<Option<Precondition>, ApiError> {
-    let text = |name: &header::HeaderName| -> Result<Option<&str>, ApiError> {
-        headers
-            .get(name)
-            .map(|v| {
-                v.to_str()
-                    .map(str::trim)
-                    .map_err(|_| ApiError::InvalidRequest(format!("{name} is not ASCII")))
-            })
-            .transpose()
-    };
-    let if_match = text(&header::IF_MATCH)?;
-    let if_none_match = text(&header::IF_NONE_MATCH)?;
-    match (if_match, if_none_match) {
-        (Some(_), Some(_)) => Err(ApiError::InvalidRequest(
-            "send either If-Match or If-None-Match, not both".into(),
-        )),
-        (Some("*"), None) => Ok(Some(Precondition::IfExists)),
-        (Some(tag), None) => {
-            let digits = tag
-                .strip_prefix('"')
-                .and_then(|t| t.strip_suffix('"'))
-                .unwrap_or(tag);
-            digits
-                .parse::<u64>()
-                .map(|v| Some(Precondition::IfVersion(v)))
-                .map_err(|_| {
-                    ApiError::InvalidRequest(format!(
-                        "If-Match must be a version in quotes, like \"42\", or *; got {tag:?}"
-                    ))
-                })
-        }
-        (None, Some("*")) if allow_if_none_match => Ok(Some(Precondition::IfAbsent)),
-        (None, Some(other)) => Err(ApiError::InvalidRequest(format!(
-            "only If-None-Match: * is supported{}; got {other:?}",
-            if allow_if_none_match {
-                ""
-            } else {
-                ", and only on PUT"
-            }
-        ))),
-        (None, None) => Ok(None),
-    }
 }
 
 fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
@@ -149,7 +100,7 @@ pub(super) async fn put(
     };
     let options = PutOptions {
         ttl,
-        precondition: precondition(&parts.headers, true)?,
+        precondition: precondition(&parts.headers, Conditions::MatchAndNoneMatch)?,
     };
     // The body limit travels in the request's extensions (set by admission).
     let body = Bytes::from_request(Request::from_parts(parts, body), &())
@@ -269,7 +220,7 @@ pub(super) async fn delete(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri, "")?;
-    let pre = precondition(&headers, false)?;
+    let pre = precondition(&headers, Conditions::MatchOnly)?;
     let version = state.db.delete_async(&key, pre).await?;
     Ok(json(
         StatusCode::OK,

@@ -2,6 +2,7 @@
 //! graceful shutdown, and the JSON helpers. The only module that knows axum.
 
 mod admission;
+mod conditions;
 mod error;
 mod feed;
 #[doc(hidden)]

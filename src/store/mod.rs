@@ -95,12 +95,15 @@ impl Slot {
 }
 
 /// What a write asks of the key's current state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Precondition {
     /// No condition.
     None,
     /// The key must exist at exactly this version (`If-Match`).
     IfVersion(u64),
+    /// The key must exist at one of these versions (an `If-Match` list);
+    /// an empty list never holds.
+    IfVersionIn(Box<[u64]>),
     /// The key must not exist (`If-None-Match: *`).
     IfAbsent,
     /// The key must exist, at any version (`If-Match: *`).
@@ -360,6 +363,7 @@ impl Store {
         let holds = match pre {
             Precondition::None => true,
             Precondition::IfVersion(v) => current == Some(v),
+            Precondition::IfVersionIn(versions) => current.is_some_and(|v| versions.contains(&v)),
             Precondition::IfAbsent => current.is_none(),
             Precondition::IfExists => current.is_some(),
         };

@@ -69,8 +69,8 @@ fn versions_follow_the_global_revision() {
 #[test]
 fn preconditions() {
     let store = Store::new();
-    let check = |pre, expect_ok: bool| {
-        let result = put(&store, "k", "0", pre);
+    let check = |pre: Precondition, expect_ok: bool| {
+        let result = put(&store, "k", "0", pre.clone());
         assert_eq!(result.is_ok(), expect_ok, "{pre:?}");
     };
     check(Precondition::IfVersion(1), false);
@@ -80,9 +80,13 @@ fn preconditions() {
     check(Precondition::IfVersion(1), true);
     check(Precondition::IfVersion(1), false);
     check(Precondition::IfExists, true);
+    check(Precondition::IfVersionIn(Box::new([1, 2])), false);
+    check(Precondition::IfVersionIn(Box::new([])), false);
+    check(Precondition::IfVersionIn(Box::new([2, 3])), true);
+    check(Precondition::IfVersionIn(Box::new([4])), true);
     assert_eq!(
         delete(&store, "k", Precondition::IfVersion(99)).err(),
-        Some(StoreError::PreconditionFailed { current: Some(3) })
+        Some(StoreError::PreconditionFailed { current: Some(5) })
     );
     assert!(store.contains("k", || NOW));
 }
