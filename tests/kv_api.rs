@@ -1517,6 +1517,29 @@ async fn if_none_match_star_creates_only_absent_keys() {
     assert_eq!(api.seen("once").await, before);
 }
 
+/// `method path` (a PUT with a body) with `headers` is `412`.
+async fn assert_precondition_fails(
+    api: &Api,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+) {
+    let body = (method == Method::PUT).then(|| b"3".to_vec());
+    let reply = api.call(method, path, headers, body).await;
+    assert_error(
+        &reply,
+        StatusCode::PRECONDITION_FAILED,
+        "precondition_failed",
+    );
+}
+
+/// PUT and DELETE of `path` under `If-Match: if_match` are both `412`.
+async fn assert_write_refused(api: &Api, path: &str, if_match: &str) {
+    for method in [Method::PUT, Method::DELETE] {
+        assert_precondition_fails(api, method, path, &[("if-match", if_match)]).await;
+    }
+}
+
 #[tokio::test]
 async fn if_match_applies_only_at_the_right_version() {
     let api = Api::start(&[]);
@@ -1534,31 +1557,12 @@ async fn if_match_applies_only_at_the_right_version() {
     let before = api.seen("doc").await;
     let revision = api.revision().await;
     for stale in [tag(v1), tag(v2 + 1), tag(0)] {
-        let reply = api.put_at("/kv/doc", &[("if-match", &stale)], "3").await;
-        assert_error(
-            &reply,
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
-        );
-        let reply = api
-            .call(Method::DELETE, "/kv/doc", &[("if-match", &stale)], None)
-            .await;
-        assert_error(
-            &reply,
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
-        );
+        assert_write_refused(&api, "/kv/doc", &stale).await;
     }
     // If-Match on an absent key never applies.
     for condition in [tag(v2), "*".to_string()] {
-        let reply = api
-            .put_at("/kv/absent", &[("if-match", &condition)], "1")
-            .await;
-        assert_error(
-            &reply,
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
-        );
+        let headers = [("if-match", condition.as_str())];
+        assert_precondition_fails(&api, Method::PUT, "/kv/absent", &headers).await;
     }
     assert_eq!(api.seen("doc").await, before, "nothing changed");
     assert_eq!(api.get("absent").await.status, StatusCode::NOT_FOUND);
@@ -1601,20 +1605,7 @@ async fn if_match_takes_lists_and_weak_tags() {
     let before = api.seen("doc").await;
     let revision = api.revision().await;
     let stale = format!("\"{v1}\", W/\"{v2}\", \"{}\"", v3 + 1);
-    let reply = api.put_at("/kv/doc", &[("if-match", &stale)], "4").await;
-    assert_error(
-        &reply,
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
-    );
-    let reply = api
-        .call(Method::DELETE, "/kv/doc", &[("if-match", &stale)], None)
-        .await;
-    assert_error(
-        &reply,
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
-    );
+    assert_write_refused(&api, "/kv/doc", &stale).await;
     assert_eq!(api.seen("doc").await, before, "nothing changed");
     assert_eq!(api.revision().await, revision, "no revision was taken");
 
@@ -1638,19 +1629,9 @@ async fn if_match_with_if_none_match_is_412_whatever_the_state() {
     let revision = api.revision().await;
     let current = format!("\"{v1}\"");
     for if_match in ["*", current.as_str()] {
-        for key in ["doc", "absent"] {
-            let reply = api
-                .put_at(
-                    &format!("/kv/{key}"),
-                    &[("if-match", if_match), ("if-none-match", "*")],
-                    "2",
-                )
-                .await;
-            assert_error(
-                &reply,
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
-            );
+        for path in ["/kv/doc", "/kv/absent"] {
+            let headers = [("if-match", if_match), ("if-none-match", "*")];
+            assert_precondition_fails(&api, Method::PUT, path, &headers).await;
         }
     }
     assert_eq!(api.seen("doc").await, before, "nothing changed");
