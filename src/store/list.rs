@@ -1,11 +1,10 @@
-//! Paged listing in ascending byte order over an unordered map.
+//! Paged listing in ascending byte order, read from the ordered index.
 //!
-//! A page is the `limit` smallest visible keys after the cursor, found in
-//! one pass with a bounded max-heap: O(n log limit) per page and no extra
-//! memory per key. Because the cursor is the last key returned, a full walk
-//! sees every key that existed for the whole walk exactly once.
-
-use std::collections::BinaryHeap;
+//! A page walks the index from the cursor and stops after `limit` + 1
+//! visible keys: O(log n + page size), never a pass over the map. Because
+//! the cursor is the last key returned and the index holds every committed
+//! key, a full walk sees every key that existed for the whole walk exactly
+//! once.
 
 use super::Store;
 
@@ -18,30 +17,58 @@ pub struct ListPage {
     pub next_after: Option<Box<str>>,
 }
 
+/// One page of items of any kind, for [`Store::page`].
+pub(super) struct Page<T> {
+    /// Items in their keys' ascending byte order.
+    pub(super) items: Vec<T>,
+    /// The key of the last item when more items follow it.
+    pub(super) next_after: Option<Box<str>>,
+}
+
 impl Store {
     /// Up to `limit` visible keys under `prefix` that sort after `after`.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize, now_ms: u64) -> ListPage {
-        let limit = limit.max(1);
-        // Keep limit + 1 keys so that we know whether another page follows.
-        let mut heap: BinaryHeap<Box<str>> = BinaryHeap::with_capacity(limit + 1);
-        self.for_each(now_ms, |key, _| {
-            if !key.starts_with(prefix) || after.is_some_and(|a| key <= a) {
-                return;
-            }
-            if heap.len() <= limit {
-                heap.push(Box::from(key));
-            } else if heap.peek().is_some_and(|largest| key < &**largest) {
-                heap.pop();
-                heap.push(Box::from(key));
-            }
+        // Expired keys stay in the index until the expiry loop reaps them;
+        // without any expiry in the store, every indexed key is visible.
+        let check_expiry = !self.ttl.is_empty();
+        let Page { items, next_after } = self.page(prefix, after, limit, |key| {
+            (!check_expiry || self.contains(key, || now_ms)).then(|| Box::from(key))
         });
-        let mut keys = heap.into_sorted_vec();
-        let next_after = if keys.len() > limit {
-            keys.truncate(limit);
-            keys.last().cloned()
-        } else {
-            None
-        };
-        ListPage { keys, next_after }
+        ListPage {
+            keys: items,
+            next_after,
+        }
+    }
+
+    /// Walks the index for one page: `take` turns a key into an item, or
+    /// skips it with `None`. Stops at the first item past `limit`, which
+    /// only says that another page follows.
+    pub(super) fn page<T>(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        mut take: impl FnMut(&str) -> Option<T>,
+    ) -> Page<T> {
+        let limit = limit.max(1);
+        let mut items: Vec<T> = Vec::with_capacity(limit.min(1024));
+        let mut last: Option<Box<str>> = None;
+        let mut more = false;
+        self.index.walk(prefix, after, limit + 1, |key| {
+            let Some(item) = take(key) else { return true };
+            if items.len() == limit {
+                more = true;
+                return false;
+            }
+            items.push(item);
+            if items.len() == limit {
+                last = Some(Box::from(key));
+            }
+            true
+        });
+        Page {
+            items,
+            next_after: if more { last } else { None },
+        }
     }
 }

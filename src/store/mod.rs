@@ -9,6 +9,7 @@
 //! change, and one place ([`Store::apply`]) where events are born.
 
 mod change;
+mod index;
 mod list;
 mod ttl;
 mod value_copy;
@@ -20,6 +21,7 @@ use compact_str::CompactString;
 use dashmap::DashMap;
 
 pub use change::{Change, ChangeEvent, ChangeKind};
+use index::KeyIndex;
 pub use list::ListPage;
 use ttl::TtlIndex;
 pub use value_copy::copy_value;
@@ -208,6 +210,9 @@ pub struct Store {
     n_committed: AtomicUsize,
     /// Committed keys that carry an expiry, ordered by expiry time.
     ttl: TtlIndex,
+    /// Committed keys in byte order, for listing and prefixed counts;
+    /// changed only under the key's shard write lock.
+    index: KeyIndex,
 }
 
 impl Default for Store {
@@ -224,7 +229,14 @@ impl Store {
             revision: AtomicU64::new(0),
             n_committed: AtomicUsize::new(0),
             ttl: TtlIndex::default(),
+            index: KeyIndex::default(),
         }
+    }
+
+    /// The part of the ordered index that holds `key`: a function of the
+    /// key's map shard.
+    fn index_part(&self, key: &str) -> usize {
+        self.map.determine_map(key) % index::PARTS
     }
 
     /// The last revision handed out.
@@ -262,17 +274,19 @@ impl Store {
     pub fn count(&self, prefix: Option<&str>, now_ms: u64) -> usize {
         match prefix {
             None | Some("") => {
-                let expired = self.ttl.count_due(now_ms);
+                let expired = self.ttl.count_due_under(now_ms, "");
                 self.n_committed
                     .load(Ordering::Acquire)
                     .saturating_sub(expired)
             }
-            Some(prefix) => self
-                .map
-                .iter()
-                .filter(|slot| slot.key().starts_with(prefix))
-                .filter(|slot| slot.committed.as_ref().is_some_and(|e| e.is_live(now_ms)))
-                .count(),
+            Some(prefix) => {
+                // The index holds expired but unreaped keys too; the TTL
+                // index says which of them are due. The two are read one
+                // after the other, so a key reaped in between can be off
+                // by one, as any count taken during writes can be.
+                let committed = self.index.count(prefix);
+                committed.saturating_sub(self.ttl.count_due_under(now_ms, prefix))
+            }
         }
     }
 
@@ -503,9 +517,11 @@ impl Store {
         }
         match (old.is_some(), has_value) {
             (false, true) => {
+                self.index.insert(self.index_part(key), key);
                 self.n_committed.fetch_add(1, Ordering::AcqRel);
             }
             (true, false) => {
+                self.index.remove(self.index_part(key), key);
                 self.n_committed.fetch_sub(1, Ordering::AcqRel);
             }
             _ => {}

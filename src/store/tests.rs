@@ -189,6 +189,102 @@ fn listing_pages_in_byte_order() {
     check("zzz", None, 10, &[], None);
 }
 
+/// A model test of listing and counting through the whole store: random
+/// puts (some with a TTL), deletes, expiries and clock steps against a
+/// `BTreeMap` of key → expiry, checking every page of a full walk and
+/// prefixed counts at each step's clock.
+#[test]
+fn listing_and_counting_agree_with_a_btreemap_model() {
+    let mut rng = fastrand::Rng::with_seed(4);
+    let store = Store::new();
+    let mut model: std::collections::BTreeMap<String, u64> = Default::default();
+    let mut now = NOW;
+    let random_key = |rng: &mut fastrand::Rng| -> String {
+        (0..rng.usize(1..=4))
+            .map(|_| ['a', 'b', '/'][rng.usize(0..3)])
+            .collect()
+    };
+    let mut emit = |_: ChangeEvent| {};
+    for step in 0..1_500 {
+        let key = random_key(&mut rng);
+        match rng.u8(0..10) {
+            0..=4 => {
+                let expires_at_ms = if rng.bool() { now + rng.u64(1..20) } else { 0 };
+                let put = Mutation::Put {
+                    value: Bytes::from_static(b"1"),
+                    expires_at_ms,
+                };
+                store
+                    .mutate(&key, put, Precondition::None, now, &NoJournal, &mut emit)
+                    .expect("put");
+                model.insert(key, expires_at_ms);
+            }
+            5..=6 => {
+                let live = model.get(&key).is_some_and(|&at| at == 0 || at > now);
+                let result = store.mutate(
+                    &key,
+                    Mutation::Delete,
+                    Precondition::None,
+                    now,
+                    &NoJournal,
+                    &mut emit,
+                );
+                assert_eq!(result.is_ok(), live, "step {step}: delete {key:?}");
+                model.remove(&key);
+            }
+            7 => {
+                for due in store.due_expirations(now, 3) {
+                    store
+                        .mutate(
+                            &due,
+                            Mutation::Expire,
+                            Precondition::None,
+                            now,
+                            &NoJournal,
+                            &mut emit,
+                        )
+                        .expect("expire a due key");
+                    model.remove(&*due);
+                }
+            }
+            _ => now += rng.u64(1..5),
+        }
+        let visible: Vec<&str> = model
+            .iter()
+            .filter(|&(_, &at)| at == 0 || at > now)
+            .map(|(k, _)| k.as_str())
+            .collect();
+        let prefix = ["", "a", "b/", "/"][rng.usize(0..4)];
+        let under: Vec<&str> = visible
+            .iter()
+            .copied()
+            .filter(|k| k.starts_with(prefix))
+            .collect();
+        assert_eq!(
+            store.count(Some(prefix), now),
+            under.len(),
+            "step {step}: {prefix:?}"
+        );
+        assert_eq!(store.count(None, now), visible.len(), "step {step}");
+        let limit = rng.usize(1..6);
+        let mut walked: Vec<String> = Vec::new();
+        let mut after: Option<Box<str>> = None;
+        loop {
+            let page = store.list(prefix, after.as_deref(), limit, now);
+            assert!(page.keys.len() <= limit);
+            walked.extend(page.keys.iter().map(|k| k.to_string()));
+            match page.next_after {
+                Some(next) => {
+                    assert_eq!(Some(&next), page.keys.last(), "step {step}");
+                    after = Some(next);
+                }
+                None => break,
+            }
+        }
+        assert_eq!(walked, under, "step {step}: walk of {prefix:?} by {limit}");
+    }
+}
+
 #[test]
 fn events_carry_old_and_new_values() {
     let store = Store::new();

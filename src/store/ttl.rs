@@ -25,15 +25,18 @@ impl TtlIndex {
         self.lock().remove(&(expires_at_ms, Box::from(key)));
     }
 
-    /// Entries whose expiry is at or before `now_ms`.
-    pub(super) fn count_due(&self, now_ms: u64) -> usize {
-        let set = self.lock();
-        match set.first() {
-            Some((first, _)) if *first <= now_ms => {
-                set.iter().take_while(|(at, _)| *at <= now_ms).count()
-            }
-            _ => 0,
-        }
+    /// Entries under `prefix` whose expiry is at or before `now_ms`.
+    pub(super) fn count_due_under(&self, now_ms: u64, prefix: &str) -> usize {
+        self.lock()
+            .iter()
+            .take_while(|(at, _)| *at <= now_ms)
+            .filter(|(_, key)| key.starts_with(prefix))
+            .count()
+    }
+
+    /// Whether no committed key carries an expiry.
+    pub(super) fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     /// Up to `max` keys whose expiry is due, earliest first.
