@@ -23,7 +23,7 @@ pub(super) struct Recovered {
 /// Takes an exclusive lock on `dir/LOCK` so two servers never share a
 /// data directory. The lock lives as long as the returned file.
 pub(super) fn lock_dir(dir: &Path) -> Result<File, DbError> {
-    std::fs::create_dir_all(dir)
+    create_durably(dir)
         .map_err(|e| DbError::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
     let path = dir.join("LOCK");
     let file = File::options()
@@ -39,6 +39,24 @@ pub(super) fn lock_dir(dir: &Path) -> Result<File, DbError> {
         ))
     })?;
     Ok(file)
+}
+
+/// Creates `dir` and any missing parents, and makes each name durable: a
+/// data dir whose own name was never synced vanishes in a power cut with
+/// every acknowledged write in it. The parent is synced even when `dir`
+/// exists, in case an earlier run crashed between `mkdir` and that sync.
+fn create_durably(dir: &Path) -> std::io::Result<()> {
+    let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+    if !dir.is_dir() {
+        if let Some(parent) = parent {
+            create_durably(parent)?;
+        }
+        match std::fs::create_dir(dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+    }
+    segment::sync_dir(parent.unwrap_or(Path::new(".")))
 }
 
 pub(super) fn recover(dir: &Path) -> Result<Recovered, DbError> {

@@ -33,8 +33,11 @@ enum SegmentEnd {
 }
 
 /// Replays every segment numbered `from` or later, in order, into `visit`.
-/// A torn record at the very end of the last segment is cut off with a
-/// warning; damage anywhere else stops with [`WalError::Corrupt`].
+/// A torn record at the very end of the last segment that holds records is
+/// cut off with a warning; damage anywhere else stops with
+/// [`WalError::Corrupt`]. (Segments after it may exist but be empty: the
+/// writer creates the next segment before it finishes syncing the current
+/// one, and writes nothing into it until then.)
 ///
 /// # Errors
 ///
@@ -53,7 +56,7 @@ pub fn replay(
     let mut report = ReplayReport::default();
     for (i, &n) in segments.iter().enumerate() {
         let path = segment::path(dir, n);
-        let is_last = i + 1 == segments.len();
+        let is_last = later_are_empty(dir, &segments[i + 1..])?;
         match read_segment(&path, &mut |record| {
             report.records += 1;
             visit(record);
@@ -83,6 +86,21 @@ pub fn replay(
         report.segments.push(n);
     }
     Ok(report)
+}
+
+/// Whether every one of `segments` is an empty file.
+fn later_are_empty(dir: &Path, segments: &[u64]) -> Result<bool, WalError> {
+    for &n in segments {
+        let path = segment::path(dir, n);
+        if std::fs::metadata(&path)
+            .map_err(|e| WalError::io(&path, e))?
+            .len()
+            > 0
+        {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 fn check_contiguous(dir: &Path, segments: &[u64]) -> Result<(), WalError> {

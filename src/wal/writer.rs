@@ -284,21 +284,34 @@ impl Shared {
         Ok(needs_sync.then_some(closed))
     }
 
-    /// Syncs a closed segment without holding the log lock: under `never`
-    /// it may hold tens of MiB the OS has not written yet, and writers
-    /// waiting that long for the lock made the latency spikes of every
-    /// snapshot. A failure poisons the log like any failed sync.
-    fn sync_closed_segment(&self, closed: &File) -> Result<(), WalError> {
-        match self.timed_sync(closed) {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                let why = format!("WAL fsync of a closed segment failed: {e}");
-                tracing::error!("{why}; refusing writes until restart");
-                let _ = self.poisoned.set(why.clone());
-                self.wake_waiters();
-                Err(WalError::Poisoned(why))
-            }
+    /// Syncs the segment being closed before the switch, without holding
+    /// the log lock: under `never` it may hold tens of MiB the OS has not
+    /// written yet, and writers waiting that long for the lock made the
+    /// latency spikes of every snapshot. The switch then syncs only what
+    /// was appended meanwhile.
+    fn presync_current(&self) -> Result<(), WalError> {
+        let file = self.lock_log().file.try_clone();
+        match file {
+            Ok(file) => self.sync_segment(&file),
+            Err(e) => self.sync_failed(&e),
         }
+    }
+
+    /// Syncs a segment file other than through the log's own handle. A
+    /// failure poisons the log like any failed sync.
+    fn sync_segment(&self, file: &File) -> Result<(), WalError> {
+        match self.timed_sync(file) {
+            Ok(()) => Ok(()),
+            Err(e) => self.sync_failed(&e),
+        }
+    }
+
+    fn sync_failed(&self, e: &std::io::Error) -> Result<(), WalError> {
+        let why = format!("WAL fsync of a closed segment failed: {e}");
+        tracing::error!("{why}; refusing writes until restart");
+        let _ = self.poisoned.set(why.clone());
+        self.wake_waiters();
+        Err(WalError::Poisoned(why))
     }
 }
 
@@ -533,6 +546,17 @@ fn run_thread(shared: &Shared) {
             (std::mem::take(&mut queue.rotations), queue.closing)
         };
         let next_segment = (!rotations.is_empty()).then(|| shared.create_next_segment());
+        // A segment must be durable before the next one takes a record:
+        // otherwise a power cut can keep records of the next one while the
+        // tail of this one is lost, a hole no replay can tell from damage.
+        // Most of it is synced here, without the lock.
+        let next_segment = next_segment.map(|created| {
+            let created = created?;
+            if writers_commit {
+                shared.presync_current()?;
+            }
+            Ok(created)
+        });
         if !writers_commit {
             // Woken by the first record, the thread would sync that one
             // alone while the requests right behind it wait a whole fsync.
@@ -549,21 +573,20 @@ fn run_thread(shared: &Shared) {
             shared.sync_or_poison(&mut log);
         }
         // One rotation serves every request that is waiting for one.
+        // The rest of the closed segment is synced under the lock, before
+        // any record reaches the new one.
         let switched = next_segment.map(|created| {
             let (next, file) = created?;
-            Ok::<_, WalError>((next, shared.switch_segment(&mut log, next, file)?))
+            if let Some(closed) = shared.switch_segment(&mut log, next, file)? {
+                shared.sync_segment(&closed)?;
+            }
+            Ok::<_, WalError>(next)
         });
         if closing && log.unsynced {
             shared.sync_or_poison(&mut log);
         }
         drop(log);
-        if let Some(switched) = switched {
-            let result = switched.and_then(|(next, closed)| {
-                if let Some(file) = closed {
-                    shared.sync_closed_segment(&file)?;
-                }
-                Ok(next)
-            });
+        if let Some(result) = switched {
             for reply in rotations {
                 let _ = reply.send(result.clone());
             }
