@@ -120,6 +120,8 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, DbError> {
         meta @ Record::Meta(_) => metas.push(meta),
     })
     .map_err(|e| storage(&e))?;
+    // Replay leaves the ordered index to one pass over the map.
+    store.rebuild_index();
     let last_segment = segments
         .last()
         .copied()

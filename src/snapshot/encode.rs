@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use bytes::Bytes;
 use serde::Serialize;
 
-use crate::store::{Entry, Store};
+use crate::store::{EntryRef, Store};
 
 /// The format version written in the header.
 pub const FORMAT_VERSION: u32 = 1;
@@ -137,7 +137,7 @@ pub fn encode(
 /// One entry line. A value with whitespace around it is stored as a string
 /// (`value_text`), because a JSON parser reading it back as a value would
 /// lose that whitespace and GET must return the bytes exactly.
-fn encode_entry(key: &str, entry: &Entry, buf: &mut Vec<u8>) {
+fn encode_entry(key: &str, entry: EntryRef<'_>, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"{\"key\":");
     // Serializing a str into a Vec cannot fail.
     let _ = serde_json::to_writer(&mut *buf, key);
@@ -145,7 +145,7 @@ fn encode_entry(key: &str, entry: &Entry, buf: &mut Vec<u8>) {
     buf.extend_from_slice(itoa::Buffer::new().format(entry.version).as_bytes());
     buf.extend_from_slice(b",\"expires_at_ms\":");
     buf.extend_from_slice(itoa::Buffer::new().format(entry.expires_at_ms).as_bytes());
-    let value = &entry.value[..];
+    let value = entry.value;
     if value.trim_ascii() == value {
         buf.extend_from_slice(b",\"value\":");
         buf.extend_from_slice(value);

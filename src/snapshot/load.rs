@@ -396,7 +396,12 @@ mod tests {
             assert_eq!(loaded.metas, metas.to_vec());
             let mut seen = 0;
             original.for_each(1, |key, entry| {
-                assert_eq!(copy.get(key, || 1).as_ref(), Some(entry), "{key}");
+                let got = copy.get(key, || 1).expect("loaded");
+                assert_eq!(
+                    (&got.value[..], got.version, got.expires_at_ms),
+                    (entry.value, entry.version, entry.expires_at_ms),
+                    "{key}"
+                );
                 seen += 1;
             });
             assert_eq!(seen, n);

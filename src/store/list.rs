@@ -6,7 +6,11 @@
 //! key, a full walk sees every key that existed for the whole walk exactly
 //! once.
 
-use super::Store;
+use std::collections::VecDeque;
+
+use compact_str::CompactString;
+
+use super::{Store, index};
 
 /// One page of keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,16 +32,32 @@ pub(super) struct Page<T> {
 impl Store {
     /// Up to `limit` visible keys under `prefix` that sort after `after`.
     pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize, now_ms: u64) -> ListPage {
-        // Expired keys stay in the index until the expiry loop reaps them;
-        // without any expiry in the store, every indexed key is visible.
-        let check_expiry = !self.ttl.is_empty();
-        let Page { items, next_after } = self.page(prefix, after, limit, |key| {
-            (!check_expiry || self.contains(key, || now_ms)).then(|| Box::from(key))
-        });
+        let Page { items, next_after } =
+            self.page(prefix, after, limit, now_ms, |key| Some(Box::from(key)));
         ListPage {
             keys: items,
             next_after,
         }
+    }
+
+    /// Copies up to `chunk` visible keys of `shard` under `prefix` after
+    /// `after` to `out`, under the shard's read lock; returns whether the
+    /// shard has no more.
+    fn copy_keys(
+        &self,
+        shard: usize,
+        prefix: &str,
+        after: Option<&str>,
+        chunk: usize,
+        now_ms: u64,
+        out: &mut VecDeque<CompactString>,
+    ) -> bool {
+        // The read lock keeps every entry the index points to alive.
+        let _table = self.map.shards()[shard].read();
+        self.sides[shard]
+            .lock()
+            .order
+            .copy_out(prefix, after, chunk, |k| k.is_live_at(now_ms), out)
     }
 
     /// Walks the index for one page: `take` turns a key into an item, or
@@ -48,13 +68,17 @@ impl Store {
         prefix: &str,
         after: Option<&str>,
         limit: usize,
+        now_ms: u64,
         mut take: impl FnMut(&str) -> Option<T>,
     ) -> Page<T> {
         let limit = limit.max(1);
         let mut items: Vec<T> = Vec::with_capacity(limit.min(1024));
         let mut last: Option<Box<str>> = None;
         let mut more = false;
-        self.index.walk(prefix, after, limit + 1, |key| {
+        let fill = |shard, after: Option<&str>, chunk, out: &mut VecDeque<CompactString>| {
+            self.copy_keys(shard, prefix, after, chunk, now_ms, out)
+        };
+        index::walk(self.sides.len(), after, limit + 1, fill, |key| {
             let Some(item) = take(key) else { return true };
             if items.len() == limit {
                 more = true;

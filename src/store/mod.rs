@@ -11,18 +11,23 @@
 mod change;
 mod index;
 mod list;
+mod packed;
 mod ttl;
 mod value_copy;
 
+use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 
 use bytes::Bytes;
-use compact_str::CompactString;
-use dashmap::DashMap;
+use dashmap::{DashMap, RwLockWriteGuard, SharedValue};
+use hashbrown::raw::RawTable;
 
 pub use change::{Change, ChangeEvent, ChangeKind};
-use index::KeyIndex;
+use index::Ordered;
 pub use list::ListPage;
+use packed::Packed;
 use ttl::TtlIndex;
 pub use value_copy::copy_value;
 
@@ -68,30 +73,34 @@ struct Head {
     expires_at_ms: u64,
 }
 
-/// One map slot. Readers see only `committed`; `pending` is set while a
-/// logged change of this key waits to be applied.
-#[derive(Debug, Default)]
-struct Slot {
-    committed: Option<Entry>,
-    pending: Option<Box<Head>>,
+/// A committed entry as the store holds it, lent out under its shard's
+/// read lock (for snapshots and exports, which copy nothing).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryRef<'a> {
+    /// The JSON document exactly as it was written.
+    pub value: &'a [u8],
+    /// The revision of the key's last change.
+    pub version: u64,
+    /// Unix milliseconds at which the key expires; 0 for never.
+    pub expires_at_ms: u64,
 }
 
-impl Slot {
-    fn is_empty(&self) -> bool {
-        self.committed.is_none() && self.pending.is_none()
+impl Packed {
+    /// The entry lent out.
+    fn as_ref(&self) -> EntryRef<'_> {
+        EntryRef {
+            value: self.value(),
+            version: self.version(),
+            expires_at_ms: self.expires_at_ms(),
+        }
     }
 
-    /// The state the next change must be checked against, as
-    /// `(version, expires_at_ms)` of an existing key, or `None` when absent.
-    fn head(&self, now_ms: u64) -> Option<(u64, u64)> {
-        match &self.pending {
-            Some(h) if h.exists => Some((h.version, h.expires_at_ms)),
-            Some(_) => None,
-            None => self
-                .committed
-                .as_ref()
-                .filter(|e| e.is_live(now_ms))
-                .map(|e| (e.version, e.expires_at_ms)),
+    /// A copy of the entry for a reader to keep.
+    fn to_entry(&self) -> Entry {
+        Entry {
+            value: Bytes::copy_from_slice(self.value()),
+            version: self.version(),
+            expires_at_ms: self.expires_at_ms(),
         }
     }
 }
@@ -192,17 +201,90 @@ pub struct Outcome<T> {
     pub ticket: Option<T>,
 }
 
+/// One shard's table, as DashMap keeps it: an 8-byte bucket per key.
+type Table = RawTable<(Packed, SharedValue<()>)>;
+
+/// What each shard keeps beside its table, guarded by the shard's lock
+/// (see [`Side`]).
+#[derive(Default)]
+struct SideState {
+    /// The shard's committed keys in byte order.
+    order: Ordered,
+    /// Keys with a logged change not yet applied: their newest logged state.
+    pending: HashMap<Box<str>, Head, KeyHasher>,
+}
+
+/// A shard's ordered index and pending changes. Changed only by a holder
+/// of the shard's write lock and read only under the shard's lock; the
+/// mutex (always uncontended for writers, who already exclude each other)
+/// is what lets readers of the same shard share it safely.
+#[derive(Default)]
+struct Side {
+    /// Entries in `pending`, so writers skip the mutex when there are none.
+    /// Changed under the shard's write lock only.
+    n_pending: AtomicUsize,
+    state: Mutex<SideState>,
+}
+
+impl Side {
+    fn lock(&self) -> MutexGuard<'_, SideState> {
+        // A holder that panicked left the state as it was between changes.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The newest logged, unapplied state of `key`, if it has one.
+    fn pending(&self, key: &str) -> Option<(bool, u64, u64)> {
+        if self.n_pending.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        let state = self.lock();
+        let head = state.pending.get(key)?;
+        Some((head.exists, head.version, head.expires_at_ms))
+    }
+
+    /// Forgets the pending state of `key` if it is the one of `version`.
+    fn settle(&self, key: &str, version: u64) {
+        if self.n_pending.load(Ordering::Relaxed) == 0 {
+            return;
+        }
+        let mut state = self.lock();
+        if state.pending.get(key).is_some_and(|h| h.version == version) {
+            state.pending.remove(key);
+            self.n_pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A key's hash and the shard that holds it, computed as DashMap does.
+#[derive(Clone, Copy)]
+struct Place {
+    hash: u64,
+    shard: usize,
+}
+
+/// What happens to the ordered index when a change is applied.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Indexing {
+    /// Keep it exact (every change after start-up).
+    Keep,
+    /// Leave it alone: recovery rebuilds it in one pass at the end.
+    Defer,
+}
+
 /// The in-memory map and its counters.
 pub struct Store {
-    /// Guarded per shard by DashMap's own RwLocks; those are held only for
-    /// map operations and never across I/O or an await.
+    /// The committed entries, one [`Packed`] allocation each behind an
+    /// 8-byte bucket. Guarded per shard by DashMap's own RwLocks, which are
+    /// held only for map operations and never across I/O or an await.
+    /// Writes and lookups go through the shards' tables directly (DashMap's
+    /// raw API), so that an entry can move without leaving the table.
     ///
-    /// A bucket is 32 bytes: the key inline (up to 24 bytes, so a lookup
-    /// compares it without another cache miss) and the slot boxed. The
-    /// table's size is a power of two, so at some key counts it is half
-    /// empty: small buckets keep that cheap (at 1M keys a bucket inline with
-    /// its 56-byte slot cost 81 bytes per bucket, 2.1 buckets per key).
-    map: DashMap<CompactString, Box<Slot>, KeyHasher>,
+    /// hashbrown tables are powers of two, so at some key counts a table
+    /// is half empty: at 1M keys there are 2.1 buckets per key, which is
+    /// why the bucket is a thin pointer and not the key and a box.
+    map: DashMap<Packed, (), KeyHasher>,
+    /// Per shard, the ordered index and the pending changes.
+    sides: Box<[Side]>,
     /// The last revision handed out. Taken under the key's shard lock, so
     /// one key's versions follow its apply order.
     revision: AtomicU64,
@@ -210,9 +292,6 @@ pub struct Store {
     n_committed: AtomicUsize,
     /// Committed keys that carry an expiry, ordered by expiry time.
     ttl: TtlIndex,
-    /// Committed keys in byte order, for listing and prefixed counts;
-    /// changed only under the key's shard write lock.
-    index: KeyIndex,
 }
 
 impl Default for Store {
@@ -224,19 +303,29 @@ impl Default for Store {
 impl Store {
     /// An empty store at revision 0.
     pub fn new() -> Self {
+        let map = DashMap::with_hasher_and_shard_amount(KeyHasher::default(), SHARD_AMOUNT);
+        let sides = (0..map.shards().len()).map(|_| Side::default()).collect();
         Store {
-            map: DashMap::with_hasher_and_shard_amount(KeyHasher::default(), SHARD_AMOUNT),
+            map,
+            sides,
             revision: AtomicU64::new(0),
             n_committed: AtomicUsize::new(0),
             ttl: TtlIndex::default(),
-            index: KeyIndex::default(),
         }
     }
 
-    /// The part of the ordered index that holds `key`: a function of the
-    /// key's map shard.
-    fn index_part(&self, key: &str) -> usize {
-        self.map.determine_map(key) % index::PARTS
+    fn place(&self, key: &str) -> Place {
+        // DashMap hashes `&key`, which hashes like the `str` itself, and
+        // a `Packed` hashes like its key.
+        let hash = self.map.hasher().hash_one(key);
+        Place {
+            hash,
+            shard: self.map.determine_shard(hash as usize),
+        }
+    }
+
+    fn write_shard(&self, shard: usize) -> RwLockWriteGuard<'_, Table> {
+        self.map.shards()[shard].write()
     }
 
     /// The last revision handed out.
@@ -250,44 +339,50 @@ impl Store {
         self.revision.fetch_max(revision, Ordering::AcqRel);
     }
 
-    /// The committed, unexpired entry of `key`. `now_ms` (Unix ms) is
-    /// called only for an entry that has an expiry.
+    /// Looks `key` up under its shard's read lock and hands its committed
+    /// entry, if any, to `read`.
+    fn read<T>(&self, key: &str, read: impl FnOnce(Option<&Packed>) -> T) -> T {
+        let place = self.place(key);
+        let table = self.map.shards()[place.shard].read();
+        read(
+            table
+                .get(place.hash, |(e, _)| e.key() == key)
+                .map(|(e, _)| e),
+        )
+    }
+
+    /// A copy of the committed, unexpired entry of `key`. `now_ms` (Unix
+    /// ms) is called only for an entry that has an expiry.
     pub fn get(&self, key: &str, now_ms: impl FnOnce() -> u64) -> Option<Entry> {
-        let slot = self.map.get(key)?;
-        slot.committed
-            .as_ref()
-            .filter(|e| e.is_live_by(now_ms))
-            .cloned()
+        self.read(key, |e| {
+            e.filter(|e| e.is_live_by(now_ms)).map(|e| e.to_entry())
+        })
     }
 
     /// Whether `key` has a committed, unexpired value; `now_ms` as for
     /// [`Store::get`].
     pub fn contains(&self, key: &str, now_ms: impl FnOnce() -> u64) -> bool {
-        self.map.get(key).is_some_and(|slot| {
-            slot.committed
-                .as_ref()
-                .is_some_and(|e| e.is_live_by(now_ms))
-        })
+        self.read(key, |e| e.is_some_and(|e| e.is_live_by(now_ms)))
     }
 
     /// Number of visible keys, optionally only those under `prefix`.
     pub fn count(&self, prefix: Option<&str>, now_ms: u64) -> usize {
-        match prefix {
-            None | Some("") => {
-                let expired = self.ttl.count_due_under(now_ms, "");
-                self.n_committed
-                    .load(Ordering::Acquire)
-                    .saturating_sub(expired)
-            }
-            Some(prefix) => {
-                // The index holds expired but unreaped keys too; the TTL
-                // index says which of them are due. The two are read one
-                // after the other, so a key reaped in between can be off
-                // by one, as any count taken during writes can be.
-                let committed = self.index.count(prefix);
-                committed.saturating_sub(self.ttl.count_due_under(now_ms, prefix))
-            }
-        }
+        let prefix = prefix.unwrap_or("");
+        // The committed keys, less those of them that are due to expire
+        // (still there until the expiry loop reaps them). The two are read
+        // one after the other, so a key reaped in between can be off by
+        // one, as any count taken during writes can be.
+        let committed = if prefix.is_empty() {
+            self.n_committed.load(Ordering::Acquire)
+        } else {
+            (0..self.sides.len())
+                .map(|shard| {
+                    let _table = self.map.shards()[shard].read();
+                    self.sides[shard].lock().order.count(prefix)
+                })
+                .sum()
+        };
+        committed.saturating_sub(self.ttl.count_due_under(now_ms, prefix))
     }
 
     /// Keys whose expiry is due at `now_ms`, at most `max` of them.
@@ -314,38 +409,21 @@ impl Store {
         journal: &J,
         emit: &mut dyn FnMut(ChangeEvent),
     ) -> Result<Outcome<J::Ticket>, StoreError> {
-        let mut slot = match mutation {
-            // Most PUTs overwrite: look the key up before allocating it.
-            Mutation::Put { .. } => match self.map.get_mut(key) {
-                Some(slot) => slot,
-                None => self.map.entry(CompactString::from(key)).or_default(),
-            },
-            Mutation::Delete | Mutation::Expire => {
-                self.map.get_mut(key).ok_or(StoreError::NotFound)?
-            }
+        let place = self.place(key);
+        let mut table = self.write_shard(place.shard);
+        let side = &self.sides[place.shard];
+        let committed = table
+            .get(place.hash, |(e, _)| e.key() == key)
+            .map(|(e, _)| e);
+        let pending = side.pending(key);
+        // The state the change is checked against, as `(version,
+        // expires_at_ms)` of an existing key: the newest logged one.
+        let head = match pending {
+            Some((exists, version, expires_at_ms)) => exists.then_some((version, expires_at_ms)),
+            None => committed
+                .filter(|e| e.is_live_by(|| now_ms))
+                .map(|e| (e.version(), e.expires_at_ms())),
         };
-        let result = self.mutate_slot(key, &mut slot, mutation, pre, now_ms, journal, emit);
-        let now_empty = slot.is_empty();
-        drop(slot);
-        if now_empty {
-            // A refused first write or an applied delete leaves an empty slot.
-            self.map.remove_if(key, |_, slot| slot.is_empty());
-        }
-        result
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn mutate_slot<J: Journal>(
-        &self,
-        key: &str,
-        slot: &mut Slot,
-        mutation: Mutation,
-        pre: Precondition,
-        now_ms: u64,
-        journal: &J,
-        emit: &mut dyn FnMut(ChangeEvent),
-    ) -> Result<Outcome<J::Ticket>, StoreError> {
-        let head = slot.head(now_ms);
         let (kind, value, expires_at_ms) = match mutation {
             Mutation::Put {
                 value,
@@ -360,12 +438,12 @@ impl Store {
             Mutation::Expire => {
                 // The TTL index may lag behind a newer write: expire only
                 // what is really due in the newest logged state.
-                let due = match &slot.pending {
-                    Some(h) => h.exists && h.expires_at_ms != 0 && h.expires_at_ms <= now_ms,
-                    None => slot
-                        .committed
-                        .as_ref()
-                        .is_some_and(|e| e.expires_at_ms != 0 && e.expires_at_ms <= now_ms),
+                let due = match pending {
+                    Some((exists, _, at)) => exists && at != 0 && at <= now_ms,
+                    None => committed.is_some_and(|e| {
+                        let at = e.expires_at_ms();
+                        at != 0 && at <= now_ms
+                    }),
                 };
                 if !due {
                     return Err(StoreError::NotFound);
@@ -396,15 +474,18 @@ impl Store {
         };
         let ticket = match journal.submit(change)? {
             Submitted::ApplyNow(change) => {
-                self.apply_to_slot(key, slot, change, Some(emit));
+                self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
                 None
             }
             Submitted::Deferred(ticket) => {
-                slot.pending = Some(Box::new(Head {
+                let head = Head {
                     exists: kind == ChangeKind::Update,
                     version,
                     expires_at_ms,
-                }));
+                };
+                if side.lock().pending.insert(Box::from(key), head).is_none() {
+                    side.n_pending.fetch_add(1, Ordering::Relaxed);
+                }
                 Some(ticket)
             }
         };
@@ -419,139 +500,163 @@ impl Store {
     /// A change older than the key's committed version is ignored, which
     /// makes replaying a WAL over a fuzzy snapshot safe.
     pub fn apply(&self, change: Change, emit: &mut dyn FnMut(ChangeEvent)) {
-        self.apply_inner(change, Some(emit));
+        let place = self.place(&change.key);
+        let mut table = self.write_shard(place.shard);
+        self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
     }
 
     /// Applies a recovered change (snapshot entry or WAL record) without
-    /// producing an event, and so without copying the value.
+    /// producing an event. Recovery only: the ordered index is left behind
+    /// until [`Store::rebuild_index`], which recovery calls at its end
+    /// (one sort per shard instead of a search per key).
     pub fn replay(&self, change: Change) {
-        self.apply_inner(change, None);
+        let place = self.place(&change.key);
+        let mut table = self.write_shard(place.shard);
+        self.apply_locked(&mut table, place, change, None, Indexing::Defer);
     }
 
-    fn apply_inner(&self, change: Change, emit: Option<&mut dyn FnMut(ChangeEvent)>) {
-        self.advance_revision(change.version);
-        if let Some(mut slot) = self.map.get_mut(&*change.key) {
-            let (key, slot_ref) = slot.pair_mut();
-            self.apply_to_slot(key, slot_ref, change, emit);
-            if slot.is_empty() {
-                let key = slot.key().clone();
-                drop(slot);
-                self.map.remove_if(key.as_str(), |_, slot| slot.is_empty());
-            }
-        } else if change.kind == ChangeKind::Update {
-            let mut slot = self
-                .map
-                .entry(CompactString::from(&*change.key))
-                .or_default();
-            let (key, slot_ref) = slot.pair_mut();
-            self.apply_to_slot(key, slot_ref, change, emit);
+    /// Builds the ordered index from the map, after recovery's
+    /// [`Store::replay`]s.
+    pub fn rebuild_index(&self) {
+        for (shard, side) in self.sides.iter().enumerate() {
+            let table = self.map.shards()[shard].read();
+            // SAFETY: the iterator lives only within this statement, while
+            // the shard's read guard is held, so no bucket it yields can
+            // be moved or freed under it (DashMap's own `iter` relies on
+            // the same guarantee).
+            let keys = unsafe { table.iter() }
+                .map(|bucket| {
+                    // SAFETY: as above.
+                    let (entry, _) = unsafe { bucket.as_ref() };
+                    entry.key_ref()
+                })
+                .collect();
+            side.lock().order.rebuild(keys);
         }
     }
 
     /// Forgets the pending state of a change the log failed to accept.
     pub fn abort(&self, change: &Change) {
-        let Some(mut slot) = self.map.get_mut(&*change.key) else {
-            return;
-        };
-        if slot
-            .pending
-            .as_ref()
-            .is_some_and(|h| h.version == change.version)
-        {
-            slot.pending = None;
-        }
-        let now_empty = slot.is_empty();
-        drop(slot);
-        if now_empty {
-            self.map.remove_if(&*change.key, |_, slot| slot.is_empty());
-        }
+        let place = self.place(&change.key);
+        let _table = self.write_shard(place.shard);
+        self.sides[place.shard].settle(&change.key, change.version);
     }
 
-    /// Applies `change` to the slot of `key` (`change.key` may have been
-    /// moved out already). Builds an event only when there is an `emit`.
-    fn apply_to_slot(
+    /// Applies `change` under its shard's write lock, held by the caller.
+    /// Builds an event only when there is an `emit`.
+    fn apply_locked(
         &self,
-        key: &str,
-        slot: &mut Slot,
+        table: &mut Table,
+        place: Place,
         change: Change,
         emit: Option<&mut dyn FnMut(ChangeEvent)>,
+        indexing: Indexing,
     ) {
-        if slot
-            .pending
-            .as_ref()
-            .is_some_and(|h| h.version == change.version)
-        {
-            slot.pending = None;
-        }
-        let current = slot.committed.as_ref().map_or(0, |e| e.version);
-        if change.version <= current {
-            return;
-        }
+        self.advance_revision(change.version);
+        let side = &self.sides[place.shard];
+        side.settle(&change.key, change.version);
         let Change {
-            key: change_key,
+            key,
             kind,
             value,
             version,
             expires_at_ms,
             timestamp_ms,
         } = change;
-        let (stored, new_value) = match (&emit, value) {
-            (Some(_), Some(v)) => (Some(v.clone()), Some(v)),
-            (None, v) => (v, None),
-            (Some(_), None) => (None, None),
-        };
-        let has_value = stored.is_some();
-        let new_entry = stored.map(|value| Entry {
-            value,
-            version,
-            expires_at_ms,
-        });
-        let old = std::mem::replace(&mut slot.committed, new_entry);
-        if let Some(old) = &old
-            && old.expires_at_ms != 0
-        {
-            self.ttl.remove(old.expires_at_ms, key);
+        let eq = |(e, _): &(Packed, SharedValue<()>)| e.key() == &*key;
+        let current = table.get(place.hash, eq);
+        if current.is_some_and(|(e, _)| version <= e.version()) {
+            return;
         }
-        if expires_at_ms != 0 && has_value {
-            self.ttl.insert(expires_at_ms, key);
-        }
-        match (old.is_some(), has_value) {
-            (false, true) => {
-                self.index.insert(self.index_part(key), key);
-                self.n_committed.fetch_add(1, Ordering::AcqRel);
-            }
-            (true, false) => {
-                self.index.remove(self.index_part(key), key);
-                self.n_committed.fetch_sub(1, Ordering::AcqRel);
-            }
-            _ => {}
-        }
-        let Some(emit) = emit else { return };
+        let index = indexing == Indexing::Keep;
         // A value that had already expired is gone for subscribers too,
         // except in the expire event itself, which reports what expired.
-        let old_value = old
-            .filter(|e| kind == ChangeKind::Expire || e.is_live(timestamp_ms))
-            .map(|e| e.value);
-        emit(ChangeEvent {
-            key: if change_key.is_empty() {
-                Box::from(key)
-            } else {
-                change_key
-            },
-            kind,
-            old_value,
-            new_value,
-            version,
-            timestamp_ms,
-        });
+        let emitting = emit.is_some();
+        let wants_old =
+            |e: &Packed| emitting && (kind == ChangeKind::Expire || e.is_live_by(|| timestamp_ms));
+        let mut old_value = None;
+        let (had_old, old_expiry) = current.map_or((false, 0), |(e, _)| (true, e.expires_at_ms()));
+        match value {
+            Some(value) => {
+                if let Some((entry, _)) = table.get_mut(place.hash, eq) {
+                    if wants_old(entry) {
+                        old_value = Some(copy_value(entry.value()));
+                    }
+                    let moved = entry.set(&value, version, expires_at_ms);
+                    if moved.is_some() && index {
+                        // The old allocation is still alive here.
+                        side.lock().order.replace(entry.key_ref());
+                    }
+                    drop(moved);
+                } else {
+                    let entry = Packed::new(&key, &value, version, expires_at_ms);
+                    if index {
+                        side.lock().order.insert(entry.key_ref());
+                    }
+                    let hasher = self.map.hasher();
+                    table.insert(place.hash, (entry, SharedValue::new(())), |(e, _)| {
+                        hasher.hash_one(e.key())
+                    });
+                }
+                self.forget_expiry(had_old, old_expiry, &key);
+                if expires_at_ms != 0 {
+                    self.ttl.insert(expires_at_ms, &key);
+                }
+                if !had_old {
+                    self.n_committed.fetch_add(1, Ordering::AcqRel);
+                }
+                if let Some(emit) = emit {
+                    emit(ChangeEvent {
+                        key,
+                        kind,
+                        old_value,
+                        new_value: Some(value),
+                        version,
+                        timestamp_ms,
+                    });
+                }
+            }
+            None => {
+                if let Some((entry, _)) = table.remove_entry(place.hash, eq) {
+                    if wants_old(&entry) {
+                        old_value = Some(copy_value(entry.value()));
+                    }
+                    if index {
+                        // Out of the index before the entry is freed.
+                        side.lock().order.remove(&key);
+                    }
+                    drop(entry);
+                    self.n_committed.fetch_sub(1, Ordering::AcqRel);
+                }
+                self.forget_expiry(had_old, old_expiry, &key);
+                if let Some(emit) = emit {
+                    emit(ChangeEvent {
+                        key,
+                        kind,
+                        old_value,
+                        new_value: None,
+                        version,
+                        timestamp_ms,
+                    });
+                }
+            }
+        }
+    }
+
+    /// Drops the TTL index's record of the replaced state's expiry.
+    fn forget_expiry(&self, had_old: bool, old_expiry: u64, key: &str) {
+        if had_old && old_expiry != 0 {
+            self.ttl.remove(old_expiry, key);
+        }
     }
 
     /// Visits every committed, unexpired entry, one shard at a time; only
     /// that shard's read lock is held while `visit` runs.
-    pub fn for_each(&self, now_ms: u64, mut visit: impl FnMut(&str, &Entry)) {
-        for slot in self.map.iter() {
-            if let Some(entry) = slot.committed.as_ref().filter(|e| e.is_live(now_ms)) {
-                visit(slot.key().as_str(), entry);
+    pub fn for_each(&self, now_ms: u64, mut visit: impl FnMut(&str, EntryRef<'_>)) {
+        for entry in self.map.iter() {
+            let entry = entry.key();
+            if entry.is_live_by(|| now_ms) {
+                visit(entry.key(), entry.as_ref());
             }
         }
     }

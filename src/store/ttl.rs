@@ -34,11 +34,6 @@ impl TtlIndex {
             .count()
     }
 
-    /// Whether no committed key carries an expiry.
-    pub(super) fn is_empty(&self) -> bool {
-        self.lock().is_empty()
-    }
-
     /// Up to `max` keys whose expiry is due, earliest first.
     pub(super) fn due(&self, now_ms: u64, max: usize) -> Vec<Box<str>> {
         self.lock()
