@@ -162,6 +162,85 @@ async fn a_torn_last_record_is_cut_at_every_offset() {
     }
 }
 
+/// Starts a server on `dir` and asserts that it refuses, with an error
+/// that names `segment` and says `says`.
+fn assert_start_refused(dir: &Path, segment: &Path, says: &str) {
+    let failure = TestServer::try_start_in(dir, &[])
+        .err()
+        .expect("start must be refused");
+    assert_ne!(failure.code, Some(0));
+    let name = segment.file_name().and_then(|n| n.to_str()).expect("name");
+    assert!(
+        failure.stderr.contains(name),
+        "error names the file: {}",
+        failure.stderr
+    );
+    assert!(
+        failure.stderr.contains(says),
+        "error says {says:?}: {}",
+        failure.stderr
+    );
+}
+
+/// Fourteen non-zero bytes that hold no WAL record: what a crash can leave
+/// where a file system extended the file with stale blocks.
+const GARBAGE: [u8; 14] = [
+    0xde, 0xad, 0xbe, 0xef, 0x13, 0x37, 0xc0, 0xff, 0xee, 0x42, 0x99, 0x5a, 0xa5, 0x01,
+];
+
+#[tokio::test]
+async fn garbage_after_the_last_record_is_cut_as_a_torn_tail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let (segment, ends) = wal_with_keys(&dir, 3).await;
+    let mut bytes = std::fs::read(&segment).expect("read");
+    assert_eq!(bytes.len() as u64, ends[2]);
+    bytes.extend_from_slice(&GARBAGE);
+    std::fs::write(&segment, &bytes).expect("write");
+
+    let server = TestServer::start_in(&dir, &[]);
+    let entries = dump(&server).await;
+    for i in 0..3 {
+        assert_eq!(
+            entries.get(&format!("k{i}")).map(|e| &e.1),
+            Some(&json!({"i": i}))
+        );
+    }
+    assert!(
+        server.log().contains("torn record"),
+        "no warning: {}",
+        server.log()
+    );
+    let len = std::fs::metadata(&segment).expect("meta").len();
+    assert_eq!(len, ends[2], "the garbage is cut off the segment");
+}
+
+#[tokio::test]
+async fn garbage_followed_by_a_valid_record_stops_start() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    let (segment, ends) = wal_with_keys(&dir, 3).await;
+    // Between the first and the second record.
+    let mut bytes = std::fs::read(&segment).expect("read");
+    let at = ends[0] as usize;
+    bytes.splice(at..at, GARBAGE);
+    std::fs::write(&segment, &bytes).expect("write");
+
+    assert_start_refused(
+        &dir,
+        &segment,
+        &format!(
+            "damaged at offset {at} (record length fails its checksum; a valid record follows at offset {})",
+            at + GARBAGE.len()
+        ),
+    );
+    assert_eq!(
+        std::fs::read(&segment).expect("read"),
+        bytes,
+        "a refused start changes nothing"
+    );
+}
+
 #[tokio::test]
 async fn a_flipped_bit_before_the_end_stops_start_until_repair() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -173,22 +252,7 @@ async fn a_flipped_bit_before_the_end_stops_start_until_repair() {
     bytes[target] ^= 0x10;
     std::fs::write(&segment, &bytes).expect("write");
 
-    let failure = TestServer::try_start_in(&dir, &[])
-        .err()
-        .expect("start must be refused");
-    assert_ne!(failure.code, Some(0));
-    let name = segment.file_name().and_then(|n| n.to_str()).expect("name");
-    assert!(
-        failure.stderr.contains(name),
-        "error names the file: {}",
-        failure.stderr
-    );
-    assert!(
-        failure.stderr.contains(&format!("offset {}", ends[1])),
-        "error names the offset {}: {}",
-        ends[1],
-        failure.stderr
-    );
+    assert_start_refused(&dir, &segment, &format!("offset {}", ends[1]));
 
     let repair = std::process::Command::new(env!("CARGO_BIN_EXE_dododb"))
         .args(["repair", "--data-dir"])

@@ -99,7 +99,9 @@ pub fn decode_header(data: &[u8]) -> Result<(u32, u32), DecodeError> {
     }
     let len = u32::from_le_bytes([data[0], data[1], data[2], data[3]]);
     let len_crc = u32::from_le_bytes([data[4], data[5], data[6], data[7]]);
-    if crc32c::crc32c(&data[0..4]) != len_crc || len > MAX_PAYLOAD_BYTES {
+    // The size check first: it is cheaper, and the forward scan of replay
+    // runs this at every byte of a damaged tail.
+    if len > MAX_PAYLOAD_BYTES || crc32c::crc32c(&data[0..4]) != len_crc {
         return Err(DecodeError::BadLength);
     }
     let payload_crc = u32::from_le_bytes([data[8], data[9], data[10], data[11]]);

@@ -1,12 +1,23 @@
 //! Reading the log back: replay at start-up (truncating a torn tail) and
 //! offline repair of damage before the end.
+//!
+//! The rule that tells a torn tail from damage: a bad record in the last
+//! segment with no valid record anywhere after it is what a crash
+//! mid-append leaves (cut it, with a warning); a bad record followed by a
+//! valid one is damage (refuse to start, naming the file and offset). A
+//! crash can leave garbage, not only a short file, because a file system
+//! may extend a file with stale blocks. "Valid" means the length and the
+//! payload checksums both hold, found by scanning forward byte by byte.
 
 use std::fs::{File, OpenOptions};
-use std::io::{BufReader, Read};
+use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 
 use super::record::{DecodeError, HEADER_BYTES, Record, decode_header};
 use super::{WalError, segment};
+
+/// The forward scan reads this much of the file at a time.
+const SCAN_CHUNK_BYTES: usize = 1 << 20;
 
 /// What replay found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -23,21 +34,23 @@ pub struct ReplayReport {
 enum SegmentEnd {
     /// Every byte was a good record.
     Clean,
-    /// Damage at `offset`; `torn` when it can only be an interrupted append
-    /// (it reaches the end of the file).
-    Damaged {
+    /// The record at `offset` cannot be read. `next_from` is the first
+    /// offset where a record after it could start, when it may be an
+    /// interrupted append; `None` when its checksums hold but its payload
+    /// does not parse, which no interrupted append leaves.
+    Bad {
         offset: u64,
-        torn: bool,
+        next_from: Option<u64>,
         reason: String,
     },
 }
 
 /// Replays every segment numbered `from` or later, in order, into `visit`.
-/// A torn record at the very end of the last segment that holds records is
-/// cut off with a warning; damage anywhere else stops with
-/// [`WalError::Corrupt`]. (Segments after it may exist but be empty: the
-/// writer creates the next segment before it finishes syncing the current
-/// one, and writes nothing into it until then.)
+/// A torn tail of the last segment that holds records (a bad record with
+/// no valid record after it) is cut off with a warning; any other bad
+/// record stops with [`WalError::Corrupt`]. (Segments after it may exist
+/// but be empty: the writer creates the next segment before it finishes
+/// syncing the current one, and writes nothing into it until then.)
 ///
 /// # Errors
 ///
@@ -57,31 +70,48 @@ pub fn replay(
     for (i, &n) in segments.iter().enumerate() {
         let path = segment::path(dir, n);
         let is_last = later_are_empty(dir, &segments[i + 1..])?;
-        match read_segment(&path, &mut |record| {
+        let end = read_segment(&path, &mut |record| {
             report.records += 1;
             visit(record);
-        })? {
-            SegmentEnd::Clean => {}
-            SegmentEnd::Damaged { offset, torn, .. } if torn && is_last => {
-                let len = std::fs::metadata(&path)
-                    .map_err(|e| WalError::io(&path, e))?
-                    .len();
-                tracing::warn!(
-                    file = %path.display(),
-                    offset,
-                    dropped_bytes = len - offset,
-                    "truncating a torn record at the end of the WAL (a crash mid-append)"
-                );
-                truncate(&path, offset)?;
-                report.truncated_bytes = len - offset;
-            }
-            SegmentEnd::Damaged { offset, reason, .. } => {
+        })?;
+        if let SegmentEnd::Bad {
+            offset,
+            next_from,
+            mut reason,
+        } = end
+        {
+            let len = std::fs::metadata(&path)
+                .map_err(|e| WalError::io(&path, e))?
+                .len();
+            // Only the last segment can end in an interrupted append, and
+            // only a record that fails its checksums or is cut short can be
+            // one; it is torn when no valid record follows it.
+            let torn = match next_from {
+                Some(next_from) if is_last => match first_valid_record(&path, next_from, len)? {
+                    None => true,
+                    Some(at) => {
+                        reason = format!("{reason}; a valid record follows at offset {at}");
+                        false
+                    }
+                },
+                _ => false,
+            };
+            if !torn {
                 return Err(WalError::Corrupt {
                     file: path.display().to_string(),
                     offset,
                     reason,
                 });
             }
+            tracing::warn!(
+                file = %path.display(),
+                offset,
+                dropped_bytes = len - offset,
+                %reason,
+                "truncating a torn record at the end of the WAL (a crash mid-append)"
+            );
+            truncate(&path, offset)?;
+            report.truncated_bytes = len - offset;
         }
         report.segments.push(n);
     }
@@ -115,7 +145,8 @@ fn check_contiguous(dir: &Path, segments: &[u64]) -> Result<(), WalError> {
     Ok(())
 }
 
-/// Streams one segment's records into `visit`, stopping at the first damage.
+/// Streams one segment's records into `visit`, stopping at the first bad
+/// record.
 fn read_segment(path: &Path, visit: &mut dyn FnMut(Record)) -> Result<SegmentEnd, WalError> {
     let file = File::open(path).map_err(|e| WalError::io(path, e))?;
     let len = file.metadata().map_err(|e| WalError::io(path, e))?.len();
@@ -125,61 +156,138 @@ fn read_segment(path: &Path, visit: &mut dyn FnMut(Record)) -> Result<SegmentEnd
     let io = |e| WalError::io(path, e);
     while offset < len {
         let remaining = len - offset;
-        let damaged = |reason: &str, torn: bool| SegmentEnd::Damaged {
+        let bad = |reason: &str, next_from: Option<u64>| SegmentEnd::Bad {
             offset,
-            torn,
+            next_from,
             reason: reason.to_string(),
         };
         if remaining < HEADER_BYTES as u64 {
-            return Ok(damaged("record header cut short", true));
+            return Ok(bad("record header cut short", Some(len)));
         }
         frame.resize(HEADER_BYTES, 0);
         reader.read_exact(&mut frame).map_err(io)?;
         let payload_len = match decode_header(&frame) {
             Ok((payload_len, _)) => payload_len as u64,
-            Err(_) => {
-                // A garbage header is a torn append only if nothing but
-                // zeroes (never-written space) follows it.
-                let torn = frame.iter().all(|&b| b == 0) && rest_is_zero(&mut reader)?;
-                return Ok(damaged("record length fails its checksum", torn));
-            }
+            // The length is garbage, so a next record could start at any
+            // byte after this one.
+            Err(_) => return Ok(bad("record length fails its checksum", Some(offset + 1))),
         };
-        if remaining < HEADER_BYTES as u64 + payload_len {
-            return Ok(damaged("record runs past the end of the file", true));
+        // From here on the length holds its checksum: the record ends
+        // where it says, and so a next record could start only there.
+        let record_end = offset + HEADER_BYTES as u64 + payload_len;
+        if record_end > len {
+            return Ok(bad("record runs past the end of the file", Some(len)));
         }
         frame.resize(HEADER_BYTES + payload_len as usize, 0);
         reader.read_exact(&mut frame[HEADER_BYTES..]).map_err(io)?;
-        let ends_file = offset + frame.len() as u64 == len;
         match super::record::decode(&frame) {
             Ok((record, used)) => {
                 visit(record);
                 offset += used as u64;
             }
             Err(DecodeError::BadChecksum) => {
-                return Ok(damaged("record fails its checksum", ends_file));
+                return Ok(bad("record fails its checksum", Some(record_end)));
             }
-            Err(DecodeError::Malformed(why)) => return Ok(damaged(why, false)),
+            Err(DecodeError::Malformed(why)) => return Ok(bad(why, None)),
             Err(DecodeError::Truncated | DecodeError::BadLength) => {
-                return Ok(damaged("record cut short", ends_file));
+                return Ok(bad("record cut short", Some(record_end)));
             }
         }
     }
     Ok(SegmentEnd::Clean)
 }
 
-fn rest_is_zero(reader: &mut impl Read) -> Result<bool, WalError> {
-    let mut chunk = [0u8; 8192];
+/// The offset of the first valid record (its length and payload checksums
+/// both hold, and it ends within `len`) starting at `from` or later, if
+/// any.
+///
+/// Cost: one pass over the bytes from `from` to the end of the file, in
+/// [`SCAN_CHUNK_BYTES`] chunks, with a check of the length's checksum at
+/// every byte (most positions fail the cheaper size check first). A
+/// payload is read only for a length that checks out, which garbage
+/// passes about once in 2^32 positions. It runs at most once per start-up,
+/// on the tail of the last segment after its first bad record.
+fn first_valid_record(path: &Path, from: u64, len: u64) -> Result<Option<u64>, WalError> {
+    let io = |e| WalError::io(path, e);
+    if from >= len {
+        return Ok(None);
+    }
+    let mut file = File::open(path).map_err(io)?;
+    file.seek(SeekFrom::Start(from)).map_err(io)?;
+    let mut tail = file.take(len - from);
+    // A second handle reads candidate payloads without moving the scan.
+    let mut payloads = File::open(path).map_err(io)?;
+    // `window[0]` is at file offset `window_start`; the last
+    // HEADER_BYTES - 1 bytes of a chunk are kept for the next one, so a
+    // header across a chunk boundary is seen.
+    let mut window: Vec<u8> = Vec::with_capacity(SCAN_CHUNK_BYTES + HEADER_BYTES);
+    let mut window_start = from;
     loop {
-        let n = reader
-            .read(&mut chunk)
-            .map_err(|e| WalError::Io(e.to_string()))?;
-        if n == 0 {
-            return Ok(true);
+        let kept = window.len();
+        window.resize(kept + SCAN_CHUNK_BYTES, 0);
+        let read = fill(&mut tail, &mut window[kept..]).map_err(io)?;
+        window.truncate(kept + read);
+        if window.len() >= HEADER_BYTES {
+            let positions = window.len() - HEADER_BYTES + 1;
+            for i in 0..positions {
+                let Ok((payload_len, payload_crc)) = decode_header(&window[i..i + HEADER_BYTES])
+                else {
+                    continue;
+                };
+                let at = window_start + i as u64;
+                if payload_holds(&mut payloads, at, payload_len, payload_crc, len).map_err(io)? {
+                    return Ok(Some(at));
+                }
+            }
+            window.drain(..positions);
+            window_start += positions as u64;
         }
-        if chunk[..n].iter().any(|&b| b != 0) {
-            return Ok(false);
+        if read < SCAN_CHUNK_BYTES {
+            return Ok(None);
         }
     }
+}
+
+/// Whether the `payload_len` bytes after the header at `at` are within
+/// `len` and match `payload_crc`.
+fn payload_holds(
+    file: &mut File,
+    at: u64,
+    payload_len: u32,
+    payload_crc: u32,
+    len: u64,
+) -> std::io::Result<bool> {
+    let start = at + HEADER_BYTES as u64;
+    if start + u64::from(payload_len) > len {
+        return Ok(false);
+    }
+    file.seek(SeekFrom::Start(start))?;
+    let mut payload = file.by_ref().take(u64::from(payload_len));
+    let mut chunk = vec![0u8; SCAN_CHUNK_BYTES.min(payload_len as usize)];
+    let mut crc = 0u32;
+    loop {
+        let n = payload.read(&mut chunk)?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &chunk[..n]);
+    }
+    Ok(crc == payload_crc)
+}
+
+/// Reads into `buf` until it is full or the reader ends; returns the bytes
+/// read.
+fn fill(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match reader.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 fn truncate(path: &Path, len: u64) -> Result<(), WalError> {
@@ -210,7 +318,7 @@ pub fn repair(dir: &Path, from: u64, out: &mut dyn std::io::Write) -> Result<boo
     for (i, &n) in segments.iter().enumerate() {
         let path = segment::path(dir, n);
         let mut kept = 0u64;
-        let SegmentEnd::Damaged { offset, reason, .. } = read_segment(&path, &mut |_| kept += 1)?
+        let SegmentEnd::Bad { offset, reason, .. } = read_segment(&path, &mut |_| kept += 1)?
         else {
             continue;
         };
@@ -250,4 +358,280 @@ pub fn repair(dir: &Path, from: u64, out: &mut dyn std::io::Write) -> Result<boo
         format!("{}: no damaged WAL record found", dir.display()),
     );
     Ok(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::super::record::encode;
+    use super::*;
+
+    /// One framed record whose payload is a small control document.
+    fn record(i: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        encode(
+            &Record::Meta(Bytes::from(format!("{{\"i\":{i}}}"))),
+            &mut out,
+        );
+        out
+    }
+
+    /// Non-zero bytes that hold no record (a fixed xorshift sequence).
+    fn garbage(n: usize) -> Vec<u8> {
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 56) as u8 | 1
+            })
+            .collect()
+    }
+
+    fn cat(parts: &[&[u8]]) -> Vec<u8> {
+        parts.concat()
+    }
+
+    #[derive(Debug)]
+    enum Expect {
+        /// Replayed `records` and cut `cut` bytes off the last segment.
+        Torn { records: u64, cut: u64 },
+        /// Refused: segment number, offset, and words the reason contains.
+        Corrupt {
+            segment: u64,
+            offset: u64,
+            says: String,
+        },
+    }
+
+    /// Writes `segments` as segments 1, 2, … and replays them.
+    fn check(segments: &[Vec<u8>], expect: Expect) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (i, bytes) in segments.iter().enumerate() {
+            std::fs::write(segment::path(dir.path(), i as u64 + 1), bytes).expect("write");
+        }
+        let result = replay(dir.path(), 1, |_| {});
+        match expect {
+            Expect::Torn { records, cut } => {
+                let report = result.unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(report.records, records);
+                assert_eq!(report.truncated_bytes, cut);
+                let bytes: u64 = (1..=segments.len() as u64)
+                    .map(|n| {
+                        std::fs::metadata(segment::path(dir.path(), n))
+                            .expect("meta")
+                            .len()
+                    })
+                    .sum();
+                let original: u64 = segments.iter().map(|s| s.len() as u64).sum();
+                assert_eq!(bytes, original - cut, "the torn tail is cut off");
+            }
+            Expect::Corrupt {
+                segment: n,
+                offset: at,
+                says,
+            } => match result {
+                Err(WalError::Corrupt {
+                    file,
+                    offset,
+                    reason,
+                }) => {
+                    assert_eq!(file, segment::path(dir.path(), n).display().to_string());
+                    assert_eq!(offset, at);
+                    assert!(reason.contains(&says), "{reason:?} lacks {says:?}");
+                    for (i, bytes) in segments.iter().enumerate() {
+                        let path = segment::path(dir.path(), i as u64 + 1);
+                        assert_eq!(&std::fs::read(path).expect("read"), bytes, "left alone");
+                    }
+                }
+                other => panic!("expected damage at {n}:{at}, got {other:?}"),
+            },
+        }
+    }
+
+    fn len(bytes: &[u8]) -> u64 {
+        bytes.len() as u64
+    }
+
+    #[test]
+    fn a_clean_log_is_replayed_whole() {
+        let (a, b) = (record(0), record(1));
+        check(&[cat(&[&a, &b])], Expect::Torn { records: 2, cut: 0 });
+    }
+
+    #[test]
+    fn garbage_after_the_last_record_is_a_torn_tail() {
+        let (a, b) = (record(0), record(1));
+        for n in [1, 11, 12, 13, 14, 100, 4096] {
+            let cut = n as u64;
+            check(
+                &[cat(&[&a, &b, &garbage(n)])],
+                Expect::Torn { records: 2, cut },
+            );
+            check(
+                &[cat(&[&a, &b, &vec![0; n]])],
+                Expect::Torn { records: 2, cut },
+            );
+        }
+    }
+
+    #[test]
+    fn a_last_record_that_fails_its_checksum_or_is_cut_is_torn() {
+        let (a, b) = (record(0), record(1));
+        let mut flipped = b.clone();
+        flipped[HEADER_BYTES + 2] ^= 0x10;
+        check(
+            &[cat(&[&a, &flipped])],
+            Expect::Torn {
+                records: 1,
+                cut: len(&b),
+            },
+        );
+        // Followed by garbage only: still nothing valid after it.
+        check(
+            &[cat(&[&a, &flipped, &garbage(14)])],
+            Expect::Torn {
+                records: 1,
+                cut: len(&b) + 14,
+            },
+        );
+        for keep in 1..b.len() {
+            check(
+                &[cat(&[&a, &b[..keep]])],
+                Expect::Torn {
+                    records: 1,
+                    cut: keep as u64,
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn garbage_followed_by_a_valid_record_is_damage() {
+        let (a, b) = (record(0), record(1));
+        check(
+            &[cat(&[&a, &garbage(14), &b])],
+            Expect::Corrupt {
+                segment: 1,
+                offset: len(&a),
+                says: format!(
+                    "record length fails its checksum; a valid record follows at offset {}",
+                    len(&a) + 14
+                ),
+            },
+        );
+        // A header overwritten in place, the record after it intact.
+        let c = record(2);
+        let mut overwritten = b.clone();
+        overwritten[..HEADER_BYTES].copy_from_slice(&garbage(HEADER_BYTES));
+        check(
+            &[cat(&[&a, &overwritten, &c])],
+            Expect::Corrupt {
+                segment: 1,
+                offset: len(&a),
+                says: format!("follows at offset {}", len(&a) + len(&b)),
+            },
+        );
+    }
+
+    #[test]
+    fn a_bad_payload_followed_by_a_valid_record_is_damage() {
+        let (a, b, c) = (record(0), record(1), record(2));
+        let mut flipped = b.clone();
+        flipped[HEADER_BYTES + 2] ^= 0x10;
+        check(
+            &[cat(&[&a, &flipped, &c])],
+            Expect::Corrupt {
+                segment: 1,
+                offset: len(&a),
+                says: format!(
+                    "record fails its checksum; a valid record follows at offset {}",
+                    len(&a) + len(&b)
+                ),
+            },
+        );
+    }
+
+    #[test]
+    fn the_scan_finds_a_record_across_its_chunk_boundary() {
+        let (a, b) = (record(0), record(1));
+        // The scan starts one byte after the bad header at len(a); put the
+        // next record's header across the end of its first chunk.
+        let junk = garbage(SCAN_CHUNK_BYTES - 4);
+        let at = len(&a) + len(&junk);
+        check(
+            &[cat(&[&a, &junk, &b])],
+            Expect::Corrupt {
+                segment: 1,
+                offset: len(&a),
+                says: format!("follows at offset {at}"),
+            },
+        );
+        // The same garbage with nothing after it: a (long) torn tail.
+        check(
+            &[cat(&[&a, &junk])],
+            Expect::Torn {
+                records: 1,
+                cut: len(&junk),
+            },
+        );
+    }
+
+    #[test]
+    fn a_bad_record_before_the_last_segment_is_damage() {
+        let (a, b) = (record(0), record(1));
+        check(
+            &[cat(&[&a, &garbage(14)]), b.clone()],
+            Expect::Corrupt {
+                segment: 1,
+                offset: len(&a),
+                says: "record length fails its checksum".into(),
+            },
+        );
+    }
+
+    #[test]
+    fn garbage_before_only_empty_segments_is_a_torn_tail() {
+        let (a, b) = (record(0), record(1));
+        check(
+            &[cat(&[&a, &garbage(14)]), Vec::new(), Vec::new()],
+            Expect::Torn {
+                records: 1,
+                cut: 14,
+            },
+        );
+        check(
+            &[cat(&[&a, &garbage(14), &b]), Vec::new()],
+            Expect::Corrupt {
+                segment: 1,
+                offset: len(&a),
+                says: format!("follows at offset {}", len(&a) + 14),
+            },
+        );
+    }
+
+    #[test]
+    fn a_record_whose_checksums_hold_but_makes_no_sense_is_damage() {
+        let a = record(0);
+        let payload = [99u8, 1, 2, 3];
+        let len_bytes = (payload.len() as u32).to_le_bytes();
+        let mut bad = len_bytes.to_vec();
+        bad.extend_from_slice(&crc32c::crc32c(&len_bytes).to_le_bytes());
+        bad.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+        bad.extend_from_slice(&payload);
+        assert!(matches!(
+            super::super::record::decode(&bad),
+            Err(DecodeError::Malformed(_))
+        ));
+        check(
+            &[cat(&[&a, &bad])],
+            Expect::Corrupt {
+                segment: 1,
+                offset: len(&a),
+                says: String::new(),
+            },
+        );
+    }
 }
