@@ -126,14 +126,9 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        // A 413 is usually sent before the rest of the oversized body was
-        // read, so the connection cannot be reused: say so, or a keep-alive
-        // client sends its next request into a connection hyper closes.
-        if matches!(self, ApiError::PayloadTooLarge(_)) {
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-        }
+        // A 413 (like a 401 or 404) is often sent before the body was read:
+        // the server loop then reads and discards the rest or says
+        // `Connection: close` (`unread_body`), whatever the status.
         if matches!(self, ApiError::Unauthorized) {
             response
                 .headers_mut()

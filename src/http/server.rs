@@ -1,18 +1,20 @@
 //! The accept loop: HTTP/1.1 connections served by hyper with the limits
 //! axum's `serve` does not expose (a header read timeout against slowloris
-//! clients, a cap on the request head), and a graceful shutdown that lets
+//! clients, a cap on the request head), keep-alive after answers that
+//! leave a body unread (`unread_body`), and a graceful shutdown that lets
 //! in-flight requests finish.
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::time::Duration;
 
-use axum::body::Body;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service;
 
-use super::App;
+use super::{App, unread_body};
 
 /// The largest request head (request line and headers) hyper buffers. A
 /// larger one gets a bare `431` and the connection closes; this bounds the
@@ -63,8 +65,16 @@ pub(super) async fn run(
         let app = app.clone();
         // Every layer of `App` is always ready, so `call` needs no
         // `poll_ready` first.
-        let service = hyper::service::service_fn(move |request: hyper::Request<_>| {
-            app.clone().call(request.map(Body::new))
+        let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+            let (request, watch) = unread_body::watch(request);
+            let answer = app.clone().call(request);
+            async move {
+                let mut response = answer.await?;
+                if let Some(watch) = watch {
+                    watch.settle(&mut response, header_read_timeout);
+                }
+                Ok::<_, Infallible>(response)
+            }
         });
         let conn = http
             .serve_connection(TokioIo::new(tcp), service)
