@@ -5,6 +5,7 @@
 //! This module knows files and bytes, never HTTP or the map's internals:
 //! the database hands it records and a [`writer::BatchSink`] to apply them.
 
+mod faults;
 pub mod record;
 mod replay;
 pub mod segment;
@@ -44,12 +45,16 @@ pub enum WalError {
         reason: String,
     },
     /// Segments are missing between two that exist.
-    #[error("WAL segment {missing} is missing in {dir}")]
+    #[error(
+        "WAL file {file} is missing: the log stops at offset {offset} of {previous} and goes on in a later segment; refusing to start"
+    )]
     Gap {
-        /// The data directory.
-        dir: String,
-        /// The first missing segment number.
-        missing: u64,
+        /// The first missing segment file.
+        file: String,
+        /// The segment before it.
+        previous: String,
+        /// Where the segment before it ends.
+        offset: u64,
     },
 }
 

@@ -136,9 +136,14 @@ fn later_are_empty(dir: &Path, segments: &[u64]) -> Result<bool, WalError> {
 fn check_contiguous(dir: &Path, segments: &[u64]) -> Result<(), WalError> {
     for pair in segments.windows(2) {
         if pair[1] != pair[0] + 1 {
+            let previous = segment::path(dir, pair[0]);
+            let offset = std::fs::metadata(&previous)
+                .map_err(|e| WalError::io(&previous, e))?
+                .len();
             return Err(WalError::Gap {
-                dir: dir.display().to_string(),
-                missing: pair[0] + 1,
+                file: segment::path(dir, pair[0] + 1).display().to_string(),
+                previous: previous.display().to_string(),
+                offset,
             });
         }
     }
@@ -633,5 +638,195 @@ mod tests {
                 says: String::new(),
             },
         );
+    }
+}
+
+#[cfg(test)]
+/// Whole segments: order, cuts, damage, gaps, repair.
+pub(super) mod segment_tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::store::{Change, ChangeKind};
+    use crate::wal::record::encode;
+
+    /// A put of `k<version>` (also used by the writer's tests).
+    pub(in crate::wal) fn put(version: u64) -> Record {
+        Record::Change(Change {
+            key: format!("k{version}").into_boxed_str(),
+            kind: ChangeKind::Update,
+            value: Some(Bytes::from(format!("{{\"v\":{version}}}"))),
+            version,
+            expires_at_ms: 0,
+            timestamp_ms: 1_700_000_000_000,
+        })
+    }
+
+    /// Writes segment `n` holding records `versions`; returns each record's
+    /// end offset.
+    fn write_segment(dir: &Path, n: u64, versions: std::ops::Range<u64>) -> Vec<u64> {
+        let mut bytes = Vec::new();
+        let mut ends = Vec::new();
+        for v in versions {
+            encode(&put(v), &mut bytes);
+            ends.push(bytes.len() as u64);
+        }
+        std::fs::write(segment::path(dir, n), &bytes).expect("write segment");
+        ends
+    }
+
+    fn append(dir: &Path, n: u64, extra: &[u8]) {
+        use std::io::Write;
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(segment::path(dir, n))
+            .expect("open");
+        file.write_all(extra).expect("append");
+    }
+
+    /// The versions replay finds in `dir`, and its report.
+    pub(in crate::wal) fn versions(dir: &Path) -> Result<(Vec<u64>, ReplayReport), WalError> {
+        let mut seen = Vec::new();
+        let report = replay(dir, 1, |r| {
+            if let Record::Change(c) = r {
+                seen.push(c.version);
+            }
+        })?;
+        Ok((seen, report))
+    }
+
+    fn len(dir: &Path, n: u64) -> u64 {
+        std::fs::metadata(segment::path(dir, n))
+            .expect("meta")
+            .len()
+    }
+
+    #[test]
+    fn replays_every_segment_in_order() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        write_segment(tmp.path(), 1, 1..4);
+        write_segment(tmp.path(), 2, 4..6);
+        write_segment(tmp.path(), 3, 6..6);
+        let (seen, report) = versions(tmp.path()).expect("replay");
+        assert_eq!(seen, vec![1, 2, 3, 4, 5]);
+        assert_eq!(report.records, 5);
+        assert_eq!(report.segments, vec![1, 2, 3]);
+        assert_eq!(report.truncated_bytes, 0);
+        // Replay from a later segment skips the earlier ones.
+        let mut later = Vec::new();
+        replay(tmp.path(), 2, |r| later.push(r)).expect("replay from 2");
+        assert_eq!(later.len(), 2);
+    }
+
+    #[test]
+    fn a_torn_record_at_the_end_is_cut_and_the_cut_is_durable() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ends = write_segment(tmp.path(), 1, 1..4);
+        let mut torn = Vec::new();
+        encode(&put(4), &mut torn);
+        for keep in [1, 11, 12, torn.len() - 1] {
+            std::fs::write(
+                segment::path(tmp.path(), 1),
+                [
+                    &std::fs::read(segment::path(tmp.path(), 1)).expect("read")[..],
+                    &torn[..keep],
+                ]
+                .concat(),
+            )
+            .expect("write");
+            let (seen, report) = versions(tmp.path()).expect("replay");
+            assert_eq!(seen, vec![1, 2, 3], "kept {keep} bytes");
+            assert_eq!(report.truncated_bytes, keep as u64);
+            assert_eq!(len(tmp.path(), 1), ends[2], "cut back to the last record");
+        }
+    }
+
+    #[test]
+    fn a_zero_filled_tail_is_cut() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ends = write_segment(tmp.path(), 1, 1..3);
+        append(tmp.path(), 1, &[0; 4096]);
+        let (seen, report) = versions(tmp.path()).expect("replay");
+        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(report.truncated_bytes, 4096);
+        assert_eq!(len(tmp.path(), 1), ends[1]);
+        // Replaying again finds a clean log.
+        let (_, again) = versions(tmp.path()).expect("replay again");
+        assert_eq!(again.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn a_torn_tail_followed_only_by_empty_segments_is_cut() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ends = write_segment(tmp.path(), 1, 1..3);
+        append(tmp.path(), 1, &[0; 100]);
+        write_segment(tmp.path(), 2, 3..3);
+        let (seen, report) = versions(tmp.path()).expect("replay");
+        assert_eq!(seen, vec![1, 2]);
+        assert_eq!(report.truncated_bytes, 100);
+        assert_eq!(len(tmp.path(), 1), ends[1]);
+    }
+
+    #[test]
+    fn a_torn_tail_before_a_segment_with_records_is_damage() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ends = write_segment(tmp.path(), 1, 1..3);
+        append(tmp.path(), 1, &[0; 100]);
+        write_segment(tmp.path(), 2, 3..4);
+        let err = versions(tmp.path()).expect_err("refused");
+        let WalError::Corrupt { file, offset, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert!(file.ends_with("wal-00000000000000000001.log"), "{file}");
+        assert_eq!(*offset, ends[1]);
+        assert!(err.to_string().contains("dododb repair"), "{err}");
+        assert_eq!(len(tmp.path(), 1), ends[1] + 100, "nothing was cut");
+    }
+
+    #[test]
+    fn a_flipped_bit_before_the_end_is_damage_at_its_record() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ends = write_segment(tmp.path(), 1, 1..5);
+        let path = segment::path(tmp.path(), 1);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[ends[1] as usize + 20] ^= 0x04;
+        std::fs::write(&path, &bytes).expect("write");
+        match versions(tmp.path()) {
+            Err(WalError::Corrupt { offset, .. }) => assert_eq!(offset, ends[1]),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_missing_segment_names_the_file_and_where_the_log_stops() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ends = write_segment(tmp.path(), 1, 1..3);
+        write_segment(tmp.path(), 3, 3..4);
+        let err = versions(tmp.path()).expect_err("refused");
+        let text = err.to_string();
+        assert!(text.contains("wal-00000000000000000002.log"), "{text}");
+        assert!(text.contains(&format!("offset {}", ends[1])), "{text}");
+        assert!(text.contains("wal-00000000000000000001.log"), "{text}");
+    }
+
+    #[test]
+    fn repair_cuts_at_the_damage_and_removes_later_segments() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let ends = write_segment(tmp.path(), 1, 1..4);
+        write_segment(tmp.path(), 2, 4..6);
+        let path = segment::path(tmp.path(), 1);
+        let mut bytes = std::fs::read(&path).expect("read");
+        bytes[ends[0] as usize + 14] ^= 0xFF;
+        std::fs::write(&path, &bytes).expect("write");
+        let mut said = Vec::new();
+        assert!(repair(tmp.path(), 1, &mut said).expect("repair"));
+        let said = String::from_utf8(said).expect("utf-8");
+        assert!(said.contains("keeping 1 records"), "{said}");
+        assert!(said.contains("removing the whole later segment"), "{said}");
+        assert_eq!(segment::list(tmp.path()).expect("list"), vec![1]);
+        let (seen, _) = versions(tmp.path()).expect("replay after repair");
+        assert_eq!(seen, vec![1]);
+        let mut again = Vec::new();
+        assert!(!repair(tmp.path(), 1, &mut again).expect("repair again"));
     }
 }

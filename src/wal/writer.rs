@@ -18,7 +18,6 @@
 //! writer, so nothing unacknowledged is ever half-applied.
 
 use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
@@ -26,6 +25,7 @@ use std::task::{Poll, Waker};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::faults::Faults;
 use super::record::{Record, encode};
 use super::{WalError, WalStats, segment};
 use crate::config::FsyncPolicy;
@@ -65,29 +65,6 @@ struct LogFile {
     sink: Box<dyn BatchSink>,
     /// The queue's previous buffer, kept for its capacity.
     spare: Vec<u8>,
-    /// Bytes the (simulated) disk still takes; `None`: no limit.
-    space_left: Option<u64>,
-}
-
-impl LogFile {
-    /// Writes `buf` at the end of the segment. Under the disk-full hook, a
-    /// batch larger than the space left is written only in part and fails
-    /// the way a full disk does, leaving a torn tail for `poison` to cut.
-    fn append(&mut self, buf: &[u8]) -> std::io::Result<()> {
-        let Some(left) = self.space_left else {
-            return self.file.write_all(buf);
-        };
-        let fits = usize::try_from(left).unwrap_or(usize::MAX).min(buf.len());
-        self.file.write_all(&buf[..fits])?;
-        self.space_left = Some(left - fits as u64);
-        if fits < buf.len() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::StorageFull,
-                "no space left on device (DODODB_TEST_WAL_SPACE_BYTES)",
-            ));
-        }
-        Ok(())
-    }
 }
 
 struct Shared {
@@ -110,6 +87,8 @@ struct Shared {
     poisoned: OnceLock<String>,
     stats: WalStats,
     policy: FsyncPolicy,
+    /// Injected failures (tests only; see `faults.rs`).
+    faults: Faults,
 }
 
 fn relock<T>(result: std::sync::LockResult<MutexGuard<'_, T>>) -> MutexGuard<'_, T> {
@@ -205,7 +184,9 @@ impl Shared {
         if let Some(why) = self.poisoned.get() {
             return Err(WalError::Poisoned(why.clone()));
         }
-        let written = log.append(bytes);
+        // A failed or partial write (a full disk) leaves a torn tail for
+        // `poison` to cut.
+        let written = self.faults.append(&mut log.file, bytes);
         let synced = match (&written, log.policy) {
             (Ok(()), FsyncPolicy::Always) => self.timed_sync(&log.file),
             (Ok(()), _) => {
@@ -233,7 +214,7 @@ impl Shared {
     /// fdatasync of `file`, counted in the stats when it succeeds.
     fn timed_sync(&self, file: &File) -> std::io::Result<()> {
         let started = Instant::now();
-        file.sync_data()?;
+        self.faults.sync(file)?;
         self.stats.record_fsync(started.elapsed());
         Ok(())
     }
@@ -333,6 +314,21 @@ impl WalWriter {
         policy: FsyncPolicy,
         sink: Box<dyn BatchSink>,
     ) -> Result<WalWriter, WalError> {
+        WalWriter::start_with_faults(dir, segment, policy, sink, Faults::from_env())
+    }
+
+    /// [`WalWriter::start`] with the given injected faults.
+    ///
+    /// # Errors
+    ///
+    /// As [`WalWriter::start`].
+    pub(crate) fn start_with_faults(
+        dir: PathBuf,
+        segment: u64,
+        policy: FsyncPolicy,
+        sink: Box<dyn BatchSink>,
+        faults: Faults,
+    ) -> Result<WalWriter, WalError> {
         let file = segment::create(&dir, segment).map_err(|e| WalError::io(&dir, e))?;
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue::default()),
@@ -347,12 +343,6 @@ impl WalWriter {
                 last_sync: Instant::now(),
                 sink,
                 spare: Vec::new(),
-                // Fault injection for the disk-full tests, like the snapshot
-                // crash hook in `db`: the log behaves as if the disk held
-                // only this many more bytes.
-                space_left: std::env::var("DODODB_TEST_WAL_SPACE_BYTES")
-                    .ok()
-                    .and_then(|s| s.parse().ok()),
             }),
             done_lock: Mutex::new(()),
             done: Condvar::new(),
@@ -361,6 +351,7 @@ impl WalWriter {
             poisoned: OnceLock::new(),
             stats: WalStats::default(),
             policy,
+            faults,
         });
         shared.stats.segment.store(segment, Ordering::Relaxed);
         let thread_shared = Arc::clone(&shared);
@@ -390,6 +381,13 @@ impl WalWriter {
     pub fn submit(&self, record: Record) -> Result<u64, WalError> {
         if let Some(why) = self.shared.poisoned.get() {
             return Err(WalError::Poisoned(why.clone()));
+        }
+        if let Some(stall) = self.shared.faults.stall
+            && matches!(&record, Record::Change(c) if c.key.starts_with("stall"))
+        {
+            // Test hook: a change that took its revision but reaches the
+            // log late (the live feed's gap test).
+            std::thread::sleep(stall);
         }
         let mut queue = self.shared.lock_queue();
         if queue.closing {
@@ -530,7 +528,8 @@ fn run_thread(shared: &Shared) {
         let (rotations, closing) = {
             let mut queue = shared.lock_queue();
             loop {
-                let has_batch = !queue.records.is_empty() && !writers_commit;
+                let has_batch =
+                    queue.records.len() >= shared.faults.batch_min.max(1) && !writers_commit;
                 if has_batch || !queue.rotations.is_empty() || queue.closing {
                     break;
                 }
@@ -613,4 +612,221 @@ fn relock_timeout<'a, T>(
 ) -> (MutexGuard<'a, T>, bool) {
     let (guard, timeout) = result.unwrap_or_else(|e| e.into_inner());
     (guard, timeout.timed_out())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::wal::replay::segment_tests::{put, versions};
+
+    /// A sink that remembers what it applied and what it dropped.
+    #[derive(Clone, Default)]
+    struct Seen {
+        applied: Arc<Mutex<Vec<u64>>>,
+        failed: Arc<Mutex<Vec<u64>>>,
+    }
+
+    fn version_of(record: &Record) -> u64 {
+        match record {
+            Record::Change(c) => c.version,
+            Record::Meta(_) => 0,
+        }
+    }
+
+    impl BatchSink for Seen {
+        fn durable(&mut self, records: Vec<Record>) {
+            relock(self.applied.lock()).extend(records.iter().map(version_of));
+        }
+        fn failed(&mut self, records: Vec<Record>) {
+            relock(self.failed.lock()).extend(records.iter().map(version_of));
+        }
+    }
+
+    fn start(dir: &std::path::Path, policy: FsyncPolicy, faults: Faults) -> (WalWriter, Seen) {
+        let seen = Seen::default();
+        let wal = WalWriter::start_with_faults(
+            dir.to_path_buf(),
+            1,
+            policy,
+            Box::new(seen.clone()),
+            faults,
+        )
+        .expect("start");
+        (wal, seen)
+    }
+
+    /// Submits records `versions` together, then waits for each.
+    fn batch(wal: &WalWriter, versions: std::ops::Range<u64>) -> Vec<Result<(), WalError>> {
+        let seqs: Vec<u64> = versions
+            .map(|v| wal.submit(put(v)).expect("submit"))
+            .collect();
+        seqs.into_iter().map(|s| wal.wait_blocking(s)).collect()
+    }
+
+    fn segment_len(dir: &std::path::Path, n: u64) -> u64 {
+        std::fs::metadata(segment::path(dir, n))
+            .expect("meta")
+            .len()
+    }
+
+    #[test]
+    fn concurrent_writers_are_applied_in_log_order_under_every_policy() {
+        for policy in [
+            FsyncPolicy::Always,
+            FsyncPolicy::EverySec,
+            FsyncPolicy::Never,
+        ] {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let (wal, seen) = start(tmp.path(), policy, Faults::with(None, None, None));
+            let wal = Arc::new(wal);
+            let threads: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let wal = Arc::clone(&wal);
+                    std::thread::spawn(move || {
+                        for i in 0..50 {
+                            let seq = wal.submit(put(1 + t * 50 + i)).expect("submit");
+                            wal.wait_blocking(seq).expect("durable");
+                        }
+                    })
+                })
+                .collect();
+            for t in threads {
+                t.join().expect("writer");
+            }
+            wal.close();
+            let applied = relock(seen.applied.lock()).clone();
+            assert_eq!(applied.len(), 200, "{policy:?}");
+            let (on_disk, _) = versions(tmp.path()).expect("replay");
+            assert_eq!(
+                on_disk, applied,
+                "{policy:?}: the log holds what was applied, in order"
+            );
+            let stats = wal.stats();
+            assert_eq!(stats.appends.load(Ordering::Relaxed), 200);
+            if policy == FsyncPolicy::Always {
+                assert_eq!(
+                    stats.fsyncs.load(Ordering::Relaxed),
+                    stats.batches.load(Ordering::Relaxed),
+                    "one fdatasync per batch"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_every_writer_of_its_batch_and_cuts_the_file_back() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut faults = Faults::with(None, None, Some(2));
+        faults.batch_min = 5;
+        let (wal, seen) = start(tmp.path(), FsyncPolicy::Always, faults);
+        assert!(batch(&wal, 1..6).iter().all(Result::is_ok));
+        let good_len = segment_len(tmp.path(), 1);
+        let results = batch(&wal, 6..11);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(WalError::Poisoned(why)) if why.contains("FAIL_SYNC"))),
+            "{results:?}"
+        );
+        assert_eq!(*relock(seen.failed.lock()), vec![6, 7, 8, 9, 10]);
+        assert_eq!(*relock(seen.applied.lock()), vec![1, 2, 3, 4, 5]);
+        assert_eq!(segment_len(tmp.path(), 1), good_len, "cut back");
+        assert!(matches!(wal.submit(put(11)), Err(WalError::Poisoned(_))));
+        assert!(wal.poisoned().is_some());
+        wal.close();
+        let (on_disk, report) = versions(tmp.path()).expect("replay");
+        assert_eq!(on_disk, vec![1, 2, 3, 4, 5]);
+        assert_eq!(report.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn a_failed_write_fails_its_batch_and_leaves_nothing() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (wal, seen) = start(
+            tmp.path(),
+            FsyncPolicy::Never,
+            Faults::with(None, Some(2), None),
+        );
+        assert!(batch(&wal, 1..4).iter().all(Result::is_ok));
+        let results = batch(&wal, 4..7);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(WalError::Poisoned(why)) if why.contains("FAIL_WRITE"))),
+            "{results:?}"
+        );
+        assert_eq!(*relock(seen.failed.lock()), vec![4, 5, 6]);
+        wal.close();
+        assert_eq!(versions(tmp.path()).expect("replay").0, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_disk_that_fills_mid_batch_leaves_no_torn_tail() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut one = Vec::new();
+        encode(&put(1), &mut one);
+        let first_batch = 3 * one.len() as u64;
+        let (wal, seen) = start(
+            tmp.path(),
+            FsyncPolicy::Never,
+            Faults::with(Some(first_batch + 20), None, None),
+        );
+        assert!(batch(&wal, 1..4).iter().all(Result::is_ok));
+        let results = batch(&wal, 4..8);
+        assert!(
+            results
+                .iter()
+                .all(|r| matches!(r, Err(WalError::Poisoned(why)) if why.contains("no space"))),
+            "{results:?}"
+        );
+        assert_eq!(*relock(seen.failed.lock()), vec![4, 5, 6, 7]);
+        assert_eq!(
+            segment_len(tmp.path(), 1),
+            first_batch,
+            "the partial write is cut"
+        );
+        wal.close();
+        let (on_disk, report) = versions(tmp.path()).expect("replay");
+        assert_eq!(on_disk, vec![1, 2, 3]);
+        assert_eq!(report.truncated_bytes, 0);
+    }
+
+    #[test]
+    fn rotation_syncs_the_old_segment_before_the_new_one_takes_records() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (wal, _) = start(
+            tmp.path(),
+            FsyncPolicy::Never,
+            Faults::with(None, None, None),
+        );
+        assert!(batch(&wal, 1..3).iter().all(Result::is_ok));
+        let syncs_before = wal.stats().fsyncs.load(Ordering::Relaxed);
+        assert_eq!(wal.rotate().expect("rotate"), 2);
+        assert!(
+            wal.stats().fsyncs.load(Ordering::Relaxed) > syncs_before,
+            "the closed segment was synced"
+        );
+        assert!(batch(&wal, 3..4).iter().all(Result::is_ok));
+        wal.close();
+        assert_eq!(segment::list(tmp.path()).expect("list"), vec![1, 2]);
+        let mut first = Vec::new();
+        crate::wal::replay(tmp.path(), 2, |r| first.push(version_of(&r))).expect("replay");
+        assert_eq!(first, vec![3], "segment 2 holds only what came after");
+        assert_eq!(versions(tmp.path()).expect("replay").0, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_failed_sync_of_the_closed_segment_fails_the_rotation_and_poisons() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let (wal, _) = start(
+            tmp.path(),
+            FsyncPolicy::Never,
+            Faults::with(None, None, Some(1)),
+        );
+        assert!(batch(&wal, 1..3).iter().all(Result::is_ok));
+        assert!(matches!(wal.rotate(), Err(WalError::Poisoned(_))));
+        assert!(matches!(wal.submit(put(3)), Err(WalError::Poisoned(_))));
+    }
 }
