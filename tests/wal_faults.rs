@@ -225,22 +225,38 @@ async fn a_missing_segment_refuses_start_with_file_and_offset() {
 }
 
 #[tokio::test]
-async fn a_zero_filled_tail_is_cut_then_writes_and_restarts_go_on() {
+async fn a_zero_filled_or_garbage_tail_is_cut_then_writes_and_restarts_go_on() {
+    // Space the file system allocated but never wrote (zeroes), and bytes
+    // of an append that never completed (garbage: no valid record).
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let garbage: Vec<u8> = (0..4096)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 56) as u8 | 1
+        })
+        .collect();
+    for (what, tail) in [("zeroes", vec![0; 4096]), ("garbage", garbage)] {
+        cut_then_write_and_restart_twice(what, &tail).await;
+    }
+}
+
+async fn cut_then_write_and_restart_twice(what: &str, tail: &[u8]) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
     let ends = segments_with_records(&dir, 1, 3).await;
     let last = segments(&dir).pop().expect("segment");
-    // Space the file system allocated but never wrote: zeroes.
     let mut bytes = std::fs::read(&last).expect("read");
-    bytes.extend_from_slice(&[0; 4096]);
+    bytes.extend_from_slice(tail);
     std::fs::write(&last, &bytes).expect("write");
 
     let mut server = TestServer::start_in(&dir, &[]);
-    assert!(server.log().contains("torn"), "the cut is logged");
+    assert!(server.log().contains("torn"), "{what}: the cut is logged");
     assert_eq!(
         std::fs::metadata(&last).expect("meta").len(),
         ends[0][2],
-        "cut back to the last record"
+        "{what}: cut back to the last record"
     );
     assert_eq!(
         put_together(&server, &keys("after", 2), "[1]").await,
@@ -255,11 +271,11 @@ async fn a_zero_filled_tail_is_cut_then_writes_and_restarts_go_on() {
         assert_eq!(
             present,
             vec!["after0", "after1", "r0-0", "r0-1", "r0-2"],
-            "restart {restart}"
+            "{what}, restart {restart}"
         );
         assert!(
             !server.log().contains("torn"),
-            "restart {restart}: nothing left to cut: {}",
+            "{what}, restart {restart}: nothing left to cut: {}",
             server.log()
         );
         server.kill9();
