@@ -294,14 +294,6 @@ impl KeyRef {
     }
 }
 
-/// Ordered as `[u8]` is, so ranges can end at byte strings that are not
-/// UTF-8 (the end of a prefix).
-impl Borrow<[u8]> for KeyRef {
-    fn borrow(&self) -> &[u8] {
-        self.key().as_bytes()
-    }
-}
-
 impl PartialEq for KeyRef {
     fn eq(&self, other: &Self) -> bool {
         self.key() == other.key()
