@@ -12,7 +12,8 @@ use dododb::config::{AuthToken, Config, FsyncPolicy, Storage};
 
 use crate::client::Remote;
 use crate::client::args::{
-    Connect, CountArgs, DelArgs, GetArgs, LsArgs, PutArgs, SubscribeArgs, WatchArgs,
+    Connect, CountArgs, DelArgs, GetArgs, LsArgs, MgetArgs, MsetArgs, PutArgs, SubscribeArgs,
+    TxnArgs, WatchArgs,
 };
 
 /// DodoDB: an in-memory JSON key-value database and pub/sub service.
@@ -49,6 +50,13 @@ pub enum Command {
     Watch(Remote<WatchArgs>),
     /// Subscribe a webhook URL on a running server.
     Subscribe(Remote<SubscribeArgs>),
+    /// Run a transaction (a JSON document from a file or stdin) on a running
+    /// server; exit 1 when its failure branch ran.
+    Txn(Remote<TxnArgs>),
+    /// Read several keys of a running server at one instant.
+    Mget(Remote<MgetArgs>),
+    /// Write several keys of a running server in one transaction.
+    Mset(Remote<MsetArgs>),
     /// An interactive shell against a running server, with history.
     #[command(name = "cli")]
     Shell(Connect),
@@ -89,6 +97,12 @@ pub struct ServeArgs {
     /// Largest accepted value, in bytes.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_value_bytes: u64,
+    /// Operations in one `POST /txn` (success and failure together).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_txn_ops: u64,
+    /// Largest body of one `POST /txn`, in bytes (each value still within --max-value-bytes).
+    #[arg(long, default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_txn_bytes: u64,
     /// Per-attempt timeout of a webhook delivery, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_timeout_secs: u64,
@@ -151,6 +165,8 @@ impl ServeArgs {
             cleanup_interval: Duration::from_millis(self.cleanup_interval_ms),
             max_key_bytes: usize::try_from(self.max_key_bytes).unwrap_or(usize::MAX),
             max_value_bytes: usize::try_from(self.max_value_bytes).unwrap_or(usize::MAX),
+            max_txn_ops: usize::try_from(self.max_txn_ops).unwrap_or(usize::MAX),
+            max_txn_bytes: usize::try_from(self.max_txn_bytes).unwrap_or(usize::MAX),
             server_version: self
                 .server_version
                 .clone()

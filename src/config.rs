@@ -112,6 +112,10 @@ pub struct Config {
     pub max_key_bytes: usize,
     /// Largest accepted value (request body), in bytes.
     pub max_value_bytes: usize,
+    /// Operations in one transaction (`success` and `failure` together).
+    pub max_txn_ops: usize,
+    /// Largest body of one `POST /txn`, in bytes.
+    pub max_txn_bytes: usize,
     /// What `/system/version` reports.
     pub server_version: String,
     /// Changes kept in memory for `GET /events?since=`.
@@ -150,6 +154,8 @@ impl Default for Config {
             cleanup_interval: Duration::from_millis(100),
             max_key_bytes: 1024,
             max_value_bytes: 1024 * 1024,
+            max_txn_ops: 1000,
+            max_txn_bytes: 16 * 1024 * 1024,
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             feed_retained_events: 10_000,
             webhook_timeout: Duration::from_secs(5),
@@ -192,6 +198,12 @@ impl Config {
         }
         if self.max_value_bytes == 0 {
             return Err("max-value-bytes must be at least 1".into());
+        }
+        if self.max_txn_ops == 0 {
+            return Err("max-txn-ops must be at least 1".into());
+        }
+        if self.max_txn_bytes == 0 {
+            return Err("max-txn-bytes must be at least 1".into());
         }
         if self.snapshot_retain == 0 {
             return Err("snapshot-retain must be at least 1".into());

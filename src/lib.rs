@@ -78,13 +78,16 @@ pub mod events;
 #[doc(hidden)]
 pub mod fuzz;
 pub mod http;
+mod json_eq;
 pub mod snapshot;
 pub mod store;
 pub mod value;
 pub mod wal;
 
 pub use config::{Config, FsyncPolicy, Storage};
-pub use db::{Db, DbError, DbStats, EventSubscription, PutOptions, SnapshotInfo, WriteResult};
+pub use db::{
+    Db, DbError, DbStats, EventSubscription, PutOptions, SnapshotInfo, Txn, TxnResult, WriteResult,
+};
 pub use events::subscriptions::Target;
 pub use events::{ChangeEvent, ChangeKind};
-pub use store::{Entry, ListPage, Precondition};
+pub use store::{Compare, Condition, Entry, EntryPage, ListPage, OpResult, Precondition};

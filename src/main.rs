@@ -92,6 +92,9 @@ fn job(cli: Cli) -> Job {
         Some(Command::Count(r)) => Job::Client(r.connect, ClientCommand::Count(r.args)),
         Some(Command::Watch(r)) => Job::Client(r.connect, ClientCommand::Watch(r.args)),
         Some(Command::Subscribe(r)) => Job::Client(r.connect, ClientCommand::Subscribe(r.args)),
+        Some(Command::Txn(r)) => Job::Client(r.connect, ClientCommand::Txn(r.args)),
+        Some(Command::Mget(r)) => Job::Client(r.connect, ClientCommand::Mget(r.args)),
+        Some(Command::Mset(r)) => Job::Client(r.connect, ClientCommand::Mset(r.args)),
         Some(Command::Shell(connect)) => Job::Shell(connect),
     }
 }

@@ -542,3 +542,41 @@ fn watch_reconnects_with_the_last_id_it_saw() {
         "{third}"
     );
 }
+
+#[test]
+fn txn_reads_a_document_from_a_file_or_stdin_and_exits_one_on_failure() {
+    let server = TestServer::start(&["--in-memory"]);
+    let doc = r#"{"compare": [{"key": "lock", "exists": false}],
+                  "success": [{"op": "put", "key": "lock", "value": {"owner": "me"}},
+                              {"op": "put", "key": "big", "value": 123456789012345678901234567890}],
+                  "failure": [{"op": "get", "key": "lock"}]}"#;
+    let first = run_with_stdin(&server.url, &["txn"], Some(doc));
+    assert_eq!(first.code, Some(0), "{first:?}");
+    assert_eq!(json(&first.stdout)["succeeded"], true);
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), doc).expect("write");
+    let again = run(&server.url, &["txn", file.path().to_str().expect("utf-8")]);
+    assert_eq!(again.code, Some(1), "the compare fails now: {again:?}");
+    assert!(again.stdout.contains("\"succeeded\":false"), "{again:?}");
+    assert!(again.stdout.contains("{\"owner\":\"me\"}"), "{again:?}");
+    let bad = run_with_stdin(
+        &server.url,
+        &["txn"],
+        Some(r#"{"success": [{"op": "nope"}]}"#),
+    );
+    assert_eq!(bad.code, Some(2), "{bad:?}");
+    assert!(bad.stderr.contains("success[0]"), "{bad:?}");
+    let got = ok(&server.url, &["mget", "lock", "missing", "big"]);
+    assert_eq!(
+        got.trim(),
+        r#"{"lock":{"owner":"me"},"big":123456789012345678901234567890}"#
+    );
+    let set = ok(&server.url, &["mset", "a", "1", "b", "[true]"]);
+    assert_eq!(json(&set)["succeeded"], true);
+    assert_eq!(
+        ok(&server.url, &["mget", "a", "b"]).trim(),
+        r#"{"a":1,"b":[true]}"#
+    );
+    let odd = run(&server.url, &["mset", "a", "1", "b"]);
+    assert_eq!(odd.code, Some(2), "{odd:?}");
+}

@@ -155,3 +155,26 @@ fn json_with_double_quotes_needs_no_extra_quoting() {
     assert_eq!(stored(&server, "s"), r#""42""#);
     assert_eq!(stored(&server, "n"), "42");
 }
+
+#[test]
+fn mset_and_mget_go_through_one_transaction() {
+    let server = TestServer::start(&["--in-memory"]);
+    let script = r#"
+mset user:1 Alice user:2 '{"name": "Bob"}' n 42
+mget user:1 user:2 nobody n
+mset odd
+"#;
+    let (code, stdout, stderr) = shell(&server.url, script);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stored(&server, "user:1"), "\"Alice\"");
+    assert_eq!(stored(&server, "user:2"), "{\"name\": \"Bob\"}");
+    assert_eq!(stored(&server, "n"), "42");
+    assert!(
+        stdout.contains(r#"{"user:1":"Alice","user:2":{"name":"Bob"},"n":42}"#),
+        "{stdout}"
+    );
+    assert!(
+        stderr.contains("mset") || stderr.contains("error"),
+        "{stderr}"
+    );
+}

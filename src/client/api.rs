@@ -241,6 +241,22 @@ impl Api {
         self.send(request, &url)
     }
 
+    /// `POST /txn` with the document `body`: the server's answer.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub fn txn(&self, body: Vec<u8>) -> Result<Vec<u8>, ClientError> {
+        let url = self.url("/txn");
+        let request = self
+            .http
+            .post(&url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body);
+        let response = self.send(request, &url)?;
+        Api::body(response, &url)
+    }
+
     /// `POST /pubsub/subscribe` with `body`: the server's answer.
     ///
     /// # Errors

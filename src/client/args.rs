@@ -1,5 +1,5 @@
 //! The clap types of the client commands (`get`, `put`, `del`, `ls`,
-//! `count`, `watch`, `subscribe`), shared by the command line and the
+//! `count`, `watch`, `subscribe`, `txn`, `mget`, `mset`), shared by the command line and the
 //! interactive shell so both accept the same words. Parsing only: no I/O.
 
 use clap::{Args, Subcommand};
@@ -46,6 +46,40 @@ pub enum ClientCommand {
     Watch(WatchArgs),
     /// Subscribe a webhook URL to a key or a prefix.
     Subscribe(SubscribeArgs),
+    /// Run a transaction: a JSON document (`{"compare", "success",
+    /// "failure"}`) from a file or stdin (exit 1 when the failure branch ran).
+    Txn(TxnArgs),
+    /// Read several keys at one instant; prints `{key: value}` of those
+    /// that exist.
+    Mget(MgetArgs),
+    /// Write several keys at once (one transaction): `mset K1 V1 K2 V2 ...`.
+    Mset(MsetArgs),
+}
+
+/// `txn [FILE]`.
+#[derive(Args, Debug, Clone)]
+pub struct TxnArgs {
+    /// The transaction document, or `-` (or nothing) to read standard input.
+    pub file: Option<String>,
+}
+
+/// `mget KEY...`.
+#[derive(Args, Debug, Clone)]
+pub struct MgetArgs {
+    /// The keys.
+    #[arg(required = true)]
+    pub keys: Vec<String>,
+}
+
+/// `mset KEY VALUE [KEY VALUE]...`.
+#[derive(Args, Debug, Clone)]
+pub struct MsetArgs {
+    /// Keys and values, alternating; quote a JSON value with spaces.
+    #[arg(required = true, num_args = 2.., value_names = ["KEY", "VALUE"])]
+    pub pairs: Vec<String>,
+    /// Expire the keys this many seconds after the write.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ttl: Option<u64>,
 }
 
 /// `get KEY`.

@@ -4,7 +4,9 @@
 use std::io::Read;
 
 use super::api::{Api, Condition};
-use super::args::{ClientCommand, PutArgs};
+use serde_json::value::RawValue;
+
+use super::args::{ClientCommand, MsetArgs, PutArgs};
 use super::error::ClientError;
 use super::output::Printer;
 use super::watch::watch;
@@ -75,29 +77,148 @@ pub fn execute(
             }
             printer.json(&api.subscribe(&body)?)?;
         }
+        ClientCommand::Txn(args) => {
+            let body = read_source(
+                args.file.as_deref(),
+                caller,
+                "txn needs a file in the shell",
+            )?;
+            let answer = api.txn(body)?;
+            printer.json(&answer)?;
+            if !succeeded(&answer)? {
+                return Err(ClientError::Server {
+                    status: 412,
+                    code: "precondition_failed".into(),
+                    message: "a compare did not hold; the failure branch ran".into(),
+                });
+            }
+        }
+        ClientCommand::Mget(args) => {
+            let gets: Vec<_> = args
+                .keys
+                .iter()
+                .map(|key| serde_json::json!({"op": "get", "key": key}))
+                .collect();
+            let answer = api.txn(
+                serde_json::json!({"success": gets})
+                    .to_string()
+                    .into_bytes(),
+            )?;
+            printer.json(&found_values(&args.keys, &answer)?)?;
+        }
+        ClientCommand::Mset(args) => {
+            printer.json(&api.txn(mset_body(args, caller)?)?)?;
+        }
     }
     Ok(())
 }
 
+fn succeeded(answer: &[u8]) -> Result<bool, ClientError> {
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        succeeded: bool,
+    }
+    serde_json::from_slice::<Answer>(answer)
+        .map(|a| a.succeeded)
+        .map_err(|e| ClientError::Protocol(format!("/txn: {e}")))
+}
+
+/// `{"key": value, ...}` of the keys a batch read found, each value as the
+/// server sent it.
+fn found_values(keys: &[String], answer: &[u8]) -> Result<Vec<u8>, ClientError> {
+    #[derive(serde::Deserialize)]
+    struct Answer<'a> {
+        #[serde(borrow)]
+        results: Vec<Found<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Found<'a> {
+        found: bool,
+        #[serde(borrow)]
+        value: &'a RawValue,
+    }
+    let answer: Answer<'_> =
+        serde_json::from_slice(answer).map_err(|e| ClientError::Protocol(format!("/txn: {e}")))?;
+    let mut out = b"{".to_vec();
+    for (key, found) in keys.iter().zip(&answer.results) {
+        if !found.found {
+            continue;
+        }
+        if out.len() > 1 {
+            out.push(b',');
+        }
+        out.extend_from_slice(serde_json::Value::from(key.as_str()).to_string().as_bytes());
+        out.push(b':');
+        out.extend_from_slice(found.value.get().as_bytes());
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// One transaction of puts; in the shell a value that is not JSON is a
+/// string, as for `put`.
+fn mset_body(args: &MsetArgs, caller: Caller) -> Result<Vec<u8>, ClientError> {
+    if !args.pairs.len().is_multiple_of(2) {
+        return Err(ClientError::Usage(
+            "mset takes keys and values in pairs: mset K1 V1 K2 V2 ...".into(),
+        ));
+    }
+    let mut puts = Vec::with_capacity(args.pairs.len() / 2);
+    for pair in args.pairs.chunks(2) {
+        let text = match caller {
+            Caller::Shell => String::from_utf8(json_or_string(&pair[1]))
+                .map_err(|e| ClientError::Usage(e.to_string()))?,
+            Caller::CommandLine => pair[1].clone(),
+        };
+        let value = RawValue::from_string(text).map_err(|e| {
+            ClientError::Usage(format!("the value of {:?} is not JSON: {e}", pair[0]))
+        })?;
+        // Written as text: a `serde_json::Value` would round big numbers.
+        let mut put = format!(
+            "{{\"op\":\"put\",\"key\":{},\"value\":{}",
+            serde_json::Value::from(pair[0].as_str()),
+            value.get()
+        );
+        if let Some(ttl) = args.ttl {
+            put.push_str(&format!(",\"ttl\":{ttl}"));
+        }
+        put.push('}');
+        puts.push(put);
+    }
+    Ok(format!("{{\"success\":[{}]}}", puts.join(",")).into_bytes())
+}
+
+/// The bytes of `source`: a file, or stdin for `-` or nothing (not in the
+/// shell, whose stdin carries commands).
+fn read_source(
+    source: Option<&str>,
+    caller: Caller,
+    in_shell: &str,
+) -> Result<Vec<u8>, ClientError> {
+    match source {
+        None | Some("-") if caller == Caller::Shell => Err(ClientError::Usage(in_shell.into())),
+        None | Some("-") => {
+            let mut bytes = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut bytes)
+                .map_err(|e| ClientError::Usage(format!("cannot read standard input: {e}")))?;
+            Ok(bytes)
+        }
+        Some(path) => {
+            let path = path.strip_prefix('@').unwrap_or(path);
+            std::fs::read(path).map_err(|e| ClientError::Usage(format!("cannot read {path}: {e}")))
+        }
+    }
+}
+
 /// The bytes `put` sends: the argument, the file after `@`, or stdin.
 fn read_value(args: &PutArgs, caller: Caller) -> Result<Vec<u8>, ClientError> {
+    let in_shell = "put needs a value in the shell (JSON, a word, or @file)";
     match args.value.as_deref() {
-        None | Some("-") if caller == Caller::Shell => Err(ClientError::Usage(
-            "put needs a value in the shell (JSON, a word, or @file)".into(),
-        )),
-        None | Some("-") => {
-            let mut value = Vec::new();
-            std::io::stdin().read_to_end(&mut value).map_err(|e| {
-                ClientError::Usage(format!("cannot read the value from stdin: {e}"))
-            })?;
-            Ok(value)
-        }
-        Some(arg) => match arg.strip_prefix('@') {
-            Some(path) => std::fs::read(path)
-                .map_err(|e| ClientError::Usage(format!("cannot read {path}: {e}"))),
-            None if caller == Caller::Shell => Ok(json_or_string(arg)),
-            None => Ok(arg.as_bytes().to_vec()),
-        },
+        None | Some("-") => read_source(None, caller, in_shell),
+        Some(arg) if arg.starts_with('@') => read_source(Some(arg), caller, in_shell),
+        Some(arg) if caller == Caller::Shell => Ok(json_or_string(arg)),
+        Some(arg) => Ok(arg.as_bytes().to_vec()),
     }
 }
 

@@ -5,6 +5,7 @@
 mod background;
 mod pubsub;
 mod recovery;
+mod txn;
 
 use std::fs::File;
 use std::io::Write;
@@ -23,13 +24,14 @@ use crate::events::webhook::{DeliveryConfig, DeliveryPool};
 
 use crate::snapshot::{self, Step};
 use crate::store::{
-    Change, Entry, Journal, ListPage, Mutation, NoJournal, Outcome, Precondition, Store,
+    Change, Entry, EntryPage, Journal, ListPage, Mutation, NoJournal, Outcome, Precondition, Store,
     StoreError, Submitted, copy_value,
 };
-use crate::value::{self, ValueError};
+use crate::value::ValueError;
 use crate::wal::{BatchSink, Record, WalWriter};
 pub(crate) use pubsub::check_callback_url;
 pub use pubsub::{EventSubscription, Unsubscribe};
+pub use txn::{Op, Txn, TxnResult};
 
 /// Key names taken by routes under `/kv/`.
 pub const RESERVED_KEYS: [&str; 2] = ["count", "clear"];
@@ -52,6 +54,10 @@ pub enum DbError {
         /// The limit.
         max: usize,
     },
+    /// A value inside a larger request (a transaction's operation) is
+    /// larger than `max_value_bytes`; the message names the operation.
+    #[error("{0}")]
+    OpTooLarge(String),
     /// A parameter is out of range.
     #[error("{0}")]
     InvalidRequest(String),
@@ -201,6 +207,7 @@ impl BatchSink for ApplySink {
         for record in records {
             match record {
                 Record::Change(change) => self.store.apply(change, &mut |e| self.hub.emit(e)),
+                Record::Txn(changes) => self.store.apply_many(changes, &mut |e| self.hub.emit(e)),
                 Record::Meta(doc) => {
                     if let Err(e) = self.registry.apply_doc(&doc) {
                         tracing::error!("{e}");
@@ -212,8 +219,10 @@ impl BatchSink for ApplySink {
 
     fn failed(&mut self, records: Vec<Record>) {
         for record in &records {
-            if let Record::Change(change) = record {
-                self.store.abort(change);
+            match record {
+                Record::Change(change) => self.store.abort(change),
+                Record::Txn(changes) => self.store.abort_many(changes),
+                Record::Meta(_) => {}
             }
         }
     }
@@ -230,6 +239,17 @@ impl Journal for WalJournal<'_> {
             .submit(Record::Change(change))
             .map(Submitted::Deferred)
             .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    fn submit_txn(&self, changes: Vec<Change>) -> Result<Submitted<u64, Vec<Change>>, StoreError> {
+        self.0
+            .submit(Record::Txn(changes))
+            .map(Submitted::Deferred)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    fn barrier(&self) -> Option<u64> {
+        Some(self.0.last_seq())
     }
 }
 
@@ -420,6 +440,14 @@ impl Db {
         self.inner.store.list(prefix, after, limit, now_ms())
     }
 
+    /// [`Db::list`] with each key's entry, read as one consistent page:
+    /// no write lands between two of its entries.
+    pub fn list_entries(&self, prefix: &str, after: Option<&str>, limit: usize) -> EntryPage {
+        self.inner
+            .store
+            .list_entries(prefix, after, limit, now_ms())
+    }
+
     /// Number of keys, or of keys under `prefix`.
     pub fn count(&self, prefix: Option<&str>) -> usize {
         self.inner.store.count(prefix, now_ms())
@@ -571,20 +599,8 @@ impl Inner {
         options: PutOptions,
     ) -> Result<Outcome<u64>, DbError> {
         self.check_key(key)?;
-        if value.len() > self.config.max_value_bytes {
-            return Err(DbError::ValueTooLarge {
-                size: value.len(),
-                max: self.config.max_value_bytes,
-            });
-        }
-        value::validate(value)?;
-        let lifetime = options.ttl.or(self.config.retention);
-        let expires_at_ms = match lifetime {
-            Some(ttl) => {
-                now_ms().saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX))
-            }
-            None => 0,
-        };
+        self.check_value(value)?;
+        let expires_at_ms = self.expiry(options.ttl, now_ms());
         // A copy of its own: a slice of a request buffer would keep the
         // whole buffer alive for as long as the value lives.
         let value = copy_value(value);

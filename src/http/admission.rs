@@ -44,6 +44,16 @@ struct Rules {
     request_timeout: Duration,
     max_uri_bytes: usize,
     max_body_bytes: usize,
+    max_txn_bytes: usize,
+}
+
+/// How large a request's body may be.
+#[derive(Clone, Copy)]
+enum BodyLimit {
+    /// At most this many bytes; the flag that sets it, for the message.
+    Bytes(usize, &'static str),
+    /// Streamed to disk by its handler (`POST /system/import`).
+    Unlimited,
 }
 
 impl Rules {
@@ -79,12 +89,24 @@ impl Rules {
             .get(header::CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        if announced.is_some_and(|n| n > self.max_body_bytes as u64) {
-            return Err(ApiError::PayloadTooLarge(
-                "request body is larger than --max-value-bytes".into(),
-            ));
+        if let BodyLimit::Bytes(max, flag) = self.body_limit(req)
+            && announced.is_some_and(|n| n > max as u64)
+        {
+            return Err(ApiError::PayloadTooLarge(format!(
+                "request body is larger than {flag}"
+            )));
         }
         Ok(())
+    }
+
+    /// The body limit of the request's route: a transaction has its own,
+    /// an import streams any size, everything else takes one value.
+    fn body_limit(&self, req: &Request) -> BodyLimit {
+        match req.uri().path() {
+            "/txn" => BodyLimit::Bytes(self.max_txn_bytes, "--max-txn-bytes"),
+            "/system/import" => BodyLimit::Unlimited,
+            _ => BodyLimit::Bytes(self.max_body_bytes, "--max-value-bytes"),
+        }
     }
 }
 
@@ -138,6 +160,7 @@ impl AdmissionLayer {
                 request_timeout: config.request_timeout,
                 max_uri_bytes,
                 max_body_bytes: config.max_value_bytes,
+                max_txn_bytes: config.max_txn_bytes,
             }),
         }
     }
@@ -196,7 +219,10 @@ where
         // The body extractors read their limit from the request; only
         // requests that carry a body pay for the extension.
         if req.method() == Method::PUT || req.method() == Method::POST {
-            DefaultBodyLimit::max(self.rules.max_body_bytes).apply(&mut req);
+            match self.rules.body_limit(&req) {
+                BodyLimit::Bytes(max, _) => DefaultBodyLimit::max(max).apply(&mut req),
+                BodyLimit::Unlimited => DefaultBodyLimit::disable().apply(&mut req),
+            }
         }
         let timeout = self.rules.request_timeout;
         let deadline = (!is_stream(&req)).then(|| tokio::time::sleep(timeout));

@@ -147,6 +147,7 @@ impl From<DbError> for ApiError {
             }
             DbError::InvalidValue(e @ ValueError::TooDeep) => ApiError::InvalidJson(e.to_string()),
             e @ DbError::ValueTooLarge { .. } => ApiError::PayloadTooLarge(e.to_string()),
+            DbError::OpTooLarge(m) => ApiError::PayloadTooLarge(m),
             DbError::InvalidRequest(m) => ApiError::InvalidRequest(m),
             DbError::NotFound => ApiError::NotFound("key not found".into()),
             e @ DbError::PreconditionFailed { .. } => ApiError::PreconditionFailed(e.to_string()),

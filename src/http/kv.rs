@@ -121,8 +121,13 @@ pub(super) async fn put(
 
 /// The answer to a body that could not be read: 413 past the limit.
 pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
+    body_error_over(rejection, "--max-value-bytes")
+}
+
+/// [`body_error`] for a route whose limit the flag `flag` sets.
+pub(super) fn body_error_over(rejection: BytesRejection, flag: &str) -> ApiError {
     if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::PayloadTooLarge("request body is larger than --max-value-bytes".into())
+        ApiError::PayloadTooLarge(format!("request body is larger than {flag}"))
     } else {
         ApiError::InvalidRequest(format!(
             "could not read the body: {}",
@@ -238,6 +243,7 @@ pub(super) struct ListQuery {
     prefix: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
+    values: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -262,22 +268,82 @@ pub(super) async fn list(
             }
         },
     };
+    let with_values = match q.values.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "values must be true or false; got {other:?}"
+            )));
+        }
+    };
     let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
     let prefix = q.prefix.unwrap_or_default();
     // The walk is O(keys): keep it off the async workers.
     let db = state.db.clone();
-    let page = tokio::task::spawn_blocking(move || db.list(&prefix, after.as_deref(), limit))
-        .await
-        .map_err(|e| ApiError::Internal(format!("listing task failed: {e}")))?;
-    Ok(json(
-        StatusCode::OK,
-        &ListAnswer {
-            keys: page.keys,
-            next_cursor: page
-                .next_after
-                .map(|k| URL_SAFE_NO_PAD.encode(k.as_bytes())),
-        },
-    ))
+    let answer = tokio::task::spawn_blocking(move || {
+        if with_values {
+            entries_answer(&db.list_entries(&prefix, after.as_deref(), limit))
+        } else {
+            let page = db.list(&prefix, after.as_deref(), limit);
+            serde_json::to_vec(&ListAnswer {
+                keys: page.keys,
+                next_cursor: page.next_after.as_deref().map(encode_cursor),
+            })
+            .unwrap_or_default()
+        }
+    })
+    .await
+    .map_err(|e| ApiError::Internal(format!("listing task failed: {e}")))?;
+    Ok(json_bytes(StatusCode::OK, answer))
+}
+
+/// `{"items":[{"key","value","version","expires_at"}…],"next_cursor"}`,
+/// each value embedded as the stored bytes.
+fn entries_answer(page: &crate::store::EntryPage) -> Vec<u8> {
+    let values: usize = page
+        .items
+        .iter()
+        .map(|(k, e)| k.len() + e.value.len())
+        .sum();
+    let mut out = Vec::with_capacity(64 + values + page.items.len() * 80);
+    out.extend_from_slice(b"{\"items\":[");
+    for (i, (key, entry)) in page.items.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"key\":");
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &**key);
+        out.extend_from_slice(b",\"value\":");
+        out.extend_from_slice(&entry.value);
+        out.extend_from_slice(b",\"version\":");
+        out.extend_from_slice(itoa::Buffer::new().format(entry.version).as_bytes());
+        out.extend_from_slice(b",\"expires_at\":");
+        if entry.expires_at_ms == 0 {
+            out.extend_from_slice(b"null");
+        } else {
+            out.push(b'"');
+            out.extend_from_slice(super::rfc3339_ms(entry.expires_at_ms).as_bytes());
+            out.push(b'"');
+        }
+        out.push(b'}');
+    }
+    out.extend_from_slice(b"],\"next_cursor\":");
+    match page.next_after.as_deref() {
+        Some(key) => {
+            out.push(b'"');
+            out.extend_from_slice(encode_cursor(key).as_bytes());
+            out.push(b'"');
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+    out.push(b'}');
+    out
+}
+
+fn encode_cursor(after: &str) -> String {
+    URL_SAFE_NO_PAD.encode(after.as_bytes())
 }
 
 /// A cursor is the last key of the previous page, base64url-encoded so it

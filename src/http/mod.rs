@@ -13,6 +13,7 @@ mod pubsub;
 mod routes;
 mod server;
 mod system;
+mod txn;
 mod unread_body;
 
 use std::future::Future;

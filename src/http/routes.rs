@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use super::{AppState, feed, kv, pubsub, system};
+use super::{AppState, feed, kv, pubsub, system, txn};
 
 /// The OpenAPI 3 document of this API, served at `GET /openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -58,6 +58,7 @@ pub static ROUTES: &[Route] = &[
     Route::new(Method::DELETE, "/kv/{key}", |m| on(m, kv::delete)),
     Route::new(Method::GET, "/kv/{key}/exists", |m| on(m, kv::exists)),
     Route::new(Method::GET, "/kv/{key}/meta", |m| on(m, kv::meta)),
+    Route::new(Method::POST, "/txn", |m| on(m, txn::txn)),
     Route::new(Method::POST, "/pubsub/subscribe", |m| {
         on(m, pubsub::subscribe)
     }),

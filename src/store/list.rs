@@ -10,13 +10,22 @@ use std::collections::VecDeque;
 
 use compact_str::CompactString;
 
-use super::{Store, index};
+use super::{Entry, Store, index};
 
 /// One page of keys.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListPage {
     /// Keys in ascending byte order.
     pub keys: Vec<Box<str>>,
+    /// The last key of this page when more keys follow it.
+    pub next_after: Option<Box<str>>,
+}
+
+/// One page of keys with their entries, read at one instant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryPage {
+    /// Keys in ascending byte order, each with its committed entry.
+    pub items: Vec<(Box<str>, Entry)>,
     /// The last key of this page when more keys follow it.
     pub next_after: Option<Box<str>>,
 }
@@ -38,6 +47,30 @@ impl Store {
             keys: items,
             next_after,
         }
+    }
+
+    /// [`Store::list`] with a copy of each key's entry, as one consistent
+    /// read: every shard is read-locked (in ascending order) for the page,
+    /// so no write lands between two of its entries (the index changes
+    /// only under a shard's write lock too), and a transaction's writes are
+    /// all in it or none. Writers wait for the page: O(log n + page size).
+    /// The walk and the lookups take their shards' read locks again, which
+    /// DashMap's lock allows while a writer waits (see `multi.rs`).
+    pub fn list_entries(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        now_ms: u64,
+    ) -> EntryPage {
+        let locked = self.lock_all_read();
+        let Page { items, next_after } = self.page(prefix, after, limit, now_ms, |key| {
+            let entry = locked.entry(key)?;
+            entry
+                .is_live_by(|| now_ms)
+                .then(|| (Box::from(key), entry.to_entry()))
+        });
+        EntryPage { items, next_after }
     }
 
     /// Copies up to `chunk` visible keys of `shard` under `prefix` after

@@ -11,8 +11,10 @@
 mod change;
 mod index;
 mod list;
+mod multi;
 mod packed;
 mod ttl;
+mod txn;
 mod value_copy;
 
 use std::collections::HashMap;
@@ -26,9 +28,10 @@ use hashbrown::raw::RawTable;
 
 pub use change::{Change, ChangeEvent, ChangeKind};
 use index::Ordered;
-pub use list::ListPage;
+pub use list::{EntryPage, ListPage};
 use packed::Packed;
 use ttl::TtlIndex;
+pub use txn::{Compare, Condition, OpResult, TxnOp, TxnOutcome};
 pub use value_copy::copy_value;
 
 /// A fast, DoS-resistant hasher (randomly seeded per process).
@@ -66,11 +69,14 @@ impl Entry {
 /// The newest logged state of a key whose change has not been applied yet.
 /// Conditional writes are checked against it, so that two writers racing on
 /// one version cannot both pass while the first is still on its way to disk.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Head {
     exists: bool,
     version: u64,
     expires_at_ms: u64,
+    /// The logged value (a reference, not a copy), so that a transaction's
+    /// value compares and reads see the newest logged state too.
+    value: Option<Bytes>,
 }
 
 /// A committed entry as the store holds it, lent out under its shard's
@@ -155,10 +161,11 @@ pub enum StoreError {
     Unavailable(String),
 }
 
-/// What a journal does with a change handed to it under the key's lock.
-pub enum Submitted<T> {
+/// What a journal does with a change (or a transaction's changes, `C`)
+/// handed to it under the key's lock.
+pub enum Submitted<T, C = Change> {
     /// No log: the store applies the change at once.
-    ApplyNow(Change),
+    ApplyNow(C),
     /// The journal keeps the change and will call [`Store::apply`] once the
     /// log has accepted it; the ticket lets the writer wait for that.
     Deferred(T),
@@ -177,6 +184,21 @@ pub trait Journal {
     /// [`StoreError::Unavailable`] when the change cannot be logged; the
     /// store then changes nothing.
     fn submit(&self, change: Change) -> Result<Submitted<Self::Ticket>, StoreError>;
+
+    /// Takes a transaction's changes as one record (all or nothing), or
+    /// hands them back for immediate application.
+    ///
+    /// # Errors
+    ///
+    /// As [`Journal::submit`].
+    fn submit_txn(
+        &self,
+        changes: Vec<Change>,
+    ) -> Result<Submitted<Self::Ticket, Vec<Change>>, StoreError>;
+
+    /// A ticket that is ready once everything submitted so far is applied,
+    /// or `None` when nothing waits (no log).
+    fn barrier(&self) -> Option<Self::Ticket>;
 }
 
 /// A journal that applies every change at once (no persistence).
@@ -187,6 +209,14 @@ impl Journal for NoJournal {
 
     fn submit(&self, change: Change) -> Result<Submitted<()>, StoreError> {
         Ok(Submitted::ApplyNow(change))
+    }
+
+    fn submit_txn(&self, changes: Vec<Change>) -> Result<Submitted<(), Vec<Change>>, StoreError> {
+        Ok(Submitted::ApplyNow(changes))
+    }
+
+    fn barrier(&self) -> Option<()> {
+        None
     }
 }
 
@@ -240,6 +270,22 @@ impl Side {
         let state = self.lock();
         let head = state.pending.get(key)?;
         Some((head.exists, head.version, head.expires_at_ms))
+    }
+
+    /// The newest logged, unapplied state of `key` with its value.
+    fn head(&self, key: &str) -> Option<Head> {
+        if self.n_pending.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
+        self.lock().pending.get(key).cloned()
+    }
+
+    /// Records the newest logged state of `key` (under the shard's write
+    /// lock).
+    fn set_pending(&self, key: &str, head: Head) {
+        if self.lock().pending.insert(Box::from(key), head).is_none() {
+            self.n_pending.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Forgets the pending state of `key` if it is the one of `version`.
@@ -464,6 +510,7 @@ impl Store {
         }
 
         let version = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+        let pending_value = value.clone();
         let change = Change {
             key: Box::from(key),
             kind,
@@ -482,10 +529,9 @@ impl Store {
                     exists: kind == ChangeKind::Update,
                     version,
                     expires_at_ms,
+                    value: pending_value,
                 };
-                if side.lock().pending.insert(Box::from(key), head).is_none() {
-                    side.n_pending.fetch_add(1, Ordering::Relaxed);
-                }
+                side.set_pending(key, head);
                 Some(ticket)
             }
         };

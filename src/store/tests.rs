@@ -341,6 +341,94 @@ impl Journal for Deferring {
         self.0.lock().expect("lock").push(change);
         Ok(Submitted::Deferred(version))
     }
+
+    fn submit_txn(&self, changes: Vec<Change>) -> Result<Submitted<u64, Vec<Change>>, StoreError> {
+        let version = changes.last().map_or(0, |c| c.version);
+        self.0.lock().expect("lock").extend(changes);
+        Ok(Submitted::Deferred(version))
+    }
+
+    fn barrier(&self) -> Option<u64> {
+        Some(u64::MAX)
+    }
+}
+
+fn txn_put(key: &str, value: &'static [u8]) -> TxnOp {
+    TxnOp::Put {
+        key: Box::from(key),
+        value: Bytes::from_static(value),
+        expires_at_ms: 0,
+    }
+}
+
+fn txn_get(key: &str) -> TxnOp {
+    TxnOp::Get {
+        key: Box::from(key),
+    }
+}
+
+#[test]
+fn a_deferred_transaction_is_checked_against_and_applied_whole() {
+    let store = Store::new();
+    let journal = Deferring(std::sync::Mutex::new(Vec::new()));
+    let absent = |key: &str| Condition {
+        key: Box::from(key),
+        compare: Compare::Version(0),
+    };
+    let first = store
+        .txn(
+            &[absent("a")],
+            vec![txn_put("a", b"1"), txn_put("b", b"2"), txn_get("a")],
+            Vec::new(),
+            NOW,
+            &journal,
+            &mut |_| {},
+        )
+        .expect("txn");
+    assert!(first.succeeded);
+    assert_eq!(first.ticket, Some(2));
+    assert!(matches!(&first.results[2], OpResult::Get(Some(e)) if e.version == 1));
+    assert_eq!(
+        store.get("a", || NOW),
+        None,
+        "invisible before it is applied"
+    );
+    // A second transaction sees the logged state: its compare fails, and
+    // what it read waits for everything logged so far.
+    let second = store
+        .txn(
+            &[absent("a")],
+            Vec::new(),
+            vec![txn_get("b"), txn_put("c", b"3")],
+            NOW,
+            &journal,
+            &mut |_| {},
+        )
+        .expect("txn");
+    assert!(!second.succeeded);
+    assert!(matches!(&second.results[0], OpResult::Get(Some(e)) if &e.value[..] == b"2"));
+    let changes = std::mem::take(&mut *journal.0.lock().expect("lock"));
+    let (txn1, txn2) = changes.split_at(2);
+    store.apply_many(txn1.to_vec(), &mut |_| {});
+    assert_eq!(value(&store, "a", NOW).as_deref(), Some("1"));
+    assert_eq!(value(&store, "b", NOW).as_deref(), Some("2"));
+    store.abort_many(txn2);
+    assert_eq!(store.map.len(), 2, "the aborted put left no slot");
+    let read_only = store
+        .txn(
+            &[],
+            vec![txn_get("a"), txn_get("zz")],
+            Vec::new(),
+            NOW,
+            &journal,
+            &mut |_| {},
+        )
+        .expect("txn");
+    assert_eq!(
+        read_only.ticket, None,
+        "a batch read of applied state waits for nothing"
+    );
+    assert!(matches!(read_only.results[1], OpResult::Get(None)));
 }
 
 #[test]

@@ -15,6 +15,7 @@ const KIND_UPDATE: u8 = 1;
 const KIND_DELETE: u8 = 2;
 const KIND_EXPIRE: u8 = 3;
 const KIND_META: u8 = 16;
+const KIND_TXN: u8 = 17;
 
 /// One logged item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub enum Record {
     Change(Change),
     /// A control document of the database (subscriptions), as JSON.
     Meta(Bytes),
+    /// A transaction's changes, applied all together or not at all.
+    Txn(Vec<Change>),
 }
 
 /// What is wrong with the bytes at some offset.
@@ -46,12 +49,30 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             out.push(KIND_META);
             put_bytes(out, doc);
         }),
+        Record::Txn(changes) => framed(out, |out| {
+            out.push(KIND_TXN);
+            let n = u32::try_from(changes.len()).unwrap_or(u32::MAX);
+            out.extend_from_slice(&n.to_le_bytes());
+            for change in changes {
+                // Each change is the payload of a change record, length first.
+                let len_at = out.len();
+                out.extend_from_slice(&[0; 4]);
+                change_payload(change, out);
+                let len = u32::try_from(out.len() - len_at - 4).unwrap_or(u32::MAX);
+                out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+            }
+        }),
     }
 }
 
 /// Appends the framed record of one key's change to `out`.
 fn encode_change(change: &Change, out: &mut Vec<u8>) {
-    framed(out, |out| {
+    framed(out, |out| change_payload(change, out));
+}
+
+/// Appends the payload of one key's change to `out`.
+fn change_payload(change: &Change, out: &mut Vec<u8>) {
+    {
         let kind = match change.kind {
             ChangeKind::Update => KIND_UPDATE,
             ChangeKind::Delete => KIND_DELETE,
@@ -65,7 +86,7 @@ fn encode_change(change: &Change, out: &mut Vec<u8>) {
         if let Some(value) = &change.value {
             put_bytes(out, value);
         }
-    });
+    }
 }
 
 /// Writes the header around the payload that `payload` appends.
@@ -133,6 +154,28 @@ fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
     if kind == KIND_META {
         let doc = Bytes::copy_from_slice(r.bytes()?);
         return r.finish(Record::Meta(doc));
+    }
+    if kind == KIND_TXN {
+        let n = r.u32()?;
+        // Each change takes at least 33 bytes (its length and fixed
+        // fields): a count beyond that is damage, not a reason to allocate.
+        if n as usize > payload.len() / 33 {
+            return Err(DecodeError::Malformed(
+                "transaction count exceeds its payload",
+            ));
+        }
+        let mut changes = Vec::with_capacity(n as usize);
+        for _ in 0..n {
+            let inner = r.bytes()?;
+            if inner.first() == Some(&KIND_TXN) {
+                return Err(DecodeError::Malformed("a transaction inside a transaction"));
+            }
+            match decode_payload(inner)? {
+                Record::Change(change) => changes.push(change),
+                _ => return Err(DecodeError::Malformed("a transaction holds a non-change")),
+            }
+        }
+        return r.finish(Record::Txn(changes));
     }
     let kind = match kind {
         KIND_UPDATE => ChangeKind::Update,
@@ -239,6 +282,14 @@ mod tests {
         check(change(ChangeKind::Delete, "gone", None));
         check(change(ChangeKind::Expire, "old", None));
         check(Record::Meta(Bytes::from_static(b"{\"subscribe\":{}}")));
+        let Record::Change(put) = change(ChangeKind::Update, "a", Some("[1]")) else {
+            unreachable!()
+        };
+        let Record::Change(del) = change(ChangeKind::Delete, "b", None) else {
+            unreachable!()
+        };
+        check(Record::Txn(vec![put, del]));
+        check(Record::Txn(Vec::new()));
     }
 
     #[test]

@@ -405,6 +405,12 @@ impl WalWriter {
         Ok(seq)
     }
 
+    /// The sequence number of the last record submitted: waiting for it
+    /// waits for everything submitted so far.
+    pub fn last_seq(&self) -> u64 {
+        self.shared.lock_queue().last_seq
+    }
+
     /// Commits what is queued unless record `seq` is already durable.
     fn commit_for(&self, seq: u64) -> Result<(), WalError> {
         if let Some(result) = self.shared.check(seq) {
@@ -631,6 +637,7 @@ mod tests {
     fn version_of(record: &Record) -> u64 {
         match record {
             Record::Change(c) => c.version,
+            Record::Txn(changes) => changes.last().map_or(0, |c| c.version),
             Record::Meta(_) => 0,
         }
     }

@@ -1,0 +1,220 @@
+//! Transactions on the database: the request is checked as a whole (limits,
+//! keys, values, no key written twice in a branch) before anything runs,
+//! then the store runs it under the locks of all its keys and the WAL logs
+//! its writes as one record (see `store/txn.rs`).
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Db, DbError, Inner, WalJournal, now_ms};
+use crate::store::{Compare, Condition, NoJournal, OpResult, TxnOp, TxnOutcome, copy_value};
+use crate::value;
+
+/// One operation of a transaction, as a caller asks for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Store a JSON document (kept byte for byte).
+    Put {
+        /// The key.
+        key: String,
+        /// The document.
+        value: Bytes,
+        /// Expire the key this long after the write.
+        ttl: Option<Duration>,
+    },
+    /// Remove a key; nothing happens (and nothing is logged) if it is absent.
+    Delete {
+        /// The key.
+        key: String,
+    },
+    /// Read a key.
+    Get {
+        /// The key.
+        key: String,
+    },
+}
+
+/// A transaction: if every compare holds, `success` runs, else `failure`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Txn {
+    /// The conditions, all of which must hold.
+    pub compare: Vec<Condition>,
+    /// What runs when they do.
+    pub success: Vec<Op>,
+    /// What runs when one does not.
+    pub failure: Vec<Op>,
+}
+
+/// What a transaction did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TxnResult {
+    /// Whether every compare held (and `success` ran).
+    pub succeeded: bool,
+    /// The revision after the transaction's last write, or the current
+    /// revision when it wrote nothing.
+    pub revision: u64,
+    /// One result per operation of the branch that ran, in order.
+    pub results: Vec<OpResult>,
+}
+
+impl Db {
+    /// Runs `txn` atomically: its writes are one WAL record (all of them
+    /// survive a crash or none does), each takes its own revision, and no
+    /// reader sees some of them without the others. Returns once its writes
+    /// are durable per the fsync policy. A transaction of only `get`s is a
+    /// consistent batch read.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::InvalidRequest`] (naming the operation) for too many
+    /// operations, a key written twice in one branch or a bad value;
+    /// [`DbError::InvalidKey`], [`DbError::OpTooLarge`],
+    /// [`DbError::Unavailable`]. Nothing runs in any error case.
+    pub fn txn(&self, txn: Txn) -> Result<TxnResult, DbError> {
+        let outcome = self.inner.begin_txn(txn)?;
+        self.inner.finish_blocking(outcome.ticket)?;
+        Ok(result(outcome))
+    }
+
+    /// [`Db::txn`] for async callers.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::txn`].
+    pub async fn txn_async(&self, txn: Txn) -> Result<TxnResult, DbError> {
+        let outcome = self.inner.begin_txn(txn)?;
+        self.inner.finish(outcome.ticket).await?;
+        Ok(result(outcome))
+    }
+}
+
+fn result(outcome: TxnOutcome<u64>) -> TxnResult {
+    TxnResult {
+        succeeded: outcome.succeeded,
+        revision: outcome.revision,
+        results: outcome.results,
+    }
+}
+
+impl Inner {
+    fn begin_txn(&self, txn: Txn) -> Result<TxnOutcome<u64>, DbError> {
+        let max_ops = self.config.max_txn_ops;
+        let n_ops = txn.success.len() + txn.failure.len();
+        if n_ops > max_ops {
+            return Err(DbError::InvalidRequest(format!(
+                "the transaction has {n_ops} operations in success and failure; at most {max_ops} are allowed (--max-txn-ops)"
+            )));
+        }
+        if txn.compare.len() > max_ops {
+            return Err(DbError::InvalidRequest(format!(
+                "the transaction has {} compares; at most {max_ops} are allowed (--max-txn-ops)",
+                txn.compare.len()
+            )));
+        }
+        for (i, c) in txn.compare.iter().enumerate() {
+            let at = || format!("compare[{i}]");
+            self.check_key(&c.key).map_err(|e| within(&at(), e))?;
+            if let Compare::Value(doc) = &c.compare {
+                self.check_value(doc).map_err(|e| within(&at(), e))?;
+            }
+        }
+        let now = now_ms();
+        let success = self.check_branch("success", txn.success, now)?;
+        let failure = self.check_branch("failure", txn.failure, now)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(DbError::Unavailable("the database is shutting down".into()));
+        }
+        let emit = &mut |event| self.hub.emit(event);
+        let outcome = match &self.wal {
+            Some(wal) => {
+                self.store
+                    .txn(&txn.compare, success, failure, now, &WalJournal(wal), emit)?
+            }
+            None => {
+                let o = self
+                    .store
+                    .txn(&txn.compare, success, failure, now, &NoJournal, emit)?;
+                TxnOutcome {
+                    succeeded: o.succeeded,
+                    revision: o.revision,
+                    results: o.results,
+                    ticket: None,
+                }
+            }
+        };
+        Ok(outcome)
+    }
+
+    /// Checks one branch and turns it into store operations: keys, values,
+    /// expiry times, and no key written twice.
+    fn check_branch(&self, name: &str, ops: Vec<Op>, now: u64) -> Result<Vec<TxnOp>, DbError> {
+        let mut written: HashMap<String, usize> = HashMap::new();
+        let mut checked = Vec::with_capacity(ops.len());
+        for (i, op) in ops.into_iter().enumerate() {
+            let at = format!("{name}[{i}]");
+            let key = match &op {
+                Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => key,
+            };
+            self.check_key(key).map_err(|e| within(&at, e))?;
+            if !matches!(op, Op::Get { .. }) {
+                if let Some(first) = written.get(key.as_str()) {
+                    return Err(DbError::InvalidRequest(format!(
+                        "{at}: key {key:?} is already written by {name}[{first}]; a transaction writes each key at most once"
+                    )));
+                }
+                written.insert(key.clone(), i);
+            }
+            checked.push(match op {
+                Op::Put { key, value, ttl } => {
+                    self.check_value(&value).map_err(|e| within(&at, e))?;
+                    TxnOp::Put {
+                        key: key.into_boxed_str(),
+                        value: copy_value(&value),
+                        expires_at_ms: self.expiry(ttl, now),
+                    }
+                }
+                Op::Delete { key } => TxnOp::Delete {
+                    key: key.into_boxed_str(),
+                },
+                Op::Get { key } => TxnOp::Get {
+                    key: key.into_boxed_str(),
+                },
+            });
+        }
+        Ok(checked)
+    }
+
+    /// Unix ms at which a value written at `now` with `ttl` (or the
+    /// retention policy) expires; 0 for never.
+    pub(super) fn expiry(&self, ttl: Option<Duration>, now: u64) -> u64 {
+        match ttl.or(self.config.retention) {
+            Some(ttl) => now.saturating_add(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            None => 0,
+        }
+    }
+
+    /// A value's size and syntax.
+    pub(super) fn check_value(&self, value: &[u8]) -> Result<(), DbError> {
+        if value.len() > self.config.max_value_bytes {
+            return Err(DbError::ValueTooLarge {
+                size: value.len(),
+                max: self.config.max_value_bytes,
+            });
+        }
+        value::validate(value)?;
+        Ok(())
+    }
+}
+
+/// The error `e` of the operation named `at`, saying which one it was.
+fn within(at: &str, e: DbError) -> DbError {
+    match e {
+        DbError::InvalidKey(why) => DbError::InvalidKey(format!("{at}: {why}")),
+        DbError::ValueTooLarge { .. } => DbError::OpTooLarge(format!("{at}: {e}")),
+        DbError::InvalidValue(why) => DbError::InvalidRequest(format!("{at}: value: {why}")),
+        other => other,
+    }
+}

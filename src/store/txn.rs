@@ -1,0 +1,355 @@
+//! Transactions in the store: compares, then one branch of operations,
+//! with the shards of every key involved held at once (`multi.rs`).
+//!
+//! A transaction with writes locks its shards for writing, checks its
+//! compares against each key's newest logged state (as `If-Match` does),
+//! takes one revision per write, and hands all its changes to the journal
+//! as one record before it lets go: no other writer can slip between its
+//! compares and its writes, and the record is applied with the same shards
+//! held again (see [`Store::apply_many`]), so readers see all of it or none.
+//! A transaction without writes in either branch is a batch read: it takes
+//! read locks and sees the committed state of its keys at one instant.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::multi::WriteLocked;
+use super::packed::Packed;
+use super::{
+    Change, ChangeEvent, ChangeKind, Entry, Head, Indexing, Journal, Store, StoreError, Submitted,
+};
+use crate::json_eq::json_eq;
+
+/// What a compare asks of a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Compare {
+    /// The key is at this version; 0 means it is absent (as in etcd).
+    Version(u64),
+    /// The key exists (`true`) or not (`false`).
+    Exists(bool),
+    /// The key holds a document equal to this one as JSON.
+    Value(Bytes),
+}
+
+/// One compare of a transaction.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    /// The key compared.
+    pub key: Box<str>,
+    /// What must hold.
+    pub compare: Compare,
+}
+
+/// One operation of a transaction's branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxnOp {
+    /// Store a validated document.
+    Put {
+        /// The key written.
+        key: Box<str>,
+        /// The document, byte for byte.
+        value: Bytes,
+        /// Unix milliseconds of expiry, 0 for never.
+        expires_at_ms: u64,
+    },
+    /// Remove a key (nothing happens if it is absent).
+    Delete {
+        /// The key removed.
+        key: Box<str>,
+    },
+    /// Read a key.
+    Get {
+        /// The key read.
+        key: Box<str>,
+    },
+}
+
+impl TxnOp {
+    /// The key the operation is about.
+    pub fn key(&self) -> &str {
+        match self {
+            TxnOp::Put { key, .. } | TxnOp::Delete { key } | TxnOp::Get { key } => key,
+        }
+    }
+
+    /// Whether it changes the key.
+    pub fn is_write(&self) -> bool {
+        !matches!(self, TxnOp::Get { .. })
+    }
+}
+
+/// The result of one operation, in the order of the branch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OpResult {
+    /// A put: the key's new version and whether it was new.
+    Put {
+        /// The revision the put took.
+        version: u64,
+        /// Whether the key did not exist before.
+        created: bool,
+    },
+    /// A delete: the revision it took, `None` when the key was absent.
+    Delete {
+        /// The revision of the delete, if anything was deleted.
+        version: Option<u64>,
+    },
+    /// A get: the entry, if the key exists.
+    Get(Option<Entry>),
+}
+
+/// What a transaction did.
+#[derive(Debug)]
+pub struct TxnOutcome<T> {
+    /// Whether every compare held (and `success` ran).
+    pub succeeded: bool,
+    /// The last revision the transaction took, or the store's revision
+    /// when it wrote nothing.
+    pub revision: u64,
+    /// One result per operation of the branch that ran.
+    pub results: Vec<OpResult>,
+    /// Wait on it before answering: the transaction's record, or (for one
+    /// that wrote nothing but saw a logged, unapplied change) everything
+    /// logged so far.
+    pub ticket: Option<T>,
+}
+
+/// A key's state as a transaction sees it.
+#[derive(Debug, Clone)]
+struct View {
+    version: u64,
+    expires_at_ms: u64,
+    /// The value; empty when the caller did not need it.
+    value: Bytes,
+}
+
+impl View {
+    fn entry(self) -> Entry {
+        Entry {
+            value: self.value,
+            version: self.version,
+            expires_at_ms: self.expires_at_ms,
+        }
+    }
+
+    /// A committed entry's state, if it is live at `now_ms`; its value is
+    /// copied only when `need_value`.
+    fn committed(entry: Option<&Packed>, now_ms: u64, need_value: bool) -> Option<View> {
+        entry.filter(|e| e.is_live_by(|| now_ms)).map(|e| View {
+            version: e.version(),
+            expires_at_ms: e.expires_at_ms(),
+            value: if need_value {
+                Bytes::copy_from_slice(e.value())
+            } else {
+                Bytes::new()
+            },
+        })
+    }
+}
+
+fn holds(compare: &Compare, view: Option<&View>) -> bool {
+    match compare {
+        Compare::Version(0) => view.is_none(),
+        Compare::Version(v) => view.is_some_and(|view| view.version == *v),
+        Compare::Exists(exists) => view.is_some() == *exists,
+        Compare::Value(doc) => view.is_some_and(|view| json_eq(&view.value, doc)),
+    }
+}
+
+impl Store {
+    /// Runs a transaction: if every condition holds, `success`, else
+    /// `failure`. The caller has checked the operations (no key written
+    /// twice in a branch, valid keys and values).
+    ///
+    /// # Errors
+    ///
+    /// The journal's error; nothing changed then.
+    pub fn txn<J: Journal>(
+        &self,
+        conditions: &[Condition],
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+        now_ms: u64,
+        journal: &J,
+        emit: &mut dyn FnMut(ChangeEvent),
+    ) -> Result<TxnOutcome<J::Ticket>, StoreError> {
+        let keys = || {
+            conditions
+                .iter()
+                .map(|c| &*c.key)
+                .chain(success.iter().chain(&failure).map(TxnOp::key))
+        };
+        if !success.iter().chain(&failure).any(TxnOp::is_write) {
+            let locked = self.lock_read(keys());
+            let view =
+                |key: &str, need_value| View::committed(locked.entry(key), now_ms, need_value);
+            let succeeded = conditions.iter().all(|c| {
+                let need_value = matches!(c.compare, Compare::Value(_));
+                holds(&c.compare, view(&c.key, need_value).as_ref())
+            });
+            let branch = if succeeded { &success } else { &failure };
+            let results = branch
+                .iter()
+                .map(|op| OpResult::Get(view(op.key(), true).map(View::entry)))
+                .collect();
+            return Ok(TxnOutcome {
+                succeeded,
+                revision: self.revision(),
+                results,
+                ticket: None,
+            });
+        }
+
+        let mut locked = self.lock_write(keys());
+        let mut saw_pending = false;
+        // The state after the branch's earlier writes, for later gets.
+        let mut written: HashMap<&str, Option<View>> = HashMap::new();
+        let mut view = |locked: &mut WriteLocked<'_>,
+                        written: &HashMap<&str, Option<View>>,
+                        key: &str,
+                        need_value: bool| {
+            if let Some(state) = written.get(key) {
+                return state.clone();
+            }
+            match self.sides[self.place(key).shard].head(key) {
+                Some(head) => {
+                    saw_pending = true;
+                    let live =
+                        head.exists && (head.expires_at_ms == 0 || head.expires_at_ms > now_ms);
+                    live.then(|| View {
+                        version: head.version,
+                        expires_at_ms: head.expires_at_ms,
+                        value: head.value.unwrap_or_default(),
+                    })
+                }
+                None => View::committed(locked.entry(key), now_ms, need_value),
+            }
+        };
+        let succeeded = conditions.iter().all(|c| {
+            let need_value = matches!(c.compare, Compare::Value(_));
+            holds(
+                &c.compare,
+                view(&mut locked, &written, &c.key, need_value).as_ref(),
+            )
+        });
+        let branch = if succeeded { success } else { failure };
+        let mut results = Vec::with_capacity(branch.len());
+        let mut changes = Vec::new();
+        for op in &branch {
+            let need_value = matches!(op, TxnOp::Get { .. });
+            let current = view(&mut locked, &written, op.key(), need_value);
+            match op {
+                TxnOp::Get { .. } => results.push(OpResult::Get(current.map(View::entry))),
+                TxnOp::Put {
+                    key,
+                    value,
+                    expires_at_ms,
+                } => {
+                    let version = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+                    results.push(OpResult::Put {
+                        version,
+                        created: current.is_none(),
+                    });
+                    written.insert(
+                        &**key,
+                        Some(View {
+                            version,
+                            expires_at_ms: *expires_at_ms,
+                            value: value.clone(),
+                        }),
+                    );
+                    changes.push(Change {
+                        key: key.clone(),
+                        kind: ChangeKind::Update,
+                        value: Some(value.clone()),
+                        version,
+                        expires_at_ms: *expires_at_ms,
+                        timestamp_ms: now_ms,
+                    });
+                }
+                TxnOp::Delete { key } => {
+                    if current.is_none() {
+                        results.push(OpResult::Delete { version: None });
+                        continue;
+                    }
+                    let version = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+                    results.push(OpResult::Delete {
+                        version: Some(version),
+                    });
+                    written.insert(&**key, None);
+                    changes.push(Change {
+                        key: key.clone(),
+                        kind: ChangeKind::Delete,
+                        value: None,
+                        version,
+                        expires_at_ms: 0,
+                        timestamp_ms: now_ms,
+                    });
+                }
+            }
+        }
+        let Some(last) = changes.last().map(|c| c.version) else {
+            return Ok(TxnOutcome {
+                succeeded,
+                revision: self.revision(),
+                results,
+                ticket: if saw_pending { journal.barrier() } else { None },
+            });
+        };
+        let heads: Vec<(Box<str>, Head)> = changes
+            .iter()
+            .map(|c| {
+                (
+                    c.key.clone(),
+                    Head {
+                        exists: c.kind == ChangeKind::Update,
+                        version: c.version,
+                        expires_at_ms: c.expires_at_ms,
+                        value: c.value.clone(),
+                    },
+                )
+            })
+            .collect();
+        let ticket = match journal.submit_txn(changes)? {
+            Submitted::ApplyNow(changes) => {
+                for change in changes {
+                    let place = self.place(&change.key);
+                    let table = locked.table(place);
+                    self.apply_locked(table, place, change, Some(&mut *emit), Indexing::Keep);
+                }
+                None
+            }
+            Submitted::Deferred(ticket) => {
+                for (key, head) in heads {
+                    self.sides[self.place(&key).shard].set_pending(&key, head);
+                }
+                Some(ticket)
+            }
+        };
+        Ok(TxnOutcome {
+            succeeded,
+            revision: last,
+            results,
+            ticket,
+        })
+    }
+
+    /// Applies a transaction's changes that the log has accepted, with the
+    /// shards of all its keys held, so readers see all of them or none.
+    pub fn apply_many(&self, changes: Vec<Change>, emit: &mut dyn FnMut(ChangeEvent)) {
+        let mut locked = self.lock_write(changes.iter().map(|c| &*c.key));
+        for change in changes {
+            let place = self.place(&change.key);
+            let table = locked.table(place);
+            self.apply_locked(table, place, change, Some(&mut *emit), Indexing::Keep);
+        }
+    }
+
+    /// Forgets the pending states of a transaction the log failed to take.
+    pub fn abort_many(&self, changes: &[Change]) {
+        for change in changes {
+            self.abort(change);
+        }
+    }
+}
