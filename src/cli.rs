@@ -12,8 +12,8 @@ use dododb::config::{AuthToken, Config, FsyncPolicy, Storage};
 
 use crate::client::Remote;
 use crate::client::args::{
-    Connect, CountArgs, DelArgs, GetArgs, LsArgs, MgetArgs, MsetArgs, PutArgs, SubscribeArgs,
-    TxnArgs, WatchArgs,
+    Connect, CountArgs, DelArgs, ExportArgs, GetArgs, ImportArgs, LsArgs, MgetArgs, MsetArgs,
+    PutArgs, SubscribeArgs, TxnArgs, WatchArgs,
 };
 
 /// DodoDB: an in-memory JSON key-value database and pub/sub service.
@@ -57,6 +57,13 @@ pub enum Command {
     Mget(Remote<MgetArgs>),
     /// Write several keys of a running server in one transaction.
     Mset(Remote<MsetArgs>),
+    /// Import an export file into a running server (checked whole first).
+    Import(Remote<ImportArgs>),
+    /// Print every entry of a running server in the export format.
+    Export(Remote<ExportArgs>),
+    /// Build a data directory from an export file, offline (no server);
+    /// refuses a non-empty directory unless --force.
+    Restore(RestoreArgs),
     /// An interactive shell against a running server, with history.
     #[command(name = "cli")]
     Shell(Connect),
@@ -143,6 +150,25 @@ pub struct RepairArgs {
     /// The data directory to repair.
     #[arg(long, env = "DODODB_DATA_DIR", default_value = "./dododb-data")]
     pub data_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    /// The data directory to build.
+    #[arg(long, env = "DODODB_DATA_DIR", default_value = "./dododb-data")]
+    pub data_dir: PathBuf,
+    /// The export file (from `dododb export` or `GET /system/export`).
+    pub file: PathBuf,
+    /// Restore into a directory that already holds data: every key it
+    /// holds is deleted first.
+    #[arg(long)]
+    pub force: bool,
+    /// Longest accepted key, in bytes (as the server's flag).
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_key_bytes: u64,
+    /// Largest accepted value, in bytes (as the server's flag).
+    #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_value_bytes: u64,
 }
 
 impl ServeArgs {

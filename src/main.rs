@@ -11,7 +11,7 @@ use anyhow::Context;
 use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
-use cli::{Cli, Command, RepairArgs, ServeArgs};
+use cli::{Cli, Command, RepairArgs, RestoreArgs, ServeArgs};
 use client::{ClientCommand, Connect};
 use dododb::Db;
 
@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             init_logging();
             repair(args)
         }
+        Job::Restore(args) => restore(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -76,6 +77,7 @@ fn init_logging() {
 enum Job {
     Serve(ServeArgs),
     Repair(RepairArgs),
+    Restore(RestoreArgs),
     Client(Connect, ClientCommand),
     Shell(Connect),
 }
@@ -95,6 +97,9 @@ fn job(cli: Cli) -> Job {
         Some(Command::Txn(r)) => Job::Client(r.connect, ClientCommand::Txn(r.args)),
         Some(Command::Mget(r)) => Job::Client(r.connect, ClientCommand::Mget(r.args)),
         Some(Command::Mset(r)) => Job::Client(r.connect, ClientCommand::Mset(r.args)),
+        Some(Command::Import(r)) => Job::Client(r.connect, ClientCommand::Import(r.args)),
+        Some(Command::Export(r)) => Job::Client(r.connect, ClientCommand::Export(r.args)),
+        Some(Command::Restore(args)) => Job::Restore(args),
         Some(Command::Shell(connect)) => Job::Shell(connect),
     }
 }
@@ -170,6 +175,65 @@ async fn shutdown_signal() {
         () = terminate => {},
     }
     tracing::info!("shutdown requested: finishing in-flight requests");
+}
+
+/// `dododb restore`: opens the directory as a database, imports the file
+/// through the same checks and write path as `POST /system/import`, and
+/// closes it (WAL synced, final snapshot written).
+fn restore(args: RestoreArgs) -> anyhow::Result<()> {
+    let dir = &args.data_dir;
+    let holds_data = dir.exists()
+        && std::fs::read_dir(dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .next()
+            .is_some();
+    anyhow::ensure!(
+        !holds_data || args.force,
+        "{} is not empty; restore builds a new data directory (--force replaces every key it holds)",
+        dir.display()
+    );
+    let mut file = std::fs::File::open(&args.file)
+        .with_context(|| format!("cannot read {}", args.file.display()))?;
+    let config = dododb::Config {
+        fsync: dododb::FsyncPolicy::Never,
+        snapshot_interval: None,
+        max_key_bytes: usize::try_from(args.max_key_bytes).unwrap_or(usize::MAX),
+        max_value_bytes: usize::try_from(args.max_value_bytes).unwrap_or(usize::MAX),
+        ..dododb::Config::with_dir(dir)
+    };
+    let db = Db::open(config)?;
+    let mut spool = db.import_spool()?;
+    let mut chunk = vec![0; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut chunk)
+            .with_context(|| format!("cannot read {}", args.file.display()))?;
+        if n == 0 {
+            break;
+        }
+        spool.push(&chunk[..n])?;
+    }
+    let spooled = spool.finish()?;
+    let skipped = spooled.metas;
+    let mode = if holds_data {
+        dododb::db::ImportMode::Replace
+    } else {
+        dododb::db::ImportMode::Merge
+    };
+    let done = db.apply_import(spooled, mode)?;
+    db.close()?;
+    println!(
+        "restored {} entries into {} (revision {}; {} already expired left out{})",
+        done.imported,
+        dir.display(),
+        done.revision,
+        done.expired,
+        if skipped > 0 {
+            format!("; {skipped} subscriptions not restored")
+        } else {
+            String::new()
+        }
+    );
+    Ok(())
 }
 
 fn repair(args: RepairArgs) -> anyhow::Result<()> {

@@ -257,6 +257,41 @@ impl Api {
         Api::body(response, &url)
     }
 
+    /// `POST /system/import[?mode=replace]`, streaming `body` (no timeout:
+    /// an import may take long): the server's answer.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub fn import(
+        &self,
+        body: reqwest::blocking::Body,
+        replace: bool,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = self.url("/system/import");
+        let mut request = self
+            .stream
+            .post(&url)
+            .header(header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body);
+        if replace {
+            request = request.query(&[("mode", "replace")]);
+        }
+        let response = self.send(request, &url)?;
+        Api::body(response, &url)
+    }
+
+    /// Opens `GET /system/export`; the answer's body is the export, with no
+    /// timeout.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub fn export(&self) -> Result<Response, ClientError> {
+        let url = self.url("/system/export");
+        self.send(self.stream.get(&url), &url)
+    }
+
     /// `POST /pubsub/subscribe` with `body`: the server's answer.
     ///
     /// # Errors

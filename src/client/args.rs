@@ -1,5 +1,6 @@
 //! The clap types of the client commands (`get`, `put`, `del`, `ls`,
-//! `count`, `watch`, `subscribe`, `txn`, `mget`, `mset`), shared by the command line and the
+//! `count`, `watch`, `subscribe`, `txn`, `mget`, `mset`, `import`,
+//! `export`), shared by the command line and the
 //! interactive shell so both accept the same words. Parsing only: no I/O.
 
 use clap::{Args, Subcommand};
@@ -54,7 +55,26 @@ pub enum ClientCommand {
     Mget(MgetArgs),
     /// Write several keys at once (one transaction): `mset K1 V1 K2 V2 ...`.
     Mset(MsetArgs),
+    /// Import an export file (every line is checked before anything is
+    /// written).
+    Import(ImportArgs),
+    /// Write every entry to standard output in the export format (a backup).
+    Export(ExportArgs),
 }
+
+/// `import FILE [--replace]`.
+#[derive(Args, Debug, Clone)]
+pub struct ImportArgs {
+    /// The export file, or `-` to read standard input.
+    pub file: String,
+    /// Delete every key first (`?mode=replace`).
+    #[arg(long)]
+    pub replace: bool,
+}
+
+/// `export`.
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {}
 
 /// `txn [FILE]`.
 #[derive(Args, Debug, Clone)]

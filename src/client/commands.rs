@@ -1,7 +1,7 @@
 //! Runs one [`ClientCommand`] against a server and prints its result; the
 //! command line and the shell both come through here.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use super::api::{Api, Condition};
 use serde_json::value::RawValue;
@@ -108,6 +108,32 @@ pub fn execute(
         }
         ClientCommand::Mset(args) => {
             printer.json(&api.txn(mset_body(args, caller)?)?)?;
+        }
+        ClientCommand::Import(args) => {
+            let body = match args.file.as_str() {
+                "-" if caller == Caller::Shell => {
+                    return Err(ClientError::Usage(
+                        "import needs a file in the shell".into(),
+                    ));
+                }
+                "-" => reqwest::blocking::Body::new(std::io::stdin()),
+                path => {
+                    let path = path.strip_prefix('@').unwrap_or(path);
+                    let file = std::fs::File::open(path)
+                        .map_err(|e| ClientError::Usage(format!("cannot read {path}: {e}")))?;
+                    reqwest::blocking::Body::from(file)
+                }
+            };
+            printer.json(&api.import(body, args.replace)?)?;
+        }
+        ClientCommand::Export(_) => {
+            let mut response = api.export()?;
+            let mut out = std::io::stdout().lock();
+            // A transport error mid-stream would look like an output error.
+            response
+                .copy_to(&mut out)
+                .map_err(|e| ClientError::Protocol(format!("the export stopped: {e}")))?;
+            out.flush()?;
         }
     }
     Ok(())

@@ -3,6 +3,7 @@
 //! users call only this.
 
 mod background;
+mod import;
 mod pubsub;
 mod recovery;
 mod txn;
@@ -29,6 +30,7 @@ use crate::store::{
 };
 use crate::value::ValueError;
 use crate::wal::{BatchSink, Record, WalWriter};
+pub use import::{ImportMode, ImportResult, ImportSpool, Spooled};
 pub(crate) use pubsub::check_callback_url;
 pub use pubsub::{EventSubscription, Unsubscribe};
 pub use txn::{Op, Txn, TxnResult};

@@ -65,6 +65,11 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, DbError> {
     for leftover in snapshot::remove_leftovers(dir).map_err(|e| storage(&e))? {
         tracing::warn!(file = %leftover.display(), "removed a temporary file left by an interrupted snapshot");
     }
+    let spools = super::import::remove_leftovers(dir)
+        .map_err(|e| DbError::Storage(format!("{}: {e}", dir.display())))?;
+    for leftover in spools {
+        tracing::warn!(file = %leftover.display(), "removed the spool file of an interrupted import");
+    }
     let segments = segment::list(dir).map_err(|e| storage(&e))?;
     let snapshots = snapshot::list(dir).map_err(|e| storage(&e))?;
     let oldest_segment = segments.first().copied();

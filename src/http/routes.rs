@@ -77,6 +77,7 @@ pub static ROUTES: &[Route] = &[
     Route::new(Method::GET, "/system/export", |m| {
         on(m, system::export).layer(super::gzip())
     }),
+    Route::new(Method::POST, "/system/import", |m| on(m, system::import)),
     Route::new(Method::GET, "/events", |m| on(m, feed::events)),
     Route::new(Method::GET, "/ws", |m| on(m, feed::ws)),
     Route::new(Method::GET, "/metrics", |m| on(m, metrics)),

@@ -1,12 +1,15 @@
 //! Handlers of the `/system` routes (SPEC §7).
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+
+use crate::db::ImportMode;
 
 use super::error::ApiError;
 use super::{AppState, json, rfc3339_ms};
@@ -206,4 +209,87 @@ pub(super) async fn export(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("application/x-ndjson"),
     );
     response
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ImportQuery {
+    mode: Option<String>,
+}
+
+/// `POST /system/import`: the body is streamed to a blocking task that
+/// checks every line and spools the entries; only a wholly good export is
+/// then applied. A refusal may come before the body is read to its end, so
+/// it closes the connection.
+pub(super) async fn import(
+    State(state): State<AppState>,
+    q: Result<Query<ImportQuery>, QueryRejection>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let q = q
+        .map(|Query(q)| q)
+        .map_err(|e| ApiError::InvalidRequest(format!("bad query string: {}", e.body_text())))?;
+    let mode = match q.mode.as_deref() {
+        None | Some("merge") => ImportMode::Merge,
+        Some("replace") => ImportMode::Replace,
+        Some(other) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "mode must be merge or replace; got {other:?}"
+            )));
+        }
+    };
+    let db = state.db.clone();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    let checker = tokio::task::spawn_blocking(move || {
+        let mut spool = db.import_spool()?;
+        while let Some(chunk) = rx.blocking_recv() {
+            spool.push(&chunk)?;
+        }
+        let spooled = spool.finish()?;
+        let metas = spooled.metas;
+        db.apply_import(spooled, mode).map(|done| (done, metas))
+    });
+    let mut body = body.into_data_stream();
+    let mut read_error = None;
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        match chunk {
+            // The checker stopped early (a bad line): its error says why.
+            Ok(chunk) => {
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                read_error = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    let outcome = checker
+        .await
+        .map_err(|e| ApiError::Internal(format!("import task failed: {e}")))?;
+    if let Some(e) = read_error {
+        return Err(ApiError::InvalidRequest(format!(
+            "could not read the body: {e}; nothing was imported"
+        )));
+    }
+    match outcome {
+        Ok((done, metas)) => Ok(json(
+            StatusCode::OK,
+            &json!({
+                "imported": done.imported,
+                "revision": done.revision,
+                "expired": done.expired,
+                "skipped_subscriptions": metas,
+            }),
+        )),
+        Err(e) => {
+            let mut response = ApiError::from(e).into_response();
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Ok(response)
+        }
+    }
 }

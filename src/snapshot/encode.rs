@@ -136,7 +136,9 @@ pub fn encode(
 
 /// One entry line. A value with whitespace around it is stored as a string
 /// (`value_text`), because a JSON parser reading it back as a value would
-/// lose that whitespace and GET must return the bytes exactly.
+/// lose that whitespace and GET must return the bytes exactly. So is a value
+/// with a newline inside it, so that every entry is one line: an import
+/// names the line of a bad entry, and a reader can split on newlines.
 fn encode_entry(key: &str, entry: EntryRef<'_>, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b"{\"key\":");
     // Serializing a str into a Vec cannot fail.
@@ -146,7 +148,7 @@ fn encode_entry(key: &str, entry: EntryRef<'_>, buf: &mut Vec<u8>) {
     buf.extend_from_slice(b",\"expires_at_ms\":");
     buf.extend_from_slice(itoa::Buffer::new().format(entry.expires_at_ms).as_bytes());
     let value = entry.value;
-    if value.trim_ascii() == value {
+    if value.trim_ascii() == value && !value.contains(&b'\n') {
         buf.extend_from_slice(b",\"value\":");
         buf.extend_from_slice(value);
     } else {

@@ -313,6 +313,68 @@ fn read_entries<'a>(
     Ok(())
 }
 
+/// One line of a snapshot or export, as an import reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExportLine<'a> {
+    /// The header; the format version it names.
+    Header(u32),
+    /// A control document (a subscription).
+    Meta,
+    /// One entry: its key, its document byte for byte, its expiry (Unix
+    /// ms, 0 for never).
+    Entry {
+        /// The key.
+        key: Cow<'a, str>,
+        /// The stored document.
+        value: Cow<'a, [u8]>,
+        /// Unix milliseconds of expiry, 0 for never.
+        expires_at_ms: u64,
+    },
+    /// The trailer: how many entries came before it, and the CRC32C of
+    /// every byte before it.
+    Trailer {
+        /// Entries before the trailer.
+        entries: u64,
+        /// CRC32C of every byte before the trailer line.
+        crc32c: u32,
+    },
+}
+
+/// Reads one line of the snapshot format (without its newline).
+///
+/// # Errors
+///
+/// A sentence saying what is wrong with the line.
+pub fn parse_line(line: &[u8]) -> Result<ExportLine<'_>, String> {
+    let line: Line<'_> = serde_json::from_slice(line).map_err(|e| format!("not JSON: {e}"))?;
+    if let Some(version) = line.dododb_snapshot {
+        return Ok(ExportLine::Header(version));
+    }
+    if line.meta.is_some() {
+        return Ok(ExportLine::Meta);
+    }
+    if line.end == Some(true) {
+        return match (line.entries, line.crc32c) {
+            (Some(entries), Some(crc32c)) => Ok(ExportLine::Trailer { entries, crc32c }),
+            _ => Err("the trailer lacks entries or crc32c".into()),
+        };
+    }
+    let key = line.key.ok_or(
+        "neither an entry ({\"key\", \"value\"}) nor a header, control document or trailer",
+    )?;
+    let value = match (line.value, line.value_text) {
+        (Some(raw), None) => Cow::Borrowed(raw.get().as_bytes()),
+        (None, Some(Cow::Borrowed(text))) => Cow::Borrowed(text.as_bytes()),
+        (None, Some(Cow::Owned(text))) => Cow::Owned(text.into_bytes()),
+        _ => return Err("an entry needs exactly one of value and value_text".into()),
+    };
+    Ok(ExportLine::Entry {
+        key,
+        value,
+        expires_at_ms: line.expires_at_ms.unwrap_or(0),
+    })
+}
+
 /// What the last line of a snapshot says about the rest.
 struct Trailer {
     revision: u64,

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
-pub use encode::{Written, encode};
-pub use load::{Loaded, load, load_bytes};
+pub use encode::{FORMAT_VERSION, Written, encode};
+pub use load::{ExportLine, Loaded, load, load_bytes, parse_line};
 
 use crate::store::Store;
 use crate::wal::segment;

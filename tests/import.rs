@@ -1,0 +1,309 @@
+//! `POST /system/import`, `dododb export | import` and `dododb restore`
+//! through the real binary: awkward values round-trip byte for byte, a bad
+//! line anywhere is refused naming it with nothing written, `replace`
+//! clears first, expired entries are left out, and `restore` builds a data
+//! directory a server then starts on.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+use std::time::Duration;
+
+use common::{TestServer, dododb_client, enc};
+use serde_json::{Value, json};
+
+fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+fn put(server: &TestServer, key: &str, body: &str, query: &str) {
+    let response = http()
+        .put(server.at(&format!("/kv/{}{query}", enc(key))))
+        .body(body.to_string())
+        .send()
+        .expect("PUT");
+    assert!(
+        response.status().is_success(),
+        "{key}: {}",
+        response.status()
+    );
+}
+
+fn stats(server: &TestServer) -> Value {
+    http()
+        .get(server.at("/system/stats"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("stats")
+}
+
+/// Every entry as `key -> (value bytes, expires_at)`, read with GET and
+/// `/meta` (so what a client sees, byte for byte).
+fn contents(server: &TestServer) -> BTreeMap<String, (Vec<u8>, Value)> {
+    let page: Value = http()
+        .get(server.at("/kv?limit=10000"))
+        .send()
+        .and_then(|r| r.json())
+        .expect("list");
+    let mut out = BTreeMap::new();
+    for key in page["keys"].as_array().expect("keys") {
+        let key = key.as_str().expect("key");
+        let value = http()
+            .get(server.at(&format!("/kv/{}", enc(key))))
+            .send()
+            .and_then(|r| r.bytes())
+            .expect("get");
+        let meta: Value = http()
+            .get(server.at(&format!("/kv/{}/meta", enc(key))))
+            .send()
+            .and_then(|r| r.json())
+            .expect("meta");
+        out.insert(
+            key.to_string(),
+            (value.to_vec(), meta["expires_at"].clone()),
+        );
+    }
+    out
+}
+
+/// Runs the client with `args`, stdin from `input`; returns (code, stdout, stderr).
+fn client(url: &str, args: &[&str]) -> (Option<i32>, Vec<u8>, String) {
+    let out = dododb_client(url)
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .output()
+        .expect("run dododb");
+    (
+        out.status.code(),
+        out.stdout,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const AWKWARD: [(&str, &str); 8] = [
+    ("plain", "{\"a\":1}"),
+    ("padded", "  {\"b\": [1, 2]}\n\t"),
+    ("inner newline", "{\"x\":\n  1}"),
+    ("huge", "123456789012345678901234567890123456789e-5"),
+    ("neg big", "-98765432109876543210987654321"),
+    ("ünïcødé/🦤 key%20", "\"ünïcødé 🦤 \\u00e9\""),
+    ("a/b c?d#e&f=g", "[null, true, false, \"\\n\"]"),
+    ("empty string", "\"\""),
+];
+
+#[test]
+fn export_then_import_round_trips_awkward_values_byte_for_byte() {
+    let source = TestServer::start(&["--fsync", "never"]);
+    for (key, body) in AWKWARD {
+        put(&source, key, body, "");
+    }
+    put(&source, "with ttl", "{\"t\": 1}", "?ttl=3600");
+    let (code, export, stderr) = client(&source.url, &["export"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), &export).expect("write");
+
+    let target = TestServer::start(&["--fsync", "always"]);
+    put(&target, "already there", "1", "");
+    let before = stats(&target)["revision"].as_u64().expect("revision");
+    let path = file.path().to_str().expect("utf-8 path");
+    let (code, answer, stderr) = client(&target.url, &["import", path]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let answer: Value = serde_json::from_slice(&answer).expect("json");
+    assert_eq!(answer["imported"], AWKWARD.len() + 1);
+    assert_eq!(answer["revision"], before + AWKWARD.len() as u64 + 1);
+
+    let mut expected = contents(&source);
+    for (key, body) in AWKWARD {
+        assert_eq!(expected[key].0, body.as_bytes(), "{key}");
+    }
+    let got = contents(&target);
+    assert_eq!(got["already there"].0, b"1", "merge keeps other keys");
+    expected.insert("already there".into(), (b"1".to_vec(), Value::Null));
+    assert_eq!(got, expected, "values and absolute expiry round-trip");
+
+    // And back out: the entries of the second export equal the first's.
+    let (_, again, _) = client(&target.url, &["export"]);
+    let entries = |data: &[u8]| -> BTreeMap<String, Value> {
+        String::from_utf8_lossy(data)
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).expect("line"))
+            .filter(|l| l.get("key").is_some())
+            .map(|mut l| {
+                let key = l["key"].as_str().expect("key").to_string();
+                l.as_object_mut().expect("object").remove("version");
+                (key, l)
+            })
+            .collect()
+    };
+    let mut first = entries(&export);
+    first.insert(
+        "already there".into(),
+        json!({"key": "already there", "expires_at_ms": 0, "value": 1}),
+    );
+    assert_eq!(entries(&again), first);
+}
+
+#[test]
+fn a_bad_line_anywhere_is_named_and_nothing_is_written() {
+    let server = TestServer::start(&["--fsync", "never", "--max-value-bytes", "1000"]);
+    put(&server, "keep", "\"me\"", "");
+    let before = stats(&server);
+    let good =
+        |i: usize| format!("{{\"key\":\"k{i}\",\"version\":1,\"expires_at_ms\":0,\"value\":{i}}}");
+    let mut lines: Vec<String> = (0..5000).map(good).collect();
+    let check = |body: String, line: usize, mentions: &str| {
+        let response = http()
+            .post(server.at("/system/import"))
+            .body(body)
+            .send()
+            .expect("import");
+        assert_eq!(response.status(), 400);
+        let doc: Value = response.json().expect("json");
+        let message = doc["error"]["message"].as_str().expect("message");
+        assert!(message.starts_with(&format!("line {line}: ")), "{message}");
+        assert!(message.contains(mentions), "{message}");
+    };
+    lines[4321] = "{\"key\": \"k\", \"value\": {oops}".into();
+    check(lines.join("\n"), 4322, "not JSON");
+    lines[4321] = good(4321);
+    lines[17] = format!("{{\"key\":\"big\",\"value\":\"{}\"}}", "x".repeat(2000));
+    check(lines.join("\n"), 18, "larger than");
+    lines[17] = "{\"key\":\"\",\"value\":1}".into();
+    check(lines.join("\n"), 18, "empty");
+    lines[17] = "{\"key\":\"clear\",\"value\":1}".into();
+    check(lines.join("\n"), 18, "reserved");
+    lines[17] = "{\"surprise\":true}".into();
+    check(lines.join("\n"), 18, "neither an entry");
+    lines[17] = good(17);
+
+    // A real export, damaged in a value, cut short, or with a wrong count.
+    let source = TestServer::start(&["--in-memory"]);
+    for i in 0..50 {
+        put(&source, &format!("s{i}"), &format!("{{\"n\": {i}}}"), "");
+    }
+    let export = http()
+        .get(source.at("/system/export"))
+        .send()
+        .and_then(|r| r.text())
+        .expect("export");
+    let n_lines = export.lines().count();
+    check(
+        export.replacen("{\"n\": 7}", "{\"n\": 8}", 1),
+        n_lines,
+        "checksum",
+    );
+    let cut: Vec<&str> = export.lines().take(30).collect();
+    check(cut.join("\n"), 30, "cut short");
+    let mut dropped: Vec<&str> = export.lines().collect();
+    dropped.remove(10);
+    check(dropped.join("\n"), n_lines - 1, "entries");
+
+    let after = stats(&server);
+    assert_eq!(after["revision"], before["revision"], "nothing was written");
+    assert_eq!(after["keys"], 1);
+    let leftovers: Vec<_> = std::fs::read_dir(&server.dir)
+        .expect("data dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".spool"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "spool files are removed: {leftovers:?}"
+    );
+}
+
+#[test]
+fn replace_clears_first_and_expired_entries_are_left_out() {
+    let server = TestServer::start(&["--fsync", "never"]);
+    put(&server, "old", "1", "");
+    let far = 4_102_444_800_000u64; // 2100-01-01
+    let body = [
+        json!({"dododb_snapshot": 1, "wal_segment": 0, "revision": 9, "created_at": "x"}),
+        json!({"meta": {"subscribe": {}}}),
+        json!({"key": "fresh", "version": 3, "expires_at_ms": 0, "value": {"a": 1}}),
+        json!({"key": "later", "version": 4, "expires_at_ms": far, "value": 2}),
+        json!({"key": "gone", "version": 5, "expires_at_ms": 1000, "value": 3}),
+    ]
+    .iter()
+    .map(|l| format!("{l}\n"))
+    .collect::<String>();
+    let crc = crc32c::crc32c(body.as_bytes());
+    let body = format!(
+        "{body}{}\n",
+        json!({"end": true, "revision": 9, "entries": 3, "crc32c": crc})
+    );
+    let bad_mode = http()
+        .post(server.at("/system/import?mode=wipe"))
+        .body(body.clone())
+        .send()
+        .expect("import");
+    assert_eq!(bad_mode.status(), 400);
+    let response = http()
+        .post(server.at("/system/import?mode=replace"))
+        .body(body)
+        .send()
+        .expect("import");
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().expect("json");
+    assert_eq!(answer["imported"], 2);
+    assert_eq!(answer["expired"], 1);
+    assert_eq!(answer["skipped_subscriptions"], 1);
+    let got = contents(&server);
+    assert_eq!(got.keys().collect::<Vec<_>>(), ["fresh", "later"]);
+    assert_eq!(got["later"].1, "2100-01-01T00:00:00Z");
+}
+
+#[test]
+fn restore_builds_a_data_dir_offline_and_refuses_a_non_empty_one() {
+    let source = TestServer::start(&["--in-memory"]);
+    for (key, body) in AWKWARD {
+        put(&source, key, body, "");
+    }
+    let export = http()
+        .get(source.at("/system/export"))
+        .send()
+        .and_then(|r| r.bytes())
+        .expect("export");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("backup.jsonl");
+    std::fs::write(&file, &export).expect("write");
+    let dir = tmp.path().join("restored");
+    let restore = |extra: &[&str]| {
+        let mut command = dododb_client("http://127.0.0.1:9");
+        command
+            .arg("restore")
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg(&file)
+            .args(extra);
+        command.output().expect("run restore")
+    };
+    let first = restore(&[]);
+    assert!(first.status.success(), "{first:?}");
+    let again = restore(&[]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
+
+    let server = TestServer::start_in(&dir, &[]);
+    let got = contents(&server);
+    assert_eq!(got.len(), AWKWARD.len());
+    for (key, body) in AWKWARD {
+        assert_eq!(got[key].0, body.as_bytes(), "{key}");
+    }
+    put(&server, "extra", "1", "");
+    drop(server);
+
+    let forced = restore(&["--force"]);
+    assert!(forced.status.success(), "{forced:?}");
+    let server = TestServer::start_in(&dir, &[]);
+    let got = contents(&server);
+    assert_eq!(got.len(), AWKWARD.len(), "--force replaced what was there");
+    assert!(!got.contains_key("extra"));
+}
