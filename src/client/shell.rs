@@ -277,7 +277,7 @@ mod tests {
         check("g", 0, &["get"]);
         check("  s", 2, &["set", "subscribe"]);
         check("del", 0, &["del", "delete"]);
-        check("e", 0, &["exit"]);
+        check("e", 0, &["exit", "export"]);
         check("he", 0, &["help"]);
         check("get us", 6, &[]);
         check("zz", 0, &[]);
