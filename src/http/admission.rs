@@ -110,10 +110,13 @@ impl Rules {
     }
 }
 
-/// `GET /system/alive` answers without a token, for health checkers.
+/// `GET /system/alive` answers without a token, for health checkers, and
+/// so do the console's files (they hold no data; the page asks for the
+/// token and sends it with each API call).
 fn is_open(req: &Request) -> bool {
+    let path = req.uri().path();
     (req.method() == Method::GET || req.method() == Method::HEAD)
-        && req.uri().path() == "/system/alive"
+        && (path == "/system/alive" || super::ui::is_console_path(path))
 }
 
 fn bearer_matches(req: &Request, expected: &[u8; 32]) -> bool {
@@ -340,6 +343,10 @@ mod tests {
         check(t, Method::POST, "/system/alive", None, false);
         check(t, Method::GET, "/system/alive/x", None, false);
         check(t, Method::GET, "/nowhere", None, false);
+        check(t, Method::GET, "/ui", None, true);
+        check(t, Method::GET, "/ui/main.js", None, true);
+        check(t, Method::PUT, "/ui/main.js", None, false);
+        check(t, Method::GET, "/uix", None, false);
     }
 
     #[test]

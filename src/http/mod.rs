@@ -14,6 +14,7 @@ mod routes;
 mod server;
 mod system;
 mod txn;
+mod ui;
 mod unread_body;
 
 use std::future::Future;

@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use super::{AppState, feed, kv, pubsub, system, txn};
+use super::{AppState, feed, kv, pubsub, system, txn, ui};
 
 /// The OpenAPI 3 document of this API, served at `GET /openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -47,7 +47,8 @@ impl Route {
     }
 }
 
-/// Every route of the API (SPEC §4–§7 and `/openapi.json`).
+/// Every route of the API (SPEC §4–§7, `/openapi.json` and the console of
+/// §11).
 pub static ROUTES: &[Route] = &[
     Route::new(Method::GET, "/kv", |m| on(m, kv::list).layer(super::gzip())),
     Route::new(Method::GET, "/kv/count", |m| on(m, kv::count)),
@@ -82,6 +83,8 @@ pub static ROUTES: &[Route] = &[
     Route::new(Method::GET, "/ws", |m| on(m, feed::ws)),
     Route::new(Method::GET, "/metrics", |m| on(m, metrics)),
     Route::new(Method::GET, "/openapi.json", |m| on(m, openapi)),
+    Route::new(Method::GET, "/ui", |m| on(m, ui::page)),
+    Route::new(Method::GET, "/ui/{asset}", |m| on(m, ui::asset)),
 ];
 
 /// A router with every route of [`ROUTES`] (no fallbacks, no layers).

@@ -39,6 +39,12 @@ struct StatsAnswer {
     subscriptions: usize,
     webhooks: WebhookStats,
     feed: FeedStats,
+    http: HttpStats,
+}
+
+#[derive(Serialize)]
+struct HttpStats {
+    requests: u64,
 }
 
 #[derive(Serialize)]
@@ -68,6 +74,7 @@ struct WalStats {
     appends: u64,
     batches: u64,
     fsyncs: u64,
+    fsync_micros: u64,
     poisoned: Option<String>,
 }
 
@@ -99,6 +106,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
                 appends: s.wal_appends,
                 batches: s.wal_batches,
                 fsyncs: s.wal_fsyncs,
+                fsync_micros: s.wal_fsync_micros,
                 poisoned: s.wal_poisoned,
             },
             last_snapshot: s.last_snapshot.map(|l| LastSnapshot {
@@ -114,6 +122,9 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
             subscriptions: db.subscriptions().len(),
             webhooks: webhook_stats(db),
             feed: feed_stats(db),
+            http: HttpStats {
+                requests: state.metrics.requests_answered(),
+            },
         },
     )
 }
