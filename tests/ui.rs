@@ -326,18 +326,25 @@ impl Ui {
             for b in buttons {
                 if b.attr("data-key").await.ok().flatten().as_deref() == Some(key) {
                     b.click().await.expect("click key");
-                    self.wait_js(
-                        "the editor shows the key",
-                        "return !document.getElementById('editor').hidden \
-                         && document.getElementById('meta-version') !== null",
-                    )
-                    .await;
+                    self.wait_opened(key).await;
                     return;
                 }
             }
             assert!(started.elapsed() < DEADLINE, "{key:?} is never listed");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// Waits until the editor shows `key`, read from the server.
+    async fn wait_opened(&self, key: &str) {
+        let script = format!(
+            "return !document.getElementById('editor').hidden \
+             && document.getElementById('edit-key').value === {} \
+             && document.getElementById('meta-version') !== null",
+            Value::String(key.to_string())
+        );
+        self.wait_js(&format!("the editor shows {key:?}"), &script)
+            .await;
     }
 
     async fn put(&self, key: &str, body: &str) -> Value {
@@ -424,6 +431,7 @@ fn browse_a_seeded_prefix_with_folders_paging_and_search() {
         ui.wait_listed("one match", |l| l.len() == 1).await;
         let key = ui.find("#key-list button.key").await;
         key.send_keys("\u{E007}").await.expect("Enter");
+        ui.wait_opened("app/users:042").await;
         let shown = ui.value("#edit-value").await;
         assert_eq!(compact(&shown), json!({"n": 42}));
         ui.wait_contains("#meta", "version").await;
@@ -514,7 +522,15 @@ fn a_concurrent_change_during_an_edit_shows_the_conflict() {
 #[test]
 fn create_with_ttl_then_see_it_expire() {
     run(&["--in-memory"], 1280, |ui| async move {
+        ui.put("session:kept", "1").await;
         ui.open().await;
+        // Creating a key that exists is refused, not an overwrite.
+        ui.click("#new-key").await;
+        ui.type_into("#edit-key", "session:kept").await;
+        ui.type_into("#edit-value", "2").await;
+        ui.click("#save").await;
+        ui.wait_contains("#edit-error", "already exists").await;
+        assert_eq!(ui.get("session:kept").await.as_deref(), Some("1"));
         ui.click("#new-key").await;
         ui.type_into("#edit-key", "session:short").await;
         ui.type_into("#edit-value", "{\"user\": \"ann\"}").await;
@@ -522,25 +538,20 @@ fn create_with_ttl_then_see_it_expire() {
         ui.type_into("#edit-ttl", "1.5").await;
         ui.click("#save").await;
         ui.wait_contains("#edit-error", "TTL").await;
-        ui.type_into("#edit-ttl", "2").await;
+        ui.type_into("#edit-ttl", "5").await;
         ui.click("#save").await;
+        // The editor shows the key as read back from the server, with its
+        // expiry, and watches it expire.
+        ui.wait_opened("session:short").await;
         ui.wait_contains("#meta-expires", "in ").await;
         assert_eq!(
-            compact(&ui.get("session:short").await.expect("created")),
+            compact(&ui.value("#edit-value").await),
             json!({"user": "ann"})
         );
-        ui.wait_listed("the new key", |l| l.iter().any(|t| t == "session:short"))
+        ui.wait_listed("both keys in a folder", |l| l == ["session: 2"])
             .await;
-        // Creating the same key again is refused, not an overwrite.
-        ui.click("#new-key").await;
-        ui.type_into("#edit-key", "session:short").await;
-        ui.type_into("#edit-value", "2").await;
-        ui.click("#save").await;
-        ui.wait_contains("#edit-error", "already exists").await;
-        // Open it, and watch it expire.
-        ui.open_key("session:short").await;
         ui.wait_contains("#meta-state", "expired").await;
-        ui.wait_listed("the key gone", |l| !l.iter().any(|t| t == "session:short"))
+        ui.wait_listed("the key gone", |l| l == ["session:kept"])
             .await;
         assert_eq!(ui.get("session:short").await, None);
     });

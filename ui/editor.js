@@ -73,6 +73,8 @@ export class Editor {
     byId('value-title').textContent = 'Value';
     byId('edit-key').readOnly = true;
     byId('edit-key').value = key;
+    // Cleared until the key is read, so nothing shows another key's figures.
+    fill(byId('meta'));
     byId('delete').hidden = false;
     byId('reload').hidden = false;
     this.key = key;
