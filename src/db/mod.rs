@@ -320,6 +320,8 @@ impl Db {
         // after the recovered revision.
         let feed = Feed::new(config.feed_retained_events, store.revision())
             .map_err(|e| DbError::Storage(format!("cannot start the live feed: {e}")))?;
+        let counted = Arc::clone(&store);
+        feed.watch_in_flight(move || counted.changes_in_flight() > 0);
         let inner = Arc::new(Inner {
             config,
             store,

@@ -28,12 +28,17 @@ use super::{ChangeEvent, Listener};
 /// most twice this many.
 pub const CLIENT_BUFFER_EVENTS: usize = 4096;
 
-/// How long a missing revision is waited for before the feed goes on
-/// without it. Revisions are taken before changes reach the WAL, so two
-/// writers can hand over their changes out of version order; the gap
-/// closes within microseconds. Only a change the log refused (a poisoned
-/// WAL, a closing database) never arrives.
+/// How long a missing revision is waited for before the feed asks whether
+/// it may still come. Revisions are taken before changes reach the WAL, so
+/// two writers can hand over their changes out of version order; the gap
+/// usually closes within microseconds, but a change whose commit is slow (a
+/// disk under pressure) may take longer. The feed gives up on a revision
+/// only once no change is in flight ([`Feed::watch_in_flight`]): then it
+/// was refused (a poisoned WAL, a closing database) and never arrives.
 const GAP_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Whether a change that took a revision may still arrive.
+type InFlight = Box<dyn Fn() -> bool + Send + Sync>;
 
 /// One change as the feed hands it out, with its payload encoded once (by
 /// the first client that needs it, never on the write path).
@@ -184,6 +189,8 @@ struct Shared {
     cut_off: AtomicU64,
     events: AtomicU64,
     skipped: AtomicU64,
+    /// Asked before a missing revision is given up on.
+    in_flight: OnceLock<InFlight>,
 }
 
 struct State {
@@ -273,6 +280,7 @@ impl Feed {
             cut_off: AtomicU64::new(0),
             events: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
+            in_flight: OnceLock::new(),
         });
         let for_thread = Arc::clone(&shared);
         let gap_thread = std::thread::Builder::new()
@@ -282,6 +290,14 @@ impl Feed {
             shared,
             gap_thread: Some(gap_thread),
         })
+    }
+
+    /// Makes the feed wait for a missing revision for as long as
+    /// `in_flight` says a change that took a revision may still arrive
+    /// (the store's count of changes not yet applied or aborted), instead
+    /// of giving up after [`GAP_TIMEOUT`]. Set once, before changes flow.
+    pub fn watch_in_flight(&self, in_flight: impl Fn() -> bool + Send + Sync + 'static) {
+        let _ = self.shared.in_flight.set(Box::new(in_flight));
     }
 
     /// The hub listener that feeds this feed. It takes the feed's lock and
@@ -516,6 +532,13 @@ impl Shared {
                 st.gap_since = None;
                 continue;
             };
+            // A change in flight may be the missing one, committing slowly:
+            // wait for it. Its apply takes this lock, so it cannot slip in
+            // between this check and the skip below.
+            if self.in_flight.get().is_some_and(|still| still()) {
+                st.gap_since = Some(Instant::now());
+                continue;
+            }
             let missing = st.next..resume;
             tracing::warn!(
                 first = missing.start,

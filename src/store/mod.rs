@@ -334,6 +334,9 @@ pub struct Store {
     /// The last revision handed out. Taken under the key's shard lock, so
     /// one key's versions follow its apply order.
     revision: AtomicU64,
+    /// Changes that took a revision and are neither applied nor aborted:
+    /// the live feed waits for a missing revision while this is not zero.
+    in_flight: AtomicU64,
     /// Keys with a committed value (expired but unreaped ones included).
     n_committed: AtomicUsize,
     /// Committed keys that carry an expiry, ordered by expiry time.
@@ -355,6 +358,7 @@ impl Store {
             map,
             sides,
             revision: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
             n_committed: AtomicUsize::new(0),
             ttl: TtlIndex::default(),
         }
@@ -377,6 +381,21 @@ impl Store {
     /// The last revision handed out.
     pub fn revision(&self) -> u64 {
         self.revision.load(Ordering::Acquire)
+    }
+
+    /// How many changes took a revision but are not yet applied (their
+    /// events emitted) or aborted. Zero means every revision handed out so
+    /// far has either reached listeners or never will.
+    pub fn changes_in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// One change that was in flight is settled (applied or aborted).
+    /// Saturating: changes applied without a `mutate` (tests) never counted.
+    fn settled(&self) {
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     /// Raises the revision counter to at least `revision` (used by recovery
@@ -509,6 +528,9 @@ impl Store {
             return Err(StoreError::PreconditionFailed { current });
         }
 
+        // Counted before the revision is taken, so that a revision the feed
+        // misses is either still counted here or settled for good.
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
         let version = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
         let pending_value = value.clone();
         let change = Change {
@@ -519,9 +541,11 @@ impl Store {
             expires_at_ms,
             timestamp_ms: now_ms,
         };
-        let ticket = match journal.submit(change)? {
+        let submitted = journal.submit(change).inspect_err(|_| self.settled())?;
+        let ticket = match submitted {
             Submitted::ApplyNow(change) => {
                 self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
+                self.settled();
                 None
             }
             Submitted::Deferred(ticket) => {
@@ -549,6 +573,8 @@ impl Store {
         let place = self.place(&change.key);
         let mut table = self.write_shard(place.shard);
         self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
+        drop(table);
+        self.settled();
     }
 
     /// Applies a recovered change (snapshot entry or WAL record) without
@@ -586,6 +612,7 @@ impl Store {
         let place = self.place(&change.key);
         let _table = self.write_shard(place.shard);
         self.sides[place.shard].settle(&change.key, change.version);
+        self.settled();
     }
 
     /// Applies `change` under its shard's write lock, held by the caller.
