@@ -246,6 +246,8 @@ impl Store {
                     value,
                     expires_at_ms,
                 } => {
+                    // Counted like a single change (see `Store::mutate`).
+                    self.in_flight.fetch_add(1, Ordering::AcqRel);
                     let version = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
                     results.push(OpResult::Put {
                         version,
@@ -273,6 +275,8 @@ impl Store {
                         results.push(OpResult::Delete { version: None });
                         continue;
                     }
+                    // Counted like a single change (see `Store::mutate`).
+                    self.in_flight.fetch_add(1, Ordering::AcqRel);
                     let version = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
                     results.push(OpResult::Delete {
                         version: Some(version),
@@ -311,12 +315,19 @@ impl Store {
                 )
             })
             .collect();
-        let ticket = match journal.submit_txn(changes)? {
+        let n_changes = changes.len();
+        let submitted = journal.submit_txn(changes).inspect_err(|_| {
+            for _ in 0..n_changes {
+                self.settled();
+            }
+        })?;
+        let ticket = match submitted {
             Submitted::ApplyNow(changes) => {
                 for change in changes {
                     let place = self.place(&change.key);
                     let table = locked.table(place);
                     self.apply_locked(table, place, change, Some(&mut *emit), Indexing::Keep);
+                    self.settled();
                 }
                 None
             }
@@ -343,6 +354,7 @@ impl Store {
             let place = self.place(&change.key);
             let table = locked.table(place);
             self.apply_locked(table, place, change, Some(&mut *emit), Indexing::Keep);
+            self.settled();
         }
     }
 
