@@ -183,9 +183,16 @@ pub(crate) fn json_bytes(status: StatusCode, bytes: Vec<u8>) -> Response {
     response
 }
 
+/// 9999-12-31T23:59:59.999Z in Unix milliseconds.
+const MAX_RFC3339_MS: u64 = 253_402_300_799_999;
+
 /// Unix milliseconds as RFC 3339 UTC (`2025-01-01T12:00:00.123Z`; whole
 /// seconds drop the fraction).
 pub(crate) fn rfc3339_ms(ms: u64) -> String {
+    // RFC 3339 has four-digit years and the formatter panics beyond them: a
+    // later instant (a TTL of millennia) is written as the last one it can
+    // express instead of failing the request.
+    let ms = ms.min(MAX_RFC3339_MS);
     let at = UNIX_EPOCH + Duration::from_millis(ms);
     if ms.is_multiple_of(1000) {
         humantime::format_rfc3339_seconds(at).to_string()
@@ -196,6 +203,13 @@ pub(crate) fn rfc3339_ms(ms: u64) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn instants_past_year_9999_are_written_as_its_last_millisecond() {
+        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339_ms(1_500), "1970-01-01T00:00:01.500Z");
+        assert_eq!(super::rfc3339_ms(u64::MAX), "9999-12-31T23:59:59.999Z");
+    }
     use axum::body::Body;
     use axum::http::{Request, StatusCode, header};
     use tower::util::ServiceExt;
