@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::ledger::revision;
 use common::{TestServer, client, enc};
 use serde_json::{Value, json};
 
@@ -53,18 +54,6 @@ async fn put_raw(server: &TestServer, key: &str, body: &str) -> u64 {
     response.json::<Value>().await.expect("json")["version"]
         .as_u64()
         .expect("version")
-}
-
-async fn revision(server: &TestServer) -> u64 {
-    let stats: Value = client()
-        .get(server.at("/system/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
-    stats["revision"].as_u64().expect("revision")
 }
 
 #[tokio::test]
