@@ -152,6 +152,7 @@ fn wal(c: &mut Criterion) {
         version: 42,
         expires_at_ms: 0,
         timestamp_ms: 1,
+        old_value: Some(Bytes::from_static(VALUE)),
     });
     let mut buf = Vec::with_capacity(256);
     let mut g = c.benchmark_group("wal");

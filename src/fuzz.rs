@@ -11,14 +11,20 @@ pub use crate::http::fuzz::{key_and_value, subscription_body};
 ///
 /// # Panics
 ///
-/// When a decoded record does not encode back to the bytes it came from
-/// (the checksums would then hide a codec bug).
+/// When a decoded record does not encode back to the same record (the
+/// checksums would then hide a codec bug). Records of the kinds written
+/// before old values were logged come back in the newer kind, so the check
+/// is on the record, not its bytes.
 pub fn wal_records(data: &[u8]) {
     let mut rest = data;
     while let Ok((decoded, used)) = record::decode(rest) {
         let mut again = Vec::new();
         record::encode(&decoded, &mut again);
-        assert_eq!(again, &rest[..used], "re-encoding {decoded:?}");
+        assert_eq!(
+            record::decode(&again),
+            Ok((decoded.clone(), again.len())),
+            "re-encoding {decoded:?}"
+        );
         if let Record::Change(change) = &decoded {
             assert!(std::str::from_utf8(change.key.as_bytes()).is_ok());
         }

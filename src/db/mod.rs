@@ -236,9 +236,16 @@ struct WalJournal<'a>(&'a WalWriter);
 impl Journal for WalJournal<'_> {
     type Ticket = u64;
 
-    fn submit(&self, change: Change) -> Result<Submitted<u64>, StoreError> {
+    fn submit(
+        &self,
+        mut change: Change,
+        next_version: &dyn Fn() -> u64,
+    ) -> Result<Submitted<u64>, StoreError> {
         self.0
-            .submit(Record::Change(change))
+            .submit_with(|| {
+                change.version = next_version();
+                Record::Change(change)
+            })
             .map(Submitted::Deferred)
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }

@@ -307,6 +307,7 @@ fn read_entries<'a>(
             version,
             expires_at_ms: line.expires_at_ms.unwrap_or(0),
             timestamp_ms: 0,
+            old_value: None,
         });
         loaded.keys += 1;
     }

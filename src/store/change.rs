@@ -41,6 +41,11 @@ pub struct Change {
     pub expires_at_ms: u64,
     /// Unix milliseconds at which the change was made.
     pub timestamp_ms: u64,
+    /// The value this change replaced, as subscribers see it (`None` when
+    /// the key did not exist, or in a record logged before old values
+    /// were). Logged with the change so that an event re-read from the log
+    /// is the event that was emitted.
+    pub old_value: Option<Bytes>,
 }
 
 /// A change after it was applied, with the value it replaced: what

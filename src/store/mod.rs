@@ -74,8 +74,8 @@ struct Head {
     exists: bool,
     version: u64,
     expires_at_ms: u64,
-    /// The logged value (a reference, not a copy), so that a transaction's
-    /// value compares and reads see the newest logged state too.
+    /// The logged value (a reference, not a copy): what a transaction's
+    /// compares and reads see, and the old value of the key's next change.
     value: Option<Bytes>,
 }
 
@@ -177,13 +177,21 @@ pub trait Journal {
     /// What a writer waits on for a deferred change.
     type Ticket;
 
-    /// Takes a change or hands it back for immediate application.
+    /// Takes a change or hands it back for immediate application. The
+    /// journal gives the change its version by calling `next_version`
+    /// exactly once, at the point that orders its log: a log then holds
+    /// its changes in strictly increasing version order, which is what
+    /// lets a reader resume it by revision.
     ///
     /// # Errors
     ///
     /// [`StoreError::Unavailable`] when the change cannot be logged; the
-    /// store then changes nothing.
-    fn submit(&self, change: Change) -> Result<Submitted<Self::Ticket>, StoreError>;
+    /// store then changes nothing (and `next_version` was not called).
+    fn submit(
+        &self,
+        change: Change,
+        next_version: &dyn Fn() -> u64,
+    ) -> Result<Submitted<Self::Ticket>, StoreError>;
 
     /// Takes a transaction's changes as one record (all or nothing), or
     /// hands them back for immediate application.
@@ -207,7 +215,12 @@ pub struct NoJournal;
 impl Journal for NoJournal {
     type Ticket = ();
 
-    fn submit(&self, change: Change) -> Result<Submitted<()>, StoreError> {
+    fn submit(
+        &self,
+        mut change: Change,
+        next_version: &dyn Fn() -> u64,
+    ) -> Result<Submitted<()>, StoreError> {
+        change.version = next_version();
         Ok(Submitted::ApplyNow(change))
     }
 
@@ -263,13 +276,18 @@ impl Side {
     }
 
     /// The newest logged, unapplied state of `key`, if it has one.
-    fn pending(&self, key: &str) -> Option<(bool, u64, u64)> {
+    fn pending(&self, key: &str) -> Option<(bool, u64, u64, Option<Bytes>)> {
         if self.n_pending.load(Ordering::Relaxed) == 0 {
             return None;
         }
         let state = self.lock();
         let head = state.pending.get(key)?;
-        Some((head.exists, head.version, head.expires_at_ms))
+        Some((
+            head.exists,
+            head.version,
+            head.expires_at_ms,
+            head.value.clone(),
+        ))
     }
 
     /// The newest logged, unapplied state of `key` with its value.
@@ -483,8 +501,10 @@ impl Store {
         let pending = side.pending(key);
         // The state the change is checked against, as `(version,
         // expires_at_ms)` of an existing key: the newest logged one.
-        let head = match pending {
-            Some((exists, version, expires_at_ms)) => exists.then_some((version, expires_at_ms)),
+        let head = match &pending {
+            Some((exists, version, expires_at_ms, _)) => {
+                exists.then_some((*version, *expires_at_ms))
+            }
             None => committed
                 .filter(|e| e.is_live_by(|| now_ms))
                 .map(|e| (e.version(), e.expires_at_ms())),
@@ -503,8 +523,8 @@ impl Store {
             Mutation::Expire => {
                 // The TTL index may lag behind a newer write: expire only
                 // what is really due in the newest logged state.
-                let due = match pending {
-                    Some((exists, _, at)) => exists && at != 0 && at <= now_ms,
+                let due = match &pending {
+                    Some((exists, _, at, _)) => *exists && *at != 0 && *at <= now_ms,
                     None => committed.is_some_and(|e| {
                         let at = e.expires_at_ms();
                         at != 0 && at <= now_ms
@@ -531,17 +551,35 @@ impl Store {
         // Counted before the revision is taken, so that a revision the feed
         // misses is either still counted here or settled for good.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let version = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+        // What subscribers will see as the old value, decided now from the
+        // newest logged state, so that it is logged with the change.
+        let old_value = match pending {
+            Some((exists, _, at, value)) => value.filter(|_| {
+                exists && (kind == ChangeKind::Expire || at == 0 || at > now_ms)
+            }),
+            None => committed
+                .filter(|e| kind == ChangeKind::Expire || e.is_live_by(|| now_ms))
+                .map(|e| Bytes::copy_from_slice(e.value())),
+        };
         let pending_value = value.clone();
         let change = Change {
             key: Box::from(key),
             kind,
             value,
-            version,
+            version: 0,
             expires_at_ms,
             timestamp_ms: now_ms,
+            old_value,
         };
-        let submitted = journal.submit(change).inspect_err(|_| self.settled())?;
+        let taken = std::cell::Cell::new(0);
+        let next_version = || {
+            let version = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+            taken.set(version);
+            version
+        };
+        let submitted = journal
+            .submit(change, &next_version)
+            .inspect_err(|_| self.settled())?;
         let ticket = match submitted {
             Submitted::ApplyNow(change) => {
                 self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
@@ -551,7 +589,7 @@ impl Store {
             Submitted::Deferred(ticket) => {
                 let head = Head {
                     exists: kind == ChangeKind::Update,
-                    version,
+                    version: taken.get(),
                     expires_at_ms,
                     value: pending_value,
                 };
@@ -559,6 +597,7 @@ impl Store {
                 Some(ticket)
             }
         };
+        let version = taken.get();
         Ok(Outcome {
             version,
             created: kind == ChangeKind::Update && current.is_none(),
@@ -635,6 +674,7 @@ impl Store {
             version,
             expires_at_ms,
             timestamp_ms,
+            old_value: _,
         } = change;
         let eq = |(e, _): &(Packed, SharedValue<()>)| e.key() == &*key;
         let current = table.get(place.hash, eq);

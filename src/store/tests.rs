@@ -336,8 +336,13 @@ struct Deferring(std::sync::Mutex<Vec<Change>>);
 impl Journal for Deferring {
     type Ticket = u64;
 
-    fn submit(&self, change: Change) -> Result<Submitted<u64>, StoreError> {
-        let version = change.version;
+    fn submit(
+        &self,
+        mut change: Change,
+        next_version: &dyn Fn() -> u64,
+    ) -> Result<Submitted<u64>, StoreError> {
+        let version = next_version();
+        change.version = version;
         self.0.lock().expect("lock").push(change);
         Ok(Submitted::Deferred(version))
     }
@@ -502,6 +507,7 @@ fn replay_is_idempotent_over_a_newer_state() {
         version,
         expires_at_ms: 0,
         timestamp_ms: NOW,
+        old_value: None,
     };
     store.apply(change(ChangeKind::Update, 12, Some(b"12")), &mut |_| {});
     store.replay(change(ChangeKind::Update, 10, Some(b"10")));

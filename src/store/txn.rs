@@ -237,8 +237,8 @@ impl Store {
         let mut results = Vec::with_capacity(branch.len());
         let mut changes = Vec::new();
         for op in &branch {
-            let need_value = matches!(op, TxnOp::Get { .. });
-            let current = view(&mut locked, &written, op.key(), need_value);
+            // Writes need the value too: it is logged as the old value.
+            let current = view(&mut locked, &written, op.key(), true);
             match op {
                 TxnOp::Get { .. } => results.push(OpResult::Get(current.map(View::entry))),
                 TxnOp::Put {
@@ -261,6 +261,7 @@ impl Store {
                             value: value.clone(),
                         }),
                     );
+                    let old_value = current.as_ref().map(|v| v.value.clone());
                     changes.push(Change {
                         key: key.clone(),
                         kind: ChangeKind::Update,
@@ -268,6 +269,7 @@ impl Store {
                         version,
                         expires_at_ms: *expires_at_ms,
                         timestamp_ms: now_ms,
+                        old_value,
                     });
                 }
                 TxnOp::Delete { key } => {
@@ -282,6 +284,7 @@ impl Store {
                         version: Some(version),
                     });
                     written.insert(&**key, None);
+                    let old_value = current.as_ref().map(|v| v.value.clone());
                     changes.push(Change {
                         key: key.clone(),
                         kind: ChangeKind::Delete,
@@ -289,6 +292,7 @@ impl Store {
                         version,
                         expires_at_ms: 0,
                         timestamp_ms: now_ms,
+                        old_value,
                     });
                 }
             }

@@ -14,6 +14,10 @@ pub const MAX_PAYLOAD_BYTES: u32 = 64 << 20;
 const KIND_UPDATE: u8 = 1;
 const KIND_DELETE: u8 = 2;
 const KIND_EXPIRE: u8 = 3;
+/// The same three kinds, logged with the value they replaced.
+const KIND_UPDATE_OLD: u8 = 4;
+const KIND_DELETE_OLD: u8 = 5;
+const KIND_EXPIRE_OLD: u8 = 6;
 const KIND_META: u8 = 16;
 const KIND_TXN: u8 = 17;
 
@@ -73,10 +77,12 @@ fn encode_change(change: &Change, out: &mut Vec<u8>) {
 /// Appends the payload of one key's change to `out`.
 fn change_payload(change: &Change, out: &mut Vec<u8>) {
     {
+        // Every change is logged with its old value (kinds 4-6), so that an
+        // event re-read from the log is whole; kinds 1-3 are still read.
         let kind = match change.kind {
-            ChangeKind::Update => KIND_UPDATE,
-            ChangeKind::Delete => KIND_DELETE,
-            ChangeKind::Expire => KIND_EXPIRE,
+            ChangeKind::Update => KIND_UPDATE_OLD,
+            ChangeKind::Delete => KIND_DELETE_OLD,
+            ChangeKind::Expire => KIND_EXPIRE_OLD,
         };
         out.push(kind);
         out.extend_from_slice(&change.version.to_le_bytes());
@@ -85,6 +91,13 @@ fn change_payload(change: &Change, out: &mut Vec<u8>) {
         put_bytes(out, change.key.as_bytes());
         if let Some(value) = &change.value {
             put_bytes(out, value);
+        }
+        match &change.old_value {
+            Some(old) => {
+                out.push(1);
+                put_bytes(out, old);
+            }
+            None => out.push(0),
         }
     }
 }
@@ -177,10 +190,13 @@ fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
         }
         return r.finish(Record::Txn(changes));
     }
-    let kind = match kind {
-        KIND_UPDATE => ChangeKind::Update,
-        KIND_DELETE => ChangeKind::Delete,
-        KIND_EXPIRE => ChangeKind::Expire,
+    let (kind, with_old) = match kind {
+        KIND_UPDATE => (ChangeKind::Update, false),
+        KIND_DELETE => (ChangeKind::Delete, false),
+        KIND_EXPIRE => (ChangeKind::Expire, false),
+        KIND_UPDATE_OLD => (ChangeKind::Update, true),
+        KIND_DELETE_OLD => (ChangeKind::Delete, true),
+        KIND_EXPIRE_OLD => (ChangeKind::Expire, true),
         _ => return Err(DecodeError::Malformed("unknown record kind")),
     };
     let version = r.u64()?;
@@ -192,6 +208,11 @@ fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
         ChangeKind::Update => Some(copy_value(r.bytes()?)),
         ChangeKind::Delete | ChangeKind::Expire => None,
     };
+    let old_value = match (with_old, with_old.then(|| r.u8()).transpose()?) {
+        (true, Some(1)) => Some(copy_value(r.bytes()?)),
+        (true, Some(0)) | (false, _) => None,
+        _ => return Err(DecodeError::Malformed("bad old-value flag")),
+    };
     r.finish(Record::Change(Change {
         key: Box::from(key),
         kind,
@@ -199,6 +220,7 @@ fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
         version,
         expires_at_ms,
         timestamp_ms,
+        old_value,
     }))
 }
 
@@ -261,6 +283,8 @@ mod tests {
                 0
             },
             timestamp_ms: 1_600_000_000_000,
+            old_value: (kind != ChangeKind::Update || key == "k")
+                .then(|| Bytes::from_static(b"{\"old\": true}")),
         })
     }
 
@@ -290,6 +314,23 @@ mod tests {
         };
         check(Record::Txn(vec![put, del]));
         check(Record::Txn(Vec::new()));
+    }
+
+    #[test]
+    fn records_without_old_values_are_still_read() {
+        // A kind-1 record as earlier versions wrote it: no old-value flag.
+        let mut payload = vec![KIND_UPDATE];
+        payload.extend_from_slice(&7u64.to_le_bytes());
+        payload.extend_from_slice(&5u64.to_le_bytes());
+        payload.extend_from_slice(&0u64.to_le_bytes());
+        put_bytes(&mut payload, b"k");
+        put_bytes(&mut payload, b"1");
+        let mut buf = Vec::new();
+        framed(&mut buf, |out| out.extend_from_slice(&payload));
+        let Ok((Record::Change(change), _)) = decode(&buf) else {
+            panic!("a legacy record decodes");
+        };
+        assert_eq!((change.version, change.old_value), (7, None));
     }
 
     #[test]

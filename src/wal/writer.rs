@@ -379,20 +379,25 @@ impl WalWriter {
     /// [`WalError::Poisoned`] once a write or sync has failed,
     /// [`WalError::Closed`] once the log is closing.
     pub fn submit(&self, record: Record) -> Result<u64, WalError> {
+        self.submit_with(|| record)
+    }
+
+    /// [`WalWriter::submit`] of the record `make` builds under the queue
+    /// lock, once the log has agreed to take it: what `make` numbers there
+    /// (a change's version) is numbered in log order.
+    ///
+    /// # Errors
+    ///
+    /// As [`WalWriter::submit`]; `make` was not called then.
+    pub fn submit_with(&self, make: impl FnOnce() -> Record) -> Result<u64, WalError> {
         if let Some(why) = self.shared.poisoned.get() {
             return Err(WalError::Poisoned(why.clone()));
-        }
-        if let Some(stall) = self.shared.faults.stall
-            && matches!(&record, Record::Change(c) if c.key.starts_with("stall"))
-        {
-            // Test hook: a change that took its revision but reaches the
-            // log late (the live feed's gap test).
-            std::thread::sleep(stall);
         }
         let mut queue = self.shared.lock_queue();
         if queue.closing {
             return Err(WalError::Closed);
         }
+        let record = make();
         encode(&record, &mut queue.buf);
         queue.records.push(record);
         queue.last_seq += 1;
