@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use dododb::config::{AuthToken, Config, FsyncPolicy, Storage};
+use dododb::events::webhook::RetrySchedule;
 
 use crate::client::Remote;
 use crate::client::args::{
@@ -113,9 +114,21 @@ pub struct ServeArgs {
     /// Per-attempt timeout of a webhook delivery, in seconds.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
     pub webhook_timeout_secs: u64,
-    /// Attempts before a webhook event is given up on.
-    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
-    pub webhook_max_attempts: u32,
+    /// Delays between the attempts of a webhook event, each ±20% jitter
+    /// (units ms, s, m, h, d).
+    #[arg(long, default_value = "5s,5m,30m,2h,5h,10h,10h", value_parser = parse_schedule, conflicts_with = "webhook_max_attempts")]
+    pub webhook_retry_schedule: Schedule,
+    /// Older form of the schedule: this many attempts, the delay doubling
+    /// from 0.5 s (at most a minute).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+    pub webhook_max_attempts: Option<u32>,
+    /// A subscription with no 2xx this long while events were due is
+    /// disabled (units ms, s, m, h, d).
+    #[arg(long, default_value = "5d", value_parser = parse_duration)]
+    pub webhook_disable_after: Duration,
+    /// Log kept on disk for lagging subscriptions and feed resumes, in bytes.
+    #[arg(long, default_value_t = 1 << 30)]
+    pub event_retention_bytes: u64,
     /// Changes kept in memory for `GET /events?since=` (tests shrink it).
     #[arg(long, default_value_t = 10_000, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub feed_retained_events: u64,
@@ -143,6 +156,23 @@ pub struct ServeArgs {
     /// `_`); flags beat environment variables, which beat the file.
     #[arg(long, env = "DODODB_CONFIG")]
     pub config: Option<PathBuf>,
+}
+
+/// A parsed `--webhook-retry-schedule`.
+#[derive(Debug, Clone)]
+pub struct Schedule(Vec<Duration>);
+
+fn parse_schedule(text: &str) -> Result<Schedule, String> {
+    dododb::events::webhook::schedule::parse(text).map(Schedule)
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{text:?} is not a duration like 30s, 5m or 5d: {e}"))?;
+    if d.is_zero() {
+        return Err("must be longer than 0".into());
+    }
+    Ok(d)
 }
 
 #[derive(Args, Debug)]
@@ -198,7 +228,12 @@ impl ServeArgs {
                 .clone()
                 .unwrap_or(defaults.server_version),
             webhook_timeout: Duration::from_secs(self.webhook_timeout_secs),
-            webhook_max_attempts: self.webhook_max_attempts,
+            webhook_retry_schedule: match self.webhook_max_attempts {
+                Some(attempts) => RetrySchedule::doubling(attempts).delays().to_vec(),
+                None => self.webhook_retry_schedule.0.clone(),
+            },
+            webhook_disable_after: self.webhook_disable_after,
+            event_retention_bytes: self.event_retention_bytes,
             feed_retained_events: usize::try_from(self.feed_retained_events).unwrap_or(usize::MAX),
             auth_token: self.auth_token.clone(),
             request_timeout: Duration::from_secs(self.request_timeout_secs),

@@ -122,9 +122,15 @@ pub struct Config {
     pub feed_retained_events: usize,
     /// Per-attempt timeout of a webhook delivery.
     pub webhook_timeout: Duration,
-    /// Attempts before a webhook event is given up on.
-    pub webhook_max_attempts: u32,
-    /// Capacity of the queue between writes and the webhook pool.
+    /// Delays between the attempts of a webhook event (one per retry).
+    pub webhook_retry_schedule: Vec<Duration>,
+    /// A subscription with no 2xx this long while events were due is
+    /// disabled.
+    pub webhook_disable_after: Duration,
+    /// Log kept on disk for lagging subscriptions and feed resumes; older
+    /// segments are dropped (never silently: see `lost_events`).
+    pub event_retention_bytes: u64,
+    /// Capacity of the hint queue between writes and the webhook pool.
     pub webhook_queue_capacity: usize,
     /// When set, every route but `GET /system/alive` needs
     /// `Authorization: Bearer <token>`.
@@ -159,7 +165,11 @@ impl Default for Config {
             server_version: env!("CARGO_PKG_VERSION").to_string(),
             feed_retained_events: 10_000,
             webhook_timeout: Duration::from_secs(5),
-            webhook_max_attempts: 8,
+            webhook_retry_schedule: [5, 300, 1800, 7200, 18_000, 36_000, 36_000]
+                .map(Duration::from_secs)
+                .to_vec(),
+            webhook_disable_after: Duration::from_secs(5 * 24 * 3600),
+            event_retention_bytes: 1 << 30,
             webhook_queue_capacity: 65_536,
             auth_token: None,
             request_timeout: Duration::from_secs(30),
@@ -217,8 +227,8 @@ impl Config {
         if self.webhook_timeout.is_zero() {
             return Err("webhook-timeout-secs must be at least 1".into());
         }
-        if self.webhook_max_attempts == 0 {
-            return Err("webhook-max-attempts must be at least 1".into());
+        if self.webhook_disable_after.is_zero() {
+            return Err("webhook-disable-after must be longer than 0".into());
         }
         if self.webhook_queue_capacity == 0 {
             return Err("the webhook queue needs room for at least 1 event".into());

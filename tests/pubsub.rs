@@ -196,7 +196,8 @@ async fn payload_headers_and_signatures_follow_the_spec() {
 
 #[tokio::test]
 async fn failures_are_retried_with_growing_gaps_and_410_removes() {
-    let server = TestServer::start(&[]);
+    // The old flag: attempts doubling from half a second.
+    let server = TestServer::start(&["--webhook-max-attempts", "8"]);
     let (retrying, url) = Receiver::start(&[500, 500, 200], false).await;
     subscribe(&server, json!({"key": "k", "callback_url": url})).await;
     put(&server, "k", "1").await;

@@ -4,8 +4,10 @@
 
 mod background;
 mod import;
+mod log_source;
 mod pubsub;
 mod recovery;
+mod retention;
 mod txn;
 
 use std::fs::File;
@@ -21,7 +23,7 @@ use crate::config::{Config, Storage};
 use crate::events::EventHub;
 use crate::events::feed::Feed;
 use crate::events::subscriptions::Registry;
-use crate::events::webhook::{DeliveryConfig, DeliveryPool};
+use crate::events::webhook::{DeliveryConfig, DeliveryPool, RetrySchedule};
 
 use crate::snapshot::{self, Step};
 use crate::store::{
@@ -29,10 +31,10 @@ use crate::store::{
     StoreError, Submitted, copy_value,
 };
 use crate::value::ValueError;
-use crate::wal::{BatchSink, Record, WalWriter};
+use crate::wal::{BatchSink, LogReader, Record, WalWriter};
 pub use import::{ImportMode, ImportResult, ImportSpool, Spooled};
 pub(crate) use pubsub::check_callback_url;
-pub use pubsub::{EventSubscription, Unsubscribe};
+pub use pubsub::{EventSubscription, SubscriptionStatus, Unsubscribe};
 pub use txn::{Op, Txn, TxnResult};
 
 /// Key names taken by routes under `/kv/`.
@@ -179,6 +181,8 @@ pub(crate) struct Inner {
     pool: Arc<DeliveryPool>,
     /// The live feed (`/events`, `/ws`): a hub listener with its ring.
     feed: Feed,
+    /// Reads the retained WAL back (feed resumes, webhook delivery).
+    log_reader: Option<Arc<LogReader>>,
     /// Serializes subscribe/unsubscribe so "same target and URL" is checked
     /// and logged atomically. Held across a blocking WAL wait, never on the
     /// write path of keys.
@@ -282,7 +286,6 @@ impl Db {
     pub fn open(config: Config) -> Result<Db, DbError> {
         config.validate().map_err(DbError::InvalidRequest)?;
         let hub = Arc::new(EventHub::default());
-        let gone_slot = pubsub::GoneSlot::default();
         let registry = Arc::new(Registry::default());
         let (store, wal, dir, dir_lock) = match &config.storage {
             Storage::InMemory => (Arc::new(Store::new()), None, None, None),
@@ -311,24 +314,36 @@ impl Db {
         let crash_at_step = std::env::var("DODODB_TEST_CRASH_AT_SNAPSHOT_STEP")
             .ok()
             .and_then(|s| s.parse().ok());
-        let pool = Arc::new(
-            DeliveryPool::start(
-                DeliveryConfig {
-                    timeout: config.webhook_timeout,
-                    max_attempts: config.webhook_max_attempts,
-                    queue_capacity: config.webhook_queue_capacity,
-                    ..DeliveryConfig::default()
-                },
-                gone_slot.callback(),
-            )
-            .map_err(DbError::Storage)?,
-        );
         // Created before any change can happen, so it continues exactly
         // after the recovered revision.
         let feed = Feed::new(config.feed_retained_events, store.revision())
             .map_err(|e| DbError::Storage(format!("cannot start the live feed: {e}")))?;
         let counted = Arc::clone(&store);
         feed.watch_in_flight(move || counted.changes_in_flight() > 0);
+        let log_reader = dir.as_ref().map(|dir| {
+            let reader = LogReader::new(dir.clone(), 0);
+            reader.raise_floor(retention::initial_floor(&reader, dir, store.revision()));
+            Arc::new(reader)
+        });
+        if let Some(reader) = &log_reader {
+            feed.set_backfill(Arc::new(log_source::LogBackfill(Arc::clone(reader))));
+        }
+        let slot = log_source::InnerSlot::default();
+        let pool = Arc::new(
+            DeliveryPool::start(
+                DeliveryConfig {
+                    timeout: config.webhook_timeout,
+                    schedule: RetrySchedule::new(config.webhook_retry_schedule.clone()),
+                    disable_after: config.webhook_disable_after,
+                    queue_capacity: config.webhook_queue_capacity,
+                },
+                Arc::clone(&registry),
+                feed.reader(),
+                Arc::new(log_source::DbControlLog(slot.clone())),
+                pubsub::on_gone(slot.clone()),
+            )
+            .map_err(DbError::Storage)?,
+        );
         let inner = Arc::new(Inner {
             config,
             store,
@@ -339,6 +354,7 @@ impl Db {
             registry,
             pool,
             feed,
+            log_reader,
             subscribe_lock: Mutex::new(()),
             snapshot_lock: Mutex::new(()),
             last_snapshot: Mutex::new(None),
@@ -350,9 +366,10 @@ impl Db {
             background: background::Background::default(),
             crash_at_step,
         });
-        gone_slot.set(&inner);
-        inner.hub.add(pubsub::webhook_listener(&inner));
+        slot.set(&inner);
+        // The feed first: the pool reads what the feed has when hinted.
         inner.hub.add(inner.feed.listener());
+        inner.hub.add(pubsub::webhook_listener(&inner));
         background::start(&inner)?;
         Ok(Db { inner })
     }
@@ -727,6 +744,11 @@ impl Inner {
             &at_step,
         )
         .map_err(|e| DbError::Unavailable(e.to_string()))?;
+        if let Some(keep_from) = snapshot::oldest_kept(dir, self.config.snapshot_retain)
+            .map_err(|e| DbError::Unavailable(e.to_string()))?
+        {
+            self.prune_wal(keep_from)?;
+        }
         let info = SnapshotInfo {
             revision: written.revision,
             keys: written.keys,

@@ -3,13 +3,16 @@
 //! subscribers for library users.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Weak};
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{TrySendError, bounded};
 
+use super::log_source::InnerSlot;
 use super::{Db, DbError, Inner};
-use crate::events::subscriptions::{Subscription, SubscriptionOp, Target};
+use crate::events::subscriptions::{
+    DeliveryState, FailedEvent, Subscription, SubscriptionOp, Target,
+};
 use crate::events::webhook::DeliveryStats;
 use crate::events::{EventHub, Listener};
 use crate::store::ChangeEvent;
@@ -18,46 +21,43 @@ use crate::wal::Record;
 /// Capacity of an in-process subscriber's queue.
 const LOCAL_QUEUE: usize = 65_536;
 
-/// Lets the delivery pool, created before the database, remove a
-/// subscription whose receiver answered 410 Gone.
-#[derive(Default, Clone)]
-pub(super) struct GoneSlot(Arc<OnceLock<Weak<Inner>>>);
-
-impl GoneSlot {
-    pub(super) fn set(&self, inner: &Arc<Inner>) {
-        let _ = self.0.set(Arc::downgrade(inner));
-    }
-
-    pub(super) fn callback(&self) -> crate::events::webhook::OnGone {
-        let slot = self.clone();
-        Arc::new(move |id: &str| {
-            let Some(inner) = slot.0.get().and_then(Weak::upgrade) else {
-                return;
-            };
-            // Off the delivery runtime: logging the removal may wait on disk.
-            let id = id.to_string();
-            std::thread::spawn(move || {
-                if let Err(e) = inner.unsubscribe_by_id(&id) {
-                    tracing::error!(subscription = %id, "could not remove a gone subscription: {e}");
-                }
-            });
-        })
-    }
+/// What the pool calls when a receiver answers 410 Gone: the subscription
+/// is removed (off the delivery runtime: logging the removal waits on disk).
+pub(super) fn on_gone(slot: InnerSlot) -> crate::events::webhook::OnGone {
+    Arc::new(move |id: &str| {
+        let Some(inner) = slot.get() else {
+            return;
+        };
+        let id = id.to_string();
+        std::thread::spawn(move || {
+            if let Err(e) = inner.unsubscribe_by_id(&id) {
+                tracing::error!(subscription = %id, "could not remove a gone subscription: {e}");
+            }
+        });
+    })
 }
 
-/// The hub listener that hands matching events to the delivery pool.
+/// The hub listener that hints the delivery pool: only the revision goes
+/// on its queue; the events themselves are read back from the log.
 pub(super) fn webhook_listener(inner: &Arc<Inner>) -> Listener {
     let registry = Arc::clone(&inner.registry);
     let pool = Arc::clone(&inner.pool);
     Arc::new(move |event: &Arc<ChangeEvent>| {
-        if registry.is_empty() {
-            return;
-        }
-        let subs = registry.matching(&event.key);
-        if !subs.is_empty() {
-            pool.enqueue(Arc::clone(event), subs);
+        if !registry.is_empty() {
+            pool.hint(event.version);
         }
     })
+}
+
+/// A webhook subscription with its delivery state (SPEC §5).
+#[derive(Debug, Clone)]
+pub struct SubscriptionStatus {
+    /// The definition.
+    pub def: Subscription,
+    /// The durable delivery state: cursor, failed and lost events, status.
+    pub state: DeliveryState,
+    /// Events read from the log and not yet delivered or given up on.
+    pub pending: u64,
 }
 
 /// What `unsubscribe` is asked to remove.
@@ -184,14 +184,108 @@ impl Db {
         self.inner.registry.list()
     }
 
+    /// Every webhook subscription with its delivery state, oldest first.
+    pub fn subscription_statuses(&self) -> Vec<SubscriptionStatus> {
+        self.inner
+            .registry
+            .all()
+            .iter()
+            .map(|sub| SubscriptionStatus {
+                def: sub.def.clone(),
+                state: sub.state(),
+                pending: sub.pending.load(Ordering::Relaxed),
+            })
+            .collect()
+    }
+
+    /// One webhook subscription with its delivery state.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::NotFound`] when there is no such subscription.
+    pub fn subscription_status(&self, id: &str) -> Result<SubscriptionStatus, DbError> {
+        let sub = self.inner.registry.active(id).ok_or(DbError::NotFound)?;
+        Ok(SubscriptionStatus {
+            def: sub.def.clone(),
+            state: sub.state(),
+            pending: sub.pending.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Up to `limit` failed events of a subscription with revisions after
+    /// `after`, oldest first, and the revision to continue after, if more.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::NotFound`] when there is no such subscription.
+    pub fn failed_events(
+        &self,
+        id: &str,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<(Vec<FailedEvent>, Option<u64>), DbError> {
+        let sub = self.inner.registry.active(id).ok_or(DbError::NotFound)?;
+        let state = sub.state();
+        let from = after.map_or(0, |a| a.saturating_add(1));
+        let mut page: Vec<FailedEvent> = state
+            .failed
+            .range(from..)
+            .take(limit + 1)
+            .map(|(_, f)| f.clone())
+            .collect();
+        let next = (page.len() > limit).then(|| {
+            page.truncate(limit);
+            page.last().map_or(0, |f| f.revision)
+        });
+        Ok((page, next))
+    }
+
+    /// Sends the failed events of a subscription from revision `since` on
+    /// again; returns how many. Each leaves the failed list once a 2xx
+    /// acknowledges it, or stays there with its new attempts.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::NotFound`] when there is no such subscription.
+    pub fn recover(&self, id: &str, since: u64) -> Result<usize, DbError> {
+        let sub = self.inner.registry.active(id).ok_or(DbError::NotFound)?;
+        let revisions: Vec<u64> = sub.state().failed.range(since..).map(|(&r, _)| r).collect();
+        let n = revisions.len();
+        sub.recover_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(revisions);
+        sub.wake.notify_one();
+        Ok(n)
+    }
+
+    /// Makes a disabled subscription active again; delivery resumes from
+    /// its cursor. Returns once that is logged.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::NotFound`] when there is no such subscription,
+    /// [`DbError::Unavailable`] when the log refuses writes.
+    pub fn enable(&self, id: &str) -> Result<SubscriptionStatus, DbError> {
+        self.inner.registry.active(id).ok_or(DbError::NotFound)?;
+        self.inner
+            .log_subscription_op(SubscriptionOp::Enable { id: id.to_string() })?;
+        self.subscription_status(id)
+    }
+
     /// Counters of webhook delivery.
     pub fn delivery_stats(&self) -> &DeliveryStats {
         self.inner.pool.stats()
     }
 
-    /// Events waiting between the write path and the delivery lanes.
+    /// Hints waiting between the write path and the delivery pool.
     pub fn delivery_queue_depth(&self) -> usize {
         self.inner.pool.queue_depth()
+    }
+
+    /// Events read from the log and not yet delivered or given up on.
+    pub fn delivery_in_flight(&self) -> u64 {
+        self.inner.pool.in_flight()
     }
 
     /// Calls `callback` for every change of `target`, in order, on a thread

@@ -50,7 +50,8 @@ pub struct FeedEvent {
 }
 
 impl FeedEvent {
-    fn new(change: Arc<ChangeEvent>) -> FeedEvent {
+    /// Wraps a change; its payload is encoded when first asked for.
+    pub fn new(change: Arc<ChangeEvent>) -> FeedEvent {
         FeedEvent {
             change,
             payload: OnceLock::new(),
@@ -67,6 +68,48 @@ impl FeedEvent {
         self.payload.get_or_init(|| encode_payload(&self.change))
     }
 }
+
+/// Changes older than the ring, read back from the log on disk (the
+/// database provides it when it has a data directory).
+pub trait Backfill: Send + Sync {
+    /// Revisions up to this one are not retained any more.
+    fn floor(&self) -> u64;
+
+    /// The changes after `after` up to `through`, at most `max` of them, in
+    /// revision order, and the revision read through.
+    ///
+    /// # Errors
+    ///
+    /// The newest revision that is gone, when changes after `after` are.
+    fn read(
+        &self,
+        after: u64,
+        through: u64,
+        max: usize,
+    ) -> Result<(Vec<Arc<ChangeEvent>>, u64), u64>;
+}
+
+/// What [`Feed::read_after`] found.
+#[derive(Debug)]
+pub enum ReadAfter {
+    /// The changes after the asked revision, in order, and the revision
+    /// they reach (every change up to `through` was considered).
+    Events {
+        /// The changes.
+        events: Vec<Arc<FeedEvent>>,
+        /// The revision read through.
+        through: u64,
+    },
+    /// Changes after the asked revision are retained neither in memory nor
+    /// on disk; revisions up to `floor` are gone.
+    Gone {
+        /// The newest revision that is gone.
+        floor: u64,
+    },
+}
+
+/// Changes a disk backfill reads at a time.
+const BACKFILL_BATCH: usize = 1024;
 
 /// Why a subscription starts over or ends instead of carrying on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -191,6 +234,8 @@ struct Shared {
     skipped: AtomicU64,
     /// Asked before a missing revision is given up on.
     in_flight: OnceLock<InFlight>,
+    /// Where changes older than the ring are read from, if anywhere.
+    backfill: OnceLock<Arc<dyn Backfill>>,
 }
 
 struct State {
@@ -281,6 +326,7 @@ impl Feed {
             events: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
             in_flight: OnceLock::new(),
+            backfill: OnceLock::new(),
         });
         let for_thread = Arc::clone(&shared);
         let gap_thread = std::thread::Builder::new()
@@ -298,6 +344,19 @@ impl Feed {
     /// of giving up after [`GAP_TIMEOUT`]. Set once, before changes flow.
     pub fn watch_in_flight(&self, in_flight: impl Fn() -> bool + Send + Sync + 'static) {
         let _ = self.shared.in_flight.set(Box::new(in_flight));
+    }
+
+    /// Lets resumes and [`Feed::read_after`] reach changes older than the
+    /// ring through `backfill` (set once, before any client subscribes).
+    pub fn set_backfill(&self, backfill: Arc<dyn Backfill>) {
+        let _ = self.shared.backfill.set(backfill);
+    }
+
+    /// A handle that reads the feed by revision (for webhook delivery).
+    pub fn reader(&self) -> FeedReader {
+        FeedReader {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// The hub listener that feeds this feed. It takes the feed's lock and
@@ -329,6 +388,7 @@ impl Feed {
             .max(delivered);
         let mut local = VecDeque::new();
         let mut start = None;
+        let mut backfill = None;
         let mut after = delivered;
         match since {
             None => {}
@@ -339,10 +399,25 @@ impl Feed {
                 });
             }
             Some(since) if since < st.floor => {
-                start = Some(Reset::NotRetained {
-                    since,
-                    oldest_retained: st.floor + 1,
-                });
+                match shared.backfill.get() {
+                    Some(disk) if since >= disk.floor() => {
+                        // Older than the ring but on disk: the disk part
+                        // first, then the whole ring, then live.
+                        backfill = Some((Arc::clone(disk), since, st.floor));
+                        local.extend(
+                            st.ring
+                                .iter()
+                                .filter(|e| e.change.key.starts_with(prefix))
+                                .cloned(),
+                        );
+                    }
+                    disk => {
+                        start = Some(Reset::NotRetained {
+                            since,
+                            oldest_retained: disk.map_or(st.floor, |d| d.floor()) + 1,
+                        });
+                    }
+                }
             }
             Some(since) => {
                 let from = st.ring.partition_point(|e| e.version() <= since);
@@ -374,6 +449,13 @@ impl Feed {
             shared: Arc::clone(shared),
             client,
             start,
+            backfill: backfill.map(|(disk, after, through)| Backfilling {
+                disk,
+                after,
+                through,
+                prefix: Box::from(prefix),
+                buffered: VecDeque::new(),
+            }),
             local,
             ended: false,
         }
@@ -553,12 +635,109 @@ impl Shared {
     }
 }
 
+/// Reads the feed by revision: the ring, or the disk behind it.
+#[derive(Clone)]
+pub struct FeedReader {
+    shared: Arc<Shared>,
+}
+
+impl FeedReader {
+    /// The newest revision the feed has passed on, in order.
+    pub fn delivered(&self) -> u64 {
+        lock(&self.shared.state).next - 1
+    }
+
+    /// The newest revision no longer in the ring (older ones are read
+    /// from disk, if anywhere).
+    pub fn ring_floor(&self) -> u64 {
+        lock(&self.shared.state).floor
+    }
+
+    /// The changes after `after`, at most `max`, in revision order: from
+    /// the ring when it reaches back that far, else from the disk.
+    pub fn read_after(&self, after: u64, max: usize) -> ReadAfter {
+        let st = lock(&self.shared.state);
+        let delivered = st.next - 1;
+        if after >= st.floor {
+            let from = st.ring.partition_point(|e| e.version() <= after);
+            let events: Vec<Arc<FeedEvent>> = st.ring.range(from..).take(max).cloned().collect();
+            let through = match events.last() {
+                Some(last) if events.len() == max => last.version(),
+                _ => delivered.max(after),
+            };
+            return ReadAfter::Events { events, through };
+        }
+        let ring_floor = st.floor;
+        drop(st);
+        let Some(disk) = self.shared.backfill.get() else {
+            return ReadAfter::Gone { floor: ring_floor };
+        };
+        match disk.read(after, ring_floor, max) {
+            Ok((changes, through)) => ReadAfter::Events {
+                events: changes
+                    .into_iter()
+                    .map(|c| Arc::new(FeedEvent::new(c)))
+                    .collect(),
+                through,
+            },
+            Err(floor) => ReadAfter::Gone { floor },
+        }
+    }
+}
+
+/// The part of a resume that is read from disk.
+struct Backfilling {
+    disk: Arc<dyn Backfill>,
+    /// Read through this revision so far.
+    after: u64,
+    /// The ring's floor when the client subscribed: the ring had the rest.
+    through: u64,
+    prefix: Box<str>,
+    buffered: VecDeque<Arc<FeedEvent>>,
+}
+
+impl Backfilling {
+    /// The next change from disk; `Err` with a reset if the disk lost them
+    /// meanwhile; `Ok(None)` once the disk part is over.
+    fn next(&mut self) -> Result<Option<Arc<FeedEvent>>, Reset> {
+        loop {
+            if let Some(event) = self.buffered.pop_front() {
+                return Ok(Some(event));
+            }
+            if self.after >= self.through {
+                return Ok(None);
+            }
+            match self.disk.read(self.after, self.through, BACKFILL_BATCH) {
+                Ok((changes, through)) => {
+                    self.after = through.max(self.after + 1);
+                    self.buffered.extend(
+                        changes
+                            .into_iter()
+                            .filter(|c| c.key.starts_with(&*self.prefix))
+                            .map(|c| Arc::new(FeedEvent::new(c))),
+                    );
+                }
+                Err(floor) => {
+                    let since = self.after;
+                    self.after = self.through;
+                    return Err(Reset::NotRetained {
+                        since,
+                        oldest_retained: floor + 1,
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// One client's view of the feed. Dropping it unsubscribes.
 pub struct Subscription {
     shared: Arc<Shared>,
     client: Arc<Client>,
     /// A reset to report before anything else.
     start: Option<Reset>,
+    /// Changes older than the ring, still to be read from disk.
+    backfill: Option<Backfilling>,
     /// Replayed changes, then batches taken from the client's queue.
     local: VecDeque<Arc<FeedEvent>>,
     ended: bool,
@@ -572,6 +751,16 @@ impl Subscription {
         }
         if let Some(reset) = self.start.take() {
             return TryNext::Item(FeedItem::Reset(reset));
+        }
+        if let Some(disk) = &mut self.backfill {
+            match disk.next() {
+                Ok(Some(event)) => return TryNext::Item(FeedItem::Event(event)),
+                Ok(None) => self.backfill = None,
+                Err(reset) => {
+                    self.backfill = None;
+                    return TryNext::Item(FeedItem::Reset(reset));
+                }
+            }
         }
         if let Some(event) = self.local.pop_front() {
             return TryNext::Item(FeedItem::Event(event));
@@ -606,7 +795,8 @@ impl Subscription {
     /// Waits until [`Subscription::try_next`] may have something. Cancel
     /// safe; it may return early.
     pub async fn wait(&self) {
-        if self.ended || self.start.is_some() || !self.local.is_empty() {
+        if self.ended || self.start.is_some() || self.backfill.is_some() || !self.local.is_empty()
+        {
             return;
         }
         self.client.wake.notified().await;

@@ -513,7 +513,7 @@ fn encode_webhook_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Resul
         e,
         "webhook_in_flight",
         "Events accepted by the delivery pool and not finished",
-        d.in_flight.load(Relaxed),
+        db.delivery_in_flight(),
     )?;
     counter(
         e,

@@ -1,15 +1,15 @@
 //! Handlers of the `/pubsub` routes (SPEC §5).
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{AppState, json};
-use crate::db::Unsubscribe;
+use crate::db::{DbError, SubscriptionStatus, Unsubscribe};
 use crate::events::subscriptions::{Subscription, Target};
 
 #[derive(Deserialize)]
@@ -139,8 +139,131 @@ pub(super) async fn unsubscribe(
     }
 }
 
+/// A subscription with its delivery state (SPEC §5).
+#[derive(Serialize)]
+struct Detailed<'a> {
+    #[serde(flatten)]
+    def: Shown<'a>,
+    status: &'static str,
+    cursor: u64,
+    pending: u64,
+    failed: usize,
+    lost_events: u64,
+    last_success_at: Option<String>,
+    failing_since: Option<String>,
+    last_error: Option<&'a str>,
+}
+
+fn detailed(s: &SubscriptionStatus) -> Detailed<'_> {
+    Detailed {
+        def: shown(&s.def),
+        status: s.state.status(),
+        cursor: s.state.cursor,
+        pending: s.pending,
+        failed: s.state.failed.len(),
+        lost_events: s.state.lost_events,
+        last_success_at: s.state.last_success_at_ms.map(super::rfc3339_ms),
+        failing_since: s.state.failing_since_ms.map(super::rfc3339_ms),
+        last_error: s.state.last_error.as_deref(),
+    }
+}
+
 pub(super) async fn subscriptions(State(state): State<AppState>) -> Response {
-    let subs = state.db.subscriptions();
-    let shown: Vec<Shown<'_>> = subs.iter().map(shown).collect();
+    let subs = state.db.subscription_statuses();
+    let shown: Vec<Detailed<'_>> = subs.iter().map(detailed).collect();
     json(StatusCode::OK, &serde_json::json!({"subscriptions": shown}))
+}
+
+fn sub_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    id.map(|Path(id)| id)
+        .map_err(|e| ApiError::InvalidRequest(format!("bad subscription id: {}", e.body_text())))
+}
+
+/// A database answer about one subscription: "not found" names it.
+fn about<T>(result: Result<T, DbError>) -> Result<T, ApiError> {
+    result.map_err(|e| match e {
+        DbError::NotFound => ApiError::NotFound("no such subscription".into()),
+        other => other.into(),
+    })
+}
+
+/// `GET /pubsub/subscriptions/{id}`.
+pub(super) async fn subscription(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let status = about(state.db.subscription_status(&sub_id(id)?))?;
+    Ok(json(StatusCode::OK, &detailed(&status)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct FailedQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+/// `GET /pubsub/subscriptions/{id}/failed`: paged like `/kv`.
+pub(super) async fn failed(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    q: Result<Query<FailedQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let id = sub_id(id)?;
+    let q = super::kv::query(q)?;
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::InvalidRequest(format!(
+            "limit must be between 1 and 10000; got {limit}"
+        )));
+    }
+    let after = q
+        .cursor
+        .map(|c| {
+            c.parse::<u64>().map_err(|_| {
+                ApiError::InvalidRequest(format!(
+                    "cursor must be the next_cursor of a previous page; got {c:?}"
+                ))
+            })
+        })
+        .transpose()?;
+    let (events, next) = about(state.db.failed_events(&id, after, limit))?;
+    Ok(json(
+        StatusCode::OK,
+        &serde_json::json!({"events": events, "next_cursor": next.map(|n| n.to_string())}),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RecoverBody {
+    since: Option<u64>,
+}
+
+/// `POST /pubsub/subscriptions/{id}/recover` with `{"since": REV}`.
+pub(super) async fn recover(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let id = sub_id(id)?;
+    let body: RecoverBody = parse_body(&body.map_err(super::kv::body_error)?)?;
+    let since = body
+        .since
+        .ok_or_else(|| ApiError::InvalidRequest("\"since\" (a revision) is required".into()))?;
+    let queued = about(state.db.recover(&id, since))?;
+    Ok(json(StatusCode::OK, &serde_json::json!({"queued": queued})))
+}
+
+/// `POST /pubsub/subscriptions/{id}/enable`.
+pub(super) async fn enable(
+    State(state): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = sub_id(id)?;
+    let db = state.db.clone();
+    let status = tokio::task::spawn_blocking(move || db.enable(&id))
+        .await
+        .map_err(|e| ApiError::Internal(format!("enable task failed: {e}")))?;
+    Ok(json(StatusCode::OK, &detailed(&about(status)?)))
 }

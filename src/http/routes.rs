@@ -69,6 +69,18 @@ pub static ROUTES: &[Route] = &[
     Route::new(Method::GET, "/pubsub/subscriptions", |m| {
         on(m, pubsub::subscriptions)
     }),
+    Route::new(Method::GET, "/pubsub/subscriptions/{id}", |m| {
+        on(m, pubsub::subscription)
+    }),
+    Route::new(Method::GET, "/pubsub/subscriptions/{id}/failed", |m| {
+        on(m, pubsub::failed)
+    }),
+    Route::new(Method::POST, "/pubsub/subscriptions/{id}/recover", |m| {
+        on(m, pubsub::recover)
+    }),
+    Route::new(Method::POST, "/pubsub/subscriptions/{id}/enable", |m| {
+        on(m, pubsub::enable)
+    }),
     Route::new(Method::GET, "/system/alive", |m| on(m, system::alive)),
     Route::new(Method::GET, "/system/version", |m| on(m, system::version)),
     Route::new(Method::GET, "/system/stats", |m| on(m, system::stats)),

@@ -134,7 +134,7 @@ fn webhook_stats(db: &crate::Db) -> WebhookStats {
     let d = db.delivery_stats();
     WebhookStats {
         queue_depth: db.delivery_queue_depth(),
-        in_flight: d.in_flight.load(Relaxed),
+        in_flight: db.delivery_in_flight(),
         delivered: d.delivered.load(Relaxed),
         retried: d.retried.load(Relaxed),
         failed: d.failed.load(Relaxed),

@@ -112,8 +112,9 @@ pub enum Step {
 
 /// Writes a snapshot of `store` covering the WAL before `wal_segment` into
 /// `dir` (temp file, fsync, rename, directory fsync), then keeps only the
-/// newest `retain` snapshots and removes the WAL segments none of them
-/// needs. `at_step` is called after each [`Step`] (tests abort there).
+/// newest `retain` snapshots. `at_step` is called after each [`Step`]
+/// (tests abort there). The WAL segments the kept snapshots no longer need
+/// are the caller's to drop ([`oldest_kept`]): log retention decides.
 ///
 /// # Errors
 ///
@@ -160,23 +161,25 @@ pub fn write(
     Ok((written, final_path))
 }
 
-/// Keeps the newest `retain` snapshots and the WAL segments from the oldest
-/// kept one on; removes the rest.
+/// The WAL segment of the oldest snapshot kept (the first segment the
+/// snapshots still need), if there is a snapshot.
+///
+/// # Errors
+///
+/// The directory cannot be read.
+pub fn oldest_kept(dir: &Path, retain: usize) -> Result<Option<u64>, SnapshotError> {
+    let snapshots = list(dir)?;
+    Ok(snapshots
+        .get(retain.max(1).min(snapshots.len()).wrapping_sub(1))
+        .copied())
+}
+
+/// Keeps the newest `retain` snapshots; removes the rest.
 fn prune(dir: &Path, retain: usize) -> Result<(), SnapshotError> {
     let snapshots = list(dir)?;
-    let Some(&oldest_kept) = snapshots.get(retain.max(1).min(snapshots.len()).wrapping_sub(1))
-    else {
-        return Ok(());
-    };
     for &old in snapshots.iter().skip(retain.max(1)) {
         let p = path(dir, old);
         std::fs::remove_file(&p).map_err(|e| SnapshotError::io(&p, e))?;
-    }
-    for n in segment::list(dir).map_err(|e| SnapshotError::io(dir, e))? {
-        if n < oldest_kept {
-            let p = segment::path(dir, n);
-            std::fs::remove_file(&p).map_err(|e| SnapshotError::io(&p, e))?;
-        }
     }
     segment::sync_dir(dir).map_err(|e| SnapshotError::io(dir, e))
 }

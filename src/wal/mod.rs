@@ -6,6 +6,7 @@
 //! the database hands it records and a [`writer::BatchSink`] to apply them.
 
 mod faults;
+pub mod reader;
 pub mod record;
 mod replay;
 pub mod segment;
@@ -15,6 +16,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+pub use reader::{LogReader, ReadEnd};
 pub use record::Record;
 pub use replay::{ReplayReport, repair, replay};
 pub use writer::{BatchSink, WalWriter};

@@ -1,0 +1,456 @@
+//! One subscription's delivery task: reads the subscription's events from
+//! the log (the feed's ring, or the disk behind it) after its durable
+//! cursor, delivers them with retries, and logs its progress.
+//!
+//! Ordering: the events of one key wait in a queue of their own and only
+//! its head is ever attempted, so a later version goes out only after the
+//! earlier one was acknowledged or given up on; different keys go out side
+//! by side (up to [`MAX_IN_FLIGHT`]). The cursor is the revision before
+//! the oldest event not yet finished, so after a crash delivery resumes
+//! with nothing skipped, at the cost of sending again what was in flight.
+//!
+//! Memory: at most about [`WINDOW`] events are held; a subscriber that does
+//! not keep up leaves the rest in the log, where they cost no memory.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::watch;
+
+use super::PoolShared;
+use super::attempt::{Outcome, attempt};
+use crate::events::feed::{FeedEvent, ReadAfter};
+use crate::events::subscriptions::{ActiveSubscription, SubscriptionOp};
+
+/// Events held per subscription before reading from the log pauses.
+pub(super) const WINDOW: usize = 4096;
+
+/// Changes read from the log at a time.
+const READ_BATCH: usize = 1024;
+
+/// Attempts in flight per subscription at once (each for another key).
+pub(super) const MAX_IN_FLIGHT: usize = 32;
+
+/// The cursor is logged at most this often while it moves (and at once on
+/// a change of status): often enough that a restart re-sends little, rare
+/// enough that it costs no fsync of its own.
+const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+
+/// How often a stopped (disabled, gone) task looks at its state again.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
+
+type Attempt = Pin<Box<dyn Future<Output = (u64, Outcome)> + Send>>;
+
+/// An event read and not yet finished.
+struct Pending {
+    event: Arc<FeedEvent>,
+    attempts: u32,
+    /// Sent again by `recover`: older than the cursor, so not counted in it.
+    recovery: bool,
+    read_at: Instant,
+}
+
+pub(super) struct Lane {
+    sub: Arc<ActiveSubscription>,
+    shared: Arc<PoolShared>,
+    /// Every event up to here is delivered or given up on.
+    cursor: u64,
+    window: BTreeMap<u64, Pending>,
+    /// Revisions of each key's events in the window, oldest first; only
+    /// the head is ever attempted.
+    by_key: HashMap<Box<str>, VecDeque<u64>>,
+    /// Heads due now.
+    ready: VecDeque<u64>,
+    /// Heads waiting for their next attempt.
+    timers: BTreeSet<(Instant, u64)>,
+    in_flight: FuturesUnordered<Attempt>,
+    /// Events in the window that count in the cursor.
+    n_pending: usize,
+    last_success_at_ms: Option<u64>,
+    failing_since_ms: Option<u64>,
+    last_error: Option<String>,
+    logged_cursor: u64,
+    logged_at: Instant,
+    /// A status change that is to be logged at once.
+    state_changed: bool,
+    /// Recovered events delivered, to be logged.
+    recovered: Vec<u64>,
+    /// The Disable record is submitted but may not be applied yet.
+    disabling: bool,
+    /// The receiver answered 410; the subscription is being removed.
+    gone: bool,
+}
+
+impl Lane {
+    pub(super) fn new(sub: Arc<ActiveSubscription>, shared: Arc<PoolShared>) -> Lane {
+        let state = sub.state();
+        *sub.read_next.lock().unwrap_or_else(|e| e.into_inner()) = state.cursor + 1;
+        Lane {
+            sub,
+            shared,
+            cursor: state.cursor,
+            window: BTreeMap::new(),
+            by_key: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BTreeSet::new(),
+            in_flight: FuturesUnordered::new(),
+            n_pending: 0,
+            last_success_at_ms: state.last_success_at_ms,
+            failing_since_ms: state.failing_since_ms,
+            last_error: state.last_error,
+            logged_cursor: state.cursor,
+            logged_at: Instant::now(),
+            state_changed: false,
+            recovered: Vec::new(),
+            disabling: false,
+            gone: false,
+        }
+    }
+
+    pub(super) async fn run(mut self, mut latest: watch::Receiver<u64>) {
+        loop {
+            if self.sub.is_removed() {
+                self.sub.pending.store(0, Ordering::Relaxed);
+                return;
+            }
+            if self.shared.is_stopping() {
+                self.log_progress(true);
+                return;
+            }
+            let disabled = self.sub.is_disabled();
+            if disabled {
+                self.disabling = false;
+            }
+            if disabled || self.disabling || self.gone {
+                self.clear();
+                self.log_progress(true);
+                let _ = tokio::time::timeout(IDLE_CHECK, self.sub.wake.notified()).await;
+                continue;
+            }
+            self.take_recover_requests();
+            self.fill();
+            self.start_due();
+            self.advance_cursor();
+            self.check_disable();
+            self.log_progress(false);
+            let next_timer = self.timers.first().map(|(at, _)| *at);
+            let has_room = self.n_pending < WINDOW;
+            let unlogged = self.cursor != self.logged_cursor || !self.recovered.is_empty();
+            tokio::select! {
+                Some((revision, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.finish(revision, outcome);
+                }
+                () = sleep_until(next_timer), if next_timer.is_some() => {}
+                changed = latest.changed(), if has_room => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = self.sub.wake.notified() => {}
+                () = tokio::time::sleep(PROGRESS_EVERY), if unlogged => {}
+            }
+        }
+    }
+
+    /// Reads the subscription's next events from the log into the window.
+    fn fill(&mut self) {
+        let sub = Arc::clone(&self.sub);
+        while self.n_pending < WINDOW {
+            let mut read_next = sub.read_next.lock().unwrap_or_else(|e| e.into_inner());
+            let after = *read_next - 1;
+            match self.shared.source.read_after(after, READ_BATCH) {
+                ReadAfter::Events { events, through } => {
+                    for event in events {
+                        if sub.def.target.matches(&event.change.key) {
+                            self.admit(event, false);
+                        }
+                    }
+                    *read_next = through.max(after) + 1;
+                    if through <= after {
+                        return;
+                    }
+                }
+                ReadAfter::Gone { floor } => {
+                    // Only without a log on disk (or after a crash in the
+                    // middle of dropping segments) is this reached: the
+                    // events are not there to be counted one by one, so the
+                    // revisions are counted (an upper bound).
+                    let n = floor.saturating_sub(after);
+                    *read_next = floor + 1;
+                    drop(read_next);
+                    let lost_events = self.sub.state().lost_events + n;
+                    tracing::warn!(subscription = %self.sub.def.id, first = after + 1, last = floor, "webhook events lost: no longer retained");
+                    self.shared
+                        .stats
+                        .dropped
+                        .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                    self.shared.log.append(SubscriptionOp::Lost {
+                        id: self.sub.def.id.clone(),
+                        through: floor,
+                        lost_events,
+                    });
+                }
+            }
+        }
+    }
+
+    fn admit(&mut self, event: Arc<FeedEvent>, recovery: bool) {
+        let revision = event.version();
+        if self.window.contains_key(&revision) {
+            return;
+        }
+        let queue = self.by_key.entry(event.change.key.clone()).or_default();
+        queue.push_back(revision);
+        if queue.len() == 1 {
+            self.ready.push_back(revision);
+        }
+        self.window.insert(
+            revision,
+            Pending {
+                event,
+                attempts: 0,
+                recovery,
+                read_at: Instant::now(),
+            },
+        );
+        if !recovery {
+            self.n_pending += 1;
+            self.sub.pending.store(self.n_pending as u64, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts attempts for the heads that are due, up to the limit.
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, revision)) = self.timers.first()
+            && at <= now
+        {
+            self.timers.pop_first();
+            self.ready.push_back(revision);
+        }
+        while self.in_flight.len() < MAX_IN_FLIGHT
+            && let Some(revision) = self.ready.pop_front()
+        {
+            let Some(pending) = self.window.get(&revision) else {
+                continue;
+            };
+            let event = Arc::clone(&pending.event);
+            let sub = Arc::clone(&self.sub);
+            let shared = Arc::clone(&self.shared);
+            self.in_flight.push(Box::pin(async move {
+                let outcome = attempt(&shared.client, &sub, &event).await;
+                (revision, outcome)
+            }));
+        }
+    }
+
+    fn finish(&mut self, revision: u64, outcome: Outcome) {
+        let stats = &self.shared.stats;
+        let Some(pending) = self.window.get_mut(&revision) else {
+            return;
+        };
+        pending.attempts += 1;
+        match outcome {
+            Outcome::Acknowledged => {
+                stats.delivered.fetch_add(1, Ordering::Relaxed);
+                stats.latency_micros.fetch_add(
+                    u64::try_from(pending.read_at.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    Ordering::Relaxed,
+                );
+                if pending.recovery {
+                    self.recovered.push(revision);
+                }
+                self.last_success_at_ms = Some(now_ms());
+                if self.failing_since_ms.take().is_some() {
+                    self.state_changed = true;
+                }
+                self.done(revision);
+            }
+            Outcome::Gone => {
+                stats.gone.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(subscription = %self.sub.def.id, url = %self.sub.def.callback_url, "receiver answered 410 Gone: removing the subscription");
+                self.gone = true;
+                (self.shared.on_gone)(&self.sub.def.id);
+            }
+            Outcome::Retry { why, retry_after } => {
+                if self.failing_since_ms.is_none() {
+                    self.failing_since_ms = Some(now_ms());
+                    self.state_changed = true;
+                }
+                let attempts = pending.attempts;
+                let key = pending.event.change.key.to_string();
+                if attempts >= self.shared.config.schedule.attempts() {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(subscription = %self.sub.def.id, url = %self.sub.def.callback_url, event = revision, %key, "gave up on a webhook event after {attempts} attempts: {why}");
+                    self.shared.log.append(SubscriptionOp::Failed {
+                        id: self.sub.def.id.clone(),
+                        revision,
+                        key,
+                        attempts,
+                        last_error: why.clone(),
+                    });
+                    self.done(revision);
+                } else {
+                    stats.retried.fetch_add(1, Ordering::Relaxed);
+                    let pause =
+                        retry_after.unwrap_or_else(|| self.shared.config.schedule.delay(attempts));
+                    tracing::debug!(subscription = %self.sub.def.id, event = revision, attempts, ?pause, "webhook attempt failed: {why}");
+                    self.timers.insert((Instant::now() + pause, revision));
+                }
+                self.last_error = Some(why);
+            }
+        }
+    }
+
+    /// Removes a finished event; the next one of its key becomes due.
+    fn done(&mut self, revision: u64) {
+        let Some(pending) = self.window.remove(&revision) else {
+            return;
+        };
+        if !pending.recovery {
+            self.n_pending -= 1;
+            self.sub.pending.store(self.n_pending as u64, Ordering::Relaxed);
+        }
+        let key = &pending.event.change.key;
+        if let Some(queue) = self.by_key.get_mut(key) {
+            queue.retain(|&r| r != revision);
+            match queue.front() {
+                Some(&next) => self.ready.push_back(next),
+                None => {
+                    self.by_key.remove(key);
+                }
+            }
+        }
+    }
+
+    /// The cursor: just before the oldest event not finished, or the last
+    /// revision read.
+    fn advance_cursor(&mut self) {
+        let read_next = *self.sub.read_next.lock().unwrap_or_else(|e| e.into_inner());
+        let oldest = self
+            .window
+            .iter()
+            .find(|(_, p)| !p.recovery)
+            .map(|(&r, _)| r);
+        let cursor = oldest.map_or(read_next - 1, |r| r - 1);
+        self.cursor = self.cursor.max(cursor);
+    }
+
+    /// Disables the subscription after `--webhook-disable-after` with no
+    /// 2xx while events were due.
+    fn check_disable(&mut self) {
+        let Some(since) = self.failing_since_ms else {
+            return;
+        };
+        let limit = u64::try_from(self.shared.config.disable_after.as_millis()).unwrap_or(u64::MAX);
+        if self.n_pending == 0 || now_ms().saturating_sub(since) < limit {
+            return;
+        }
+        tracing::warn!(subscription = %self.sub.def.id, url = %self.sub.def.callback_url, "no 2xx for {:?} while events were due: disabling the subscription", self.shared.config.disable_after);
+        self.log_progress(true);
+        self.shared.log.append(SubscriptionOp::Disable {
+            id: self.sub.def.id.clone(),
+        });
+        self.disabling = true;
+    }
+
+    /// Logs the cursor and status (through the normal group commit; nothing
+    /// waits for it) when they changed, at most every [`PROGRESS_EVERY`]
+    /// unless `now` or the status changed.
+    fn log_progress(&mut self, now: bool) {
+        if !self.recovered.is_empty() {
+            self.shared.log.append(SubscriptionOp::Recovered {
+                id: self.sub.def.id.clone(),
+                revisions: std::mem::take(&mut self.recovered),
+            });
+        }
+        let moved = self.cursor != self.logged_cursor;
+        if !(self.state_changed || moved && (now || self.logged_at.elapsed() >= PROGRESS_EVERY)) {
+            return;
+        }
+        self.shared.log.append(SubscriptionOp::Progress {
+            id: self.sub.def.id.clone(),
+            cursor: self.cursor,
+            last_success_at_ms: self.last_success_at_ms,
+            failing_since_ms: self.failing_since_ms,
+            last_error: self.last_error.clone(),
+        });
+        self.logged_cursor = self.cursor;
+        self.logged_at = Instant::now();
+        self.state_changed = false;
+    }
+
+    /// Forgets everything read: delivery resumes from the cursor.
+    fn clear(&mut self) {
+        if self.window.is_empty() && self.in_flight.is_empty() {
+            return;
+        }
+        self.window.clear();
+        self.by_key.clear();
+        self.ready.clear();
+        self.timers.clear();
+        self.in_flight = FuturesUnordered::new();
+        self.n_pending = 0;
+        self.sub.pending.store(0, Ordering::Relaxed);
+        *self.sub.read_next.lock().unwrap_or_else(|e| e.into_inner()) = self.cursor + 1;
+        self.failing_since_ms = None;
+    }
+
+    /// Puts the failed events that `recover` asked for back in the window.
+    fn take_recover_requests(&mut self) {
+        let revisions = std::mem::take(
+            &mut *self
+                .sub
+                .recover_requests
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        let mut gone = Vec::new();
+        for revision in revisions {
+            match self.shared.source.read_after(revision - 1, 1) {
+                ReadAfter::Events { events, .. }
+                    if events.first().is_some_and(|e| e.version() == revision) =>
+                {
+                    if let Some(event) = events.into_iter().next() {
+                        self.admit(event, true);
+                    }
+                }
+                _ => gone.push(revision),
+            }
+        }
+        if !gone.is_empty() {
+            let n = gone.len() as u64;
+            tracing::warn!(subscription = %self.sub.def.id, events = n, "failed webhook events to recover are no longer retained: counted as lost");
+            self.shared.stats.dropped.fetch_add(n, Ordering::Relaxed);
+            let state = self.sub.state();
+            self.shared.log.append(SubscriptionOp::Recovered {
+                id: self.sub.def.id.clone(),
+                revisions: gone,
+            });
+            self.shared.log.append(SubscriptionOp::Lost {
+                id: self.sub.def.id.clone(),
+                through: state.cursor,
+                lost_events: state.lost_events + n,
+            });
+        }
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
