@@ -14,7 +14,7 @@ use dododb::events::webhook::RetrySchedule;
 use crate::client::Remote;
 use crate::client::args::{
     Connect, CountArgs, DelArgs, ExportArgs, GetArgs, ImportArgs, LsArgs, MgetArgs, MsetArgs,
-    PutArgs, SubscribeArgs, TxnArgs, WatchArgs,
+    PutArgs, SubEnableArgs, SubRecoverArgs, SubsArgs, SubscribeArgs, TxnArgs, WatchArgs,
 };
 
 /// DodoDB: an in-memory JSON key-value database and pub/sub service.
@@ -51,6 +51,12 @@ pub enum Command {
     Watch(Remote<WatchArgs>),
     /// Subscribe a webhook URL on a running server.
     Subscribe(Remote<SubscribeArgs>),
+    /// List a running server's webhook subscriptions with their status.
+    Subs(Remote<SubsArgs>),
+    /// Send a subscription's failed events from a revision on again.
+    SubRecover(Remote<SubRecoverArgs>),
+    /// Make a disabled subscription active again.
+    SubEnable(Remote<SubEnableArgs>),
     /// Run a transaction (a JSON document from a file or stdin) on a running
     /// server; exit 1 when its failure branch ran.
     Txn(Remote<TxnArgs>),

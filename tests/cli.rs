@@ -295,6 +295,50 @@ fn subscribe_registers_a_webhook() {
     );
 }
 
+#[test]
+fn subs_lists_status_and_sub_recover_and_sub_enable_act() {
+    // The callback refuses connections: with one attempt, events fail.
+    let server = TestServer::start(&["--webhook-retry-schedule", ""]);
+    let url = &server.url;
+    let sub = json(&ok(
+        url,
+        &[
+            "subscribe",
+            "--key",
+            "k",
+            "--callback",
+            "http://127.0.0.1:9/hook",
+        ],
+    ));
+    let id = sub["id"].as_str().expect("id").to_string();
+    ok(url, &["put", "k", "1"]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let listed = loop {
+        let listed = json(&ok(url, &["subs"]));
+        if listed["subscriptions"][0]["failed"] == 1 {
+            break listed;
+        }
+        assert!(std::time::Instant::now() < deadline, "{listed}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let shown = &listed["subscriptions"][0];
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["status"], "failing");
+    assert!(shown["cursor"].as_u64().is_some());
+    assert_eq!(
+        json(&ok(url, &["sub-recover", &id, "--since", "1"])),
+        serde_json::json!({"queued": 1})
+    );
+    assert_eq!(json(&ok(url, &["sub-enable", &id]))["id"], id.as_str());
+    let missing = run(url, &["sub-enable", "sub_nope"]);
+    assert_eq!(missing.code, Some(1), "{missing:?}");
+    assert_eq!(
+        run(url, &["sub-recover", &id]).code,
+        Some(2),
+        "--since is required"
+    );
+}
+
 /// A loopback HTTP server that answers its connections with canned
 /// responses, in order, and reports each request's head. Connections
 /// beyond the list are held open without an answer.

@@ -292,6 +292,41 @@ impl Api {
         self.send(self.stream.get(&url), &url)
     }
 
+    /// `GET /pubsub/subscriptions`: every subscription with its status.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub fn subscriptions(&self) -> Result<Vec<u8>, ClientError> {
+        let url = self.url("/pubsub/subscriptions");
+        let response = self.send(self.http.get(&url), &url)?;
+        Api::body(response, &url)
+    }
+
+    /// `POST /pubsub/subscriptions/{id}/{action}` with `body`.
+    ///
+    /// # Errors
+    ///
+    /// `404` for an unknown subscription; see [`ClientError`].
+    pub fn subscription_action(
+        &self,
+        id: &str,
+        action: &str,
+        body: &serde_json::Value,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(&format!(
+            "/pubsub/subscriptions/{}/{action}",
+            utf8_percent_encode(id, KEY_SEGMENT)
+        ));
+        let request = self
+            .http
+            .post(&url)
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        let response = self.send(request, &url)?;
+        Api::body(response, &url)
+    }
+
     /// `POST /pubsub/subscribe` with `body`: the server's answer.
     ///
     /// # Errors

@@ -1,6 +1,6 @@
 //! The clap types of the client commands (`get`, `put`, `del`, `ls`,
 //! `count`, `watch`, `subscribe`, `txn`, `mget`, `mset`, `import`,
-//! `export`), shared by the command line and the
+//! `export`, `subs`, `sub-recover`, `sub-enable`), shared by the command line and the
 //! interactive shell so both accept the same words. Parsing only: no I/O.
 
 use clap::{Args, Subcommand};
@@ -60,6 +60,33 @@ pub enum ClientCommand {
     Import(ImportArgs),
     /// Write every entry to standard output in the export format (a backup).
     Export(ExportArgs),
+    /// List the webhook subscriptions with their delivery status.
+    Subs(SubsArgs),
+    /// Send a subscription's failed events from a revision on again.
+    SubRecover(SubRecoverArgs),
+    /// Make a disabled subscription active again (resumes from its cursor).
+    SubEnable(SubEnableArgs),
+}
+
+/// `subs`.
+#[derive(Args, Debug, Clone)]
+pub struct SubsArgs {}
+
+/// `sub-recover ID --since REV`.
+#[derive(Args, Debug, Clone)]
+pub struct SubRecoverArgs {
+    /// The subscription's id.
+    pub id: String,
+    /// Failed events from this revision on are sent again.
+    #[arg(long)]
+    pub since: u64,
+}
+
+/// `sub-enable ID`.
+#[derive(Args, Debug, Clone)]
+pub struct SubEnableArgs {
+    /// The subscription's id.
+    pub id: String,
 }
 
 /// `import FILE [--replace]`.

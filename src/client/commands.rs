@@ -77,6 +77,17 @@ pub fn execute(
             }
             printer.json(&api.subscribe(&body)?)?;
         }
+        ClientCommand::Subs(_) => printer.json(&api.subscriptions()?)?,
+        ClientCommand::SubRecover(args) => printer.json(&api.subscription_action(
+            &args.id,
+            "recover",
+            &serde_json::json!({"since": args.since}),
+        )?)?,
+        ClientCommand::SubEnable(args) => printer.json(&api.subscription_action(
+            &args.id,
+            "enable",
+            &serde_json::json!({}),
+        )?)?,
         ClientCommand::Txn(args) => {
             let body = read_source(
                 args.file.as_deref(),

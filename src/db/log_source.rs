@@ -40,10 +40,9 @@ impl Backfill for LogBackfill {
         max: usize,
     ) -> Result<(Vec<Arc<ChangeEvent>>, u64), u64> {
         let mut events = Vec::new();
-        match self
-            .0
-            .read(after, through, max, &mut |c| events.push(Arc::new(event_of(c))))
-        {
+        match self.0.read(after, through, max, &mut |c| {
+            events.push(Arc::new(event_of(c)))
+        }) {
             Ok(ReadEnd::Through(reached)) => Ok((events, reached)),
             Ok(ReadEnd::Gone { floor }) => Err(floor),
             Err(e) => {

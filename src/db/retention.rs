@@ -75,8 +75,7 @@ impl Inner {
                     through = through.max(change.version);
                     if change.version < in_memory_from {
                         for (i, sub) in subs.iter().enumerate() {
-                            if change.version >= *readers[i]
-                                && sub.def.target.matches(&change.key)
+                            if change.version >= *readers[i] && sub.def.target.matches(&change.key)
                             {
                                 lost[i] += 1;
                             }
@@ -97,7 +96,10 @@ impl Inner {
                 continue;
             }
             tracing::warn!(subscription = %sub.def.id, events = lost[i], through = dropped_through, "webhook events lost: the log that held them is beyond --event-retention-bytes");
-            self.pool.stats().dropped.fetch_add(lost[i], Ordering::Relaxed);
+            self.pool
+                .stats()
+                .dropped
+                .fetch_add(lost[i], Ordering::Relaxed);
             let op = SubscriptionOp::Lost {
                 id: sub.def.id.clone(),
                 through: dropped_through,
@@ -119,7 +121,11 @@ impl Inner {
             std::fs::remove_file(&path).map_err(io)?;
         }
         segment::sync_dir(dir).map_err(io)?;
-        tracing::info!(segments = doomed.len(), through, "dropped WAL segments beyond the retention budget");
+        tracing::info!(
+            segments = doomed.len(),
+            through,
+            "dropped WAL segments beyond the retention budget"
+        );
         Ok(())
     }
 }

@@ -795,8 +795,7 @@ impl Subscription {
     /// Waits until [`Subscription::try_next`] may have something. Cancel
     /// safe; it may return early.
     pub async fn wait(&self) {
-        if self.ended || self.start.is_some() || self.backfill.is_some() || !self.local.is_empty()
-        {
+        if self.ended || self.start.is_some() || self.backfill.is_some() || !self.local.is_empty() {
             return;
         }
         self.client.wake.notified().await;

@@ -521,7 +521,10 @@ mod tests {
         }
         let state = copy.active("sub_1").expect("sub").state();
         assert_eq!(state, registry.active("sub_1").expect("sub").state());
-        assert_eq!((state.cursor, state.status(), state.failed.len()), (7, "disabled", 1));
+        assert_eq!(
+            (state.cursor, state.status(), state.failed.len()),
+            (7, "disabled", 1)
+        );
         // The cursor only grows, also when an older record is replayed.
         registry.apply(SubscriptionOp::Progress {
             id: "sub_1".into(),

@@ -91,12 +91,7 @@ impl LogReader {
     ///
     /// The segment cannot be read.
     pub fn first_revision(&self, n: u64, closed: bool) -> Result<Option<u64>, WalError> {
-        if let Some(known) = self
-            .first
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&n)
-        {
+        if let Some(known) = self.first.lock().unwrap_or_else(|e| e.into_inner()).get(&n) {
             return Ok(*known);
         }
         let mut found = None;
@@ -276,9 +271,9 @@ fn scan_at(
     file.seek(SeekFrom::Start(offset)).map_err(io)?;
     let mut reader = BufReader::with_capacity(256 << 10, file);
     let mut at = offset;
-    let mut frame = Vec::new();
+    let mut frame = vec![0; HEADER_BYTES];
     loop {
-        frame.resize(HEADER_BYTES, 0);
+        frame.truncate(HEADER_BYTES);
         if read_full(&mut reader, &mut frame).map_err(io)? < HEADER_BYTES {
             return Ok(at);
         }

@@ -221,7 +221,9 @@ impl Lane {
         );
         if !recovery {
             self.n_pending += 1;
-            self.sub.pending.store(self.n_pending as u64, Ordering::Relaxed);
+            self.sub
+                .pending
+                .store(self.n_pending as u64, Ordering::Relaxed);
         }
     }
 
@@ -315,7 +317,9 @@ impl Lane {
         };
         if !pending.recovery {
             self.n_pending -= 1;
-            self.sub.pending.store(self.n_pending as u64, Ordering::Relaxed);
+            self.sub
+                .pending
+                .store(self.n_pending as u64, Ordering::Relaxed);
         }
         let key = &pending.event.change.key;
         if let Some(queue) = self.by_key.get_mut(key) {
@@ -388,6 +392,8 @@ impl Lane {
 
     /// Forgets everything read: delivery resumes from the cursor.
     fn clear(&mut self) {
+        // Resumed delivery starts a new failing period, if any.
+        self.failing_since_ms = None;
         if self.window.is_empty() && self.in_flight.is_empty() {
             return;
         }
@@ -399,7 +405,6 @@ impl Lane {
         self.n_pending = 0;
         self.sub.pending.store(0, Ordering::Relaxed);
         *self.sub.read_next.lock().unwrap_or_else(|e| e.into_inner()) = self.cursor + 1;
-        self.failing_since_ms = None;
     }
 
     /// Puts the failed events that `recover` asked for back in the window.

@@ -79,7 +79,10 @@ mod tests {
 
     #[test]
     fn parses_lists_of_durations() {
-        check(DEFAULT_SCHEDULE, Ok(vec![5, 300, 1800, 7200, 18000, 36000, 36000]));
+        check(
+            DEFAULT_SCHEDULE,
+            Ok(vec![5, 300, 1800, 7200, 18000, 36000, 36000]),
+        );
         check("1s, 2s,4s", Ok(vec![1, 2, 4]));
         check("", Ok(vec![]));
         check("1d", Ok(vec![86400]));
@@ -104,6 +107,9 @@ mod tests {
         assert_eq!(old.delays()[0], Duration::from_millis(500));
         assert_eq!(old.delays()[6], Duration::from_secs(32));
         assert_eq!(RetrySchedule::doubling(1).attempts(), 1);
-        assert_eq!(RetrySchedule::doubling(30).delays()[29 - 1], Duration::from_secs(60));
+        assert_eq!(
+            RetrySchedule::doubling(30).delays()[29 - 1],
+            Duration::from_secs(60)
+        );
     }
 }
