@@ -135,6 +135,9 @@ pub struct ServeArgs {
     /// Log kept on disk for lagging subscriptions and feed resumes, in bytes.
     #[arg(long, default_value_t = 1 << 30)]
     pub event_retention_bytes: u64,
+    /// Events a webhook delivery task holds in memory (tests shrink it).
+    #[arg(long, default_value_t = 4096, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_window_events: u64,
     /// Changes kept in memory for `GET /events?since=` (tests shrink it).
     #[arg(long, default_value_t = 10_000, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub feed_retained_events: u64,
@@ -240,6 +243,8 @@ impl ServeArgs {
             },
             webhook_disable_after: self.webhook_disable_after,
             event_retention_bytes: self.event_retention_bytes,
+            webhook_window_events: usize::try_from(self.webhook_window_events)
+                .unwrap_or(usize::MAX),
             feed_retained_events: usize::try_from(self.feed_retained_events).unwrap_or(usize::MAX),
             auth_token: self.auth_token.clone(),
             request_timeout: Duration::from_secs(self.request_timeout_secs),

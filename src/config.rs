@@ -130,6 +130,9 @@ pub struct Config {
     /// Log kept on disk for lagging subscriptions and feed resumes; older
     /// segments are dropped (never silently: see `lost_events`).
     pub event_retention_bytes: u64,
+    /// Events a webhook delivery task holds in memory; the rest wait in the
+    /// log.
+    pub webhook_window_events: usize,
     /// Capacity of the hint queue between writes and the webhook pool.
     pub webhook_queue_capacity: usize,
     /// When set, every route but `GET /system/alive` needs
@@ -170,6 +173,7 @@ impl Default for Config {
                 .to_vec(),
             webhook_disable_after: Duration::from_secs(5 * 24 * 3600),
             event_retention_bytes: 1 << 30,
+            webhook_window_events: 4096,
             webhook_queue_capacity: 65_536,
             auth_token: None,
             request_timeout: Duration::from_secs(30),
@@ -226,6 +230,9 @@ impl Config {
         }
         if self.webhook_timeout.is_zero() {
             return Err("webhook-timeout-secs must be at least 1".into());
+        }
+        if self.webhook_window_events == 0 {
+            return Err("a webhook delivery task must hold at least 1 event".into());
         }
         if self.webhook_disable_after.is_zero() {
             return Err("webhook-disable-after must be longer than 0".into());

@@ -336,6 +336,7 @@ impl Db {
                     schedule: RetrySchedule::new(config.webhook_retry_schedule.clone()),
                     disable_after: config.webhook_disable_after,
                     queue_capacity: config.webhook_queue_capacity,
+                    window: config.webhook_window_events,
                 },
                 Arc::clone(&registry),
                 feed.reader(),

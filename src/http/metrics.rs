@@ -506,13 +506,13 @@ fn encode_webhook_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Resul
     gauge(
         e,
         "webhook_queue_depth",
-        "Events waiting between the write path and the delivery lanes",
+        "Hints (new revisions) waiting between the write path and the delivery pool",
         db.delivery_queue_depth() as u64,
     )?;
     gauge(
         e,
         "webhook_in_flight",
-        "Events accepted by the delivery pool and not finished",
+        "Events read from the log by delivery tasks and not yet delivered or given up on",
         db.delivery_in_flight(),
     )?;
     counter(
@@ -536,7 +536,7 @@ fn encode_webhook_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Resul
     counter(
         e,
         "webhook_dropped",
-        "Events dropped because a queue was full or the subscription went away",
+        "Events lost: dropped with the log (beyond --event-retention-bytes) before their subscription had them",
         d.dropped.load(Relaxed),
     )?;
     counter(

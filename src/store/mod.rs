@@ -554,9 +554,9 @@ impl Store {
         // What subscribers will see as the old value, decided now from the
         // newest logged state, so that it is logged with the change.
         let old_value = match pending {
-            Some((exists, _, at, value)) => value.filter(|_| {
-                exists && (kind == ChangeKind::Expire || at == 0 || at > now_ms)
-            }),
+            Some((exists, _, at, value)) => {
+                value.filter(|_| exists && (kind == ChangeKind::Expire || at == 0 || at > now_ms))
+            }
             None => committed
                 .filter(|e| kind == ChangeKind::Expire || e.is_live_by(|| now_ms))
                 .map(|e| Bytes::copy_from_slice(e.value())),

@@ -9,8 +9,9 @@
 //! the oldest event not yet finished, so after a crash delivery resumes
 //! with nothing skipped, at the cost of sending again what was in flight.
 //!
-//! Memory: at most about [`WINDOW`] events are held; a subscriber that does
-//! not keep up leaves the rest in the log, where they cost no memory.
+//! Memory: at most about `--webhook-window-events` (4,096) events are held
+//! (plus one read batch); a subscriber that does not keep up leaves the
+//! rest in the log, where they cost no memory.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
@@ -27,9 +28,6 @@ use super::PoolShared;
 use super::attempt::{Outcome, attempt};
 use crate::events::feed::{FeedEvent, ReadAfter};
 use crate::events::subscriptions::{ActiveSubscription, SubscriptionOp};
-
-/// Events held per subscription before reading from the log pauses.
-pub(super) const WINDOW: usize = 4096;
 
 /// Changes read from the log at a time.
 const READ_BATCH: usize = 1024;
@@ -140,7 +138,7 @@ impl Lane {
             self.check_disable();
             self.log_progress(false);
             let next_timer = self.timers.first().map(|(at, _)| *at);
-            let has_room = self.n_pending < WINDOW;
+            let has_room = self.n_pending < self.shared.config.window;
             let unlogged = self.cursor != self.logged_cursor || !self.recovered.is_empty();
             tokio::select! {
                 Some((revision, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
@@ -161,7 +159,7 @@ impl Lane {
     /// Reads the subscription's next events from the log into the window.
     fn fill(&mut self) {
         let sub = Arc::clone(&self.sub);
-        while self.n_pending < WINDOW {
+        while self.n_pending < self.shared.config.window {
             let mut read_next = sub.read_next.lock().unwrap_or_else(|e| e.into_inner());
             let after = *read_next - 1;
             match self.shared.source.read_after(after, READ_BATCH) {

@@ -49,6 +49,8 @@ pub struct DeliveryConfig {
     pub disable_after: Duration,
     /// Capacity of the hint queue between the write path and the pool.
     pub queue_capacity: usize,
+    /// Events each task holds in memory before reading pauses.
+    pub window: usize,
 }
 
 /// Counters of the pool, for `/metrics` and `/system/stats`.
