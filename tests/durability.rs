@@ -26,15 +26,7 @@ async fn put(server: &TestServer, key: &str, body: &Value) -> reqwest::StatusCod
 async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write() {
     // `scripts/crash-loop N` runs the same loop for N cycles, with a new
     // seed for the kill moments each run (printed, so a failure replays).
-    let seed = std::env::var("DODODB_CRASH_SEED")
-        .ok()
-        .and_then(|n| n.parse::<u64>().ok())
-        .filter(|&n| n != 0)
-        .unwrap_or(0x9E37_79B9_7F4A_7C15);
-    let cycles: usize = std::env::var("DODODB_CRASH_CYCLES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(20);
+    let (seed, cycles) = common::crash_loop_settings(20);
     crash_loop("always", cycles, seed).await;
 }
 

@@ -529,14 +529,6 @@ async fn the_feed_replays_from_disk_beyond_the_ring_then_goes_live() {
     assert_eq!(ordered.len(), versions.len(), "no duplicates");
 }
 
-/// A tiny deterministic generator for kill moments (no extra crate).
-fn jitter(seed: &mut u64, range_ms: u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed % range_ms
-}
-
 /// Keys whose PUT got a 2xx, and keys sent but not answered (the crash
 /// came first: they may or may not exist).
 #[derive(Default)]
@@ -576,15 +568,8 @@ fn write_until_killed(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_cycles_under_writers_deliver_every_acknowledged_change() {
     // `CRASH_MODE=webhook scripts/crash-loop N` runs this for N cycles.
-    let mut seed = std::env::var("DODODB_CRASH_SEED")
-        .ok()
-        .and_then(|n| n.parse::<u64>().ok())
-        .filter(|&n| n != 0)
-        .unwrap_or(0x9E37_79B9_7F4A_7C15);
-    let cycles: usize = std::env::var("DODODB_CRASH_CYCLES")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(5);
+    let (seed, cycles) = common::crash_loop_settings(5);
+    let mut rng = fastrand::Rng::with_seed(seed);
     let receiver = Receiver::new(200);
     let url = receiver.serve(0).await;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -600,7 +585,7 @@ async fn kill_9_cycles_under_writers_deliver_every_acknowledged_change() {
             subscribe(&server, json!({"prefix": "c", "callback_url": url})).await;
         }
         let writers = write_until_killed(&server, cycle, &ledger);
-        tokio::time::sleep(Duration::from_millis(20 + jitter(&mut seed, 200))).await;
+        tokio::time::sleep(Duration::from_millis(20 + rng.u64(0..200))).await;
         server.kill9();
         for w in writers {
             w.await.expect("writer");

@@ -314,10 +314,16 @@ impl Api {
         action: &str,
         body: &serde_json::Value,
     ) -> Result<Vec<u8>, ClientError> {
-        let url = self.url(&format!(
+        let path = format!(
             "/pubsub/subscriptions/{}/{action}",
             utf8_percent_encode(id, KEY_SEGMENT)
-        ));
+        );
+        self.post_json(&path, body)
+    }
+
+    /// POSTs `body` as JSON to `path`: the server's answer.
+    fn post_json(&self, path: &str, body: &serde_json::Value) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(path);
         let request = self
             .http
             .post(&url)
@@ -333,14 +339,7 @@ impl Api {
     ///
     /// See [`ClientError`].
     pub fn subscribe(&self, body: &serde_json::Value) -> Result<Vec<u8>, ClientError> {
-        let url = self.url("/pubsub/subscribe");
-        let request = self
-            .http
-            .post(&url)
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(body.to_string());
-        let response = self.send(request, &url)?;
-        Api::body(response, &url)
+        self.post_json("/pubsub/subscribe", body)
     }
 }
 

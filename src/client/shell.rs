@@ -275,7 +275,11 @@ mod tests {
     #[test]
     fn completes_command_names() {
         check("g", 0, &["get"]);
-        check("  s", 2, &["set", "subscribe"]);
+        check(
+            "  s",
+            2,
+            &["set", "sub-enable", "sub-recover", "subs", "subscribe"],
+        );
         check("del", 0, &["del", "delete"]);
         check("e", 0, &["exit", "export"]);
         check("he", 0, &["help"]);

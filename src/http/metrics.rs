@@ -512,7 +512,7 @@ fn encode_webhook_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Resul
     gauge(
         e,
         "webhook_in_flight",
-        "Events read from the log by delivery tasks and not yet delivered or given up on",
+        "Events not yet delivered or given up on (revisions not read yet count as events)",
         db.delivery_in_flight(),
     )?;
     counter(

@@ -208,3 +208,19 @@ pub fn enc(key: &str) -> String {
     }
     out
 }
+
+/// The seed and cycle count of a `kill -9` loop: `DODODB_CRASH_SEED` and
+/// `DODODB_CRASH_CYCLES` (set by `scripts/crash-loop`), else a fixed seed
+/// and `default_cycles`.
+pub fn crash_loop_settings(default_cycles: usize) -> (u64, usize) {
+    let seed = std::env::var("DODODB_CRASH_SEED")
+        .ok()
+        .and_then(|n| n.parse::<u64>().ok())
+        .filter(|&n| n != 0)
+        .unwrap_or(0x9E37_79B9_7F4A_7C15);
+    let cycles = std::env::var("DODODB_CRASH_CYCLES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(default_cycles);
+    (seed, cycles)
+}

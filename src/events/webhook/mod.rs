@@ -185,13 +185,23 @@ impl DeliveryPool {
         self.hints.len()
     }
 
-    /// Events read from the log and not yet delivered or given up on, over
-    /// every subscription.
+    /// Events not yet delivered or given up on, over every subscription:
+    /// those read from the log, plus the revisions not read yet (counted
+    /// as events: an upper bound for a subscription to some keys only).
     pub fn in_flight(&self) -> u64 {
+        let latest = self.shared.source.delivered();
         self.registry
             .all()
             .iter()
-            .map(|s| s.pending.load(Ordering::Relaxed))
+            .map(|s| {
+                let read_next = *s.read_next.lock().unwrap_or_else(|e| e.into_inner());
+                let unread = if s.is_disabled() {
+                    0
+                } else {
+                    latest.saturating_sub(read_next.saturating_sub(1))
+                };
+                s.pending.load(Ordering::Relaxed) + unread
+            })
             .sum()
     }
 
