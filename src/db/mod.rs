@@ -245,6 +245,7 @@ impl Journal for WalJournal<'_> {
         mut change: Change,
         next_version: &dyn Fn() -> u64,
     ) -> Result<Submitted<u64>, StoreError> {
+        self.0.stall_for(&change.key);
         self.0
             .submit_with(|| {
                 change.version = next_version();

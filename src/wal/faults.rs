@@ -13,9 +13,9 @@
 //!   thread commits only once K records are queued, so a test knows how
 //!   many waiting writers the next batch carries.
 //! - `DODODB_TEST_WAL_STALL_MS=N`: a change of a key starting with
-//!   `stall` waits N ms after taking its revision before it reaches the
-//!   log, so that changes with later revisions commit first (the live
-//!   feed's gap test).
+//!   `stall` waits N ms before it is submitted. Changes take their
+//!   revisions under the log's queue lock (the log is in revision order),
+//!   so it reaches the log late but opens no gap in the revisions.
 
 use std::fs::File;
 use std::io::{self, Write};

@@ -659,6 +659,7 @@ pub(super) mod segment_tests {
             version,
             expires_at_ms: 0,
             timestamp_ms: 1_700_000_000_000,
+            old_value: None,
         })
     }
 

@@ -382,6 +382,17 @@ impl WalWriter {
         self.submit_with(|| record)
     }
 
+    /// Test hook (`DODODB_TEST_WAL_STALL_MS`): a change of a `stall…` key
+    /// waits before it is submitted. Revisions are taken in log order, so
+    /// it reaches the log late without leaving a gap behind it.
+    pub fn stall_for(&self, key: &str) {
+        if let Some(stall) = self.shared.faults.stall
+            && key.starts_with("stall")
+        {
+            std::thread::sleep(stall);
+        }
+    }
+
     /// [`WalWriter::submit`] of the record `make` builds under the queue
     /// lock, once the log has agreed to take it: what `make` numbers there
     /// (a change's version) is numbered in log order.
