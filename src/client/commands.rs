@@ -83,11 +83,9 @@ pub fn execute(
             "recover",
             &serde_json::json!({"since": args.since}),
         )?)?,
-        ClientCommand::SubEnable(args) => printer.json(&api.subscription_action(
-            &args.id,
-            "enable",
-            &serde_json::json!({}),
-        )?)?,
+        ClientCommand::SubEnable(args) => {
+            printer.json(&api.subscription_action(&args.id, "enable", &serde_json::json!({}))?)?
+        }
         ClientCommand::Txn(args) => {
             let body = read_source(
                 args.file.as_deref(),
