@@ -763,23 +763,30 @@ async fn open_feeds_do_not_hold_up_a_graceful_shutdown() {
 /// A change that took its revision but reaches the log later than the
 /// feed's gap timeout (1 s), while changes with later revisions commit:
 /// the feed must wait for it, not skip it. `DODODB_TEST_WAL_STALL_MS`
-/// holds a change of a `stall…` key for that long between taking its
-/// revision and reaching the WAL, as a slow disk would hold its commit.
+/// holds a transaction writing a `stall…` key for that long between taking
+/// its revision and reaching the WAL, as a slow disk would hold its commit.
+/// The transaction holds its key's shard lock (and one async worker) while
+/// it waits, so the server gets spare workers: a later write that happens
+/// to share that shard waits, the others commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_slower_than_the_gap_timeout_is_still_streamed_in_order() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let server = TestServer::try_start_with_env(
         &tmp.path().join("data"),
         &[],
-        &[("DODODB_TEST_WAL_STALL_MS", "4000")],
+        &[
+            ("DODODB_TEST_WAL_STALL_MS", "4000"),
+            ("TOKIO_WORKER_THREADS", "8"),
+        ],
     )
     .expect("start");
     let http = client();
     let mut sse = Sse::open(&server, "").await;
     let stalled = {
         let http = http.clone();
-        let url = server.at("/kv/stall-1");
-        tokio::spawn(async move { http.put(url).body("\"late\"").send().await })
+        let url = server.at("/txn");
+        let body = json!({"success": [{"op": "put", "key": "stall-1", "value": "late"}]});
+        tokio::spawn(async move { http.post(url).json(&body).send().await })
     };
     // Once the stalled change holds revision 1, later writes take 2, 3, ...
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -790,24 +797,33 @@ async fn a_commit_slower_than_the_gap_timeout_is_still_streamed_in_order() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    let puts = (0..8).map(|i| {
-        http.put(server.at(&format!("/kv/other-{i}")))
-            .body("1")
-            .send()
-    });
-    for answer in futures_util::future::join_all(puts).await {
-        assert_eq!(answer.expect("put").status(), 201);
+    let puts: Vec<_> = (0..8)
+        .map(|i| {
+            let http = http.clone();
+            let url = server.at(&format!("/kv/other-{i}"));
+            tokio::spawn(async move { http.put(url).body("1").send().await })
+        })
+        .collect();
+    while !puts.iter().any(tokio::task::JoinHandle::is_finished) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no later write committed"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(
         !stalled.is_finished(),
-        "the later writes committed while the stalled one was still on its way"
+        "a later write committed only after the stalled one"
     );
-    let stalled = stalled.await.expect("task").expect("put");
-    assert_eq!(stalled.status(), 201);
+    for put in puts {
+        assert_eq!(put.await.expect("task").expect("put").status(), 201);
+    }
+    let stalled = stalled.await.expect("task").expect("txn");
+    assert_eq!(stalled.status(), 200);
     let stalled: Value = stalled.json().await.expect("json");
     assert_eq!(
-        stalled["version"], 1,
-        "the stalled write took the first revision"
+        stalled["revision"], 1,
+        "the stalled write took the first revision: {stalled}"
     );
     // The feed holds the later changes back until the stalled one commits,
     // then streams all of them in version order.

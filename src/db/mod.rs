@@ -245,7 +245,6 @@ impl Journal for WalJournal<'_> {
         mut change: Change,
         next_version: &dyn Fn() -> u64,
     ) -> Result<Submitted<u64>, StoreError> {
-        self.0.stall_for(&change.key);
         self.0
             .submit_with(|| {
                 change.version = next_version();
@@ -256,6 +255,7 @@ impl Journal for WalJournal<'_> {
     }
 
     fn submit_txn(&self, changes: Vec<Change>) -> Result<Submitted<u64, Vec<Change>>, StoreError> {
+        self.0.stall_for(changes.iter().map(|c| &*c.key));
         self.0
             .submit(Record::Txn(changes))
             .map(Submitted::Deferred)

@@ -12,10 +12,12 @@
 //! - `DODODB_TEST_WAL_BATCH_MIN=K`: under `--fsync always` the writer
 //!   thread commits only once K records are queued, so a test knows how
 //!   many waiting writers the next batch carries.
-//! - `DODODB_TEST_WAL_STALL_MS=N`: a change of a key starting with
-//!   `stall` waits N ms before it is submitted. Changes take their
-//!   revisions under the log's queue lock (the log is in revision order),
-//!   so it reaches the log late but opens no gap in the revisions.
+//! - `DODODB_TEST_WAL_STALL_MS=N`: a transaction writing a key that starts
+//!   with `stall` waits N ms between taking its revisions and reaching the
+//!   log's queue. A single change takes its revision under the queue lock
+//!   (the log is in revision order), but a transaction takes its revisions
+//!   under its keys' locks first: writes of other keys then take later
+//!   revisions and reach the log, and the live feed, before it.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -31,7 +33,8 @@ pub struct Faults {
     fail_sync: Option<u64>,
     /// Records the writer thread waits for before it commits.
     pub batch_min: usize,
-    /// How long a change of a `stall…` key waits before it is queued.
+    /// How long a transaction writing a `stall…` key waits before it is
+    /// queued.
     pub stall: Option<Duration>,
     writes: AtomicU64,
     syncs: AtomicU64,

@@ -382,12 +382,12 @@ impl WalWriter {
         self.submit_with(|| record)
     }
 
-    /// Test hook (`DODODB_TEST_WAL_STALL_MS`): a change of a `stall…` key
-    /// waits before it is submitted. Revisions are taken in log order, so
-    /// it reaches the log late without leaving a gap behind it.
-    pub fn stall_for(&self, key: &str) {
+    /// Test hook (`DODODB_TEST_WAL_STALL_MS`): a transaction writing a
+    /// `stall…` key waits after taking its revisions and before it is
+    /// queued, so changes with later revisions reach the log first.
+    pub fn stall_for<'k>(&self, mut keys: impl Iterator<Item = &'k str>) {
         if let Some(stall) = self.shared.faults.stall
-            && key.starts_with("stall")
+            && keys.any(|key| key.starts_with("stall"))
         {
             std::thread::sleep(stall);
         }
