@@ -646,6 +646,35 @@ async fn failing_receiver() -> (String, Arc<AtomicUsize>) {
 }
 
 #[test]
+fn a_subscription_shows_failing_when_its_receiver_answers_500() {
+    run(&["--in-memory"], 1280, |ui| async move {
+        let (url, hits) = failing_receiver().await;
+        ui.open().await;
+        ui.type_into("#sub-target", "orders/").await;
+        ui.type_into("#sub-url", &url).await;
+        ui.click("#sub-form button[type=submit]").await;
+        ui.wait_contains("#sub-list", "orders/").await;
+        ui.put("orders/1", "{\"total\":5}").await;
+        let started = Instant::now();
+        while hits.load(Ordering::SeqCst) == 0 {
+            assert!(started.elapsed() < DEADLINE, "no delivery attempt");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        ui.wait_js(
+            "the subscription shows failing",
+            "const b = document.querySelector('#sub-list .badge'); \
+                 return b !== null && b.dataset.status === 'failing'",
+        )
+        .await;
+        ui.wait_contains("#sub-list", "500").await;
+        // Delete it from the console.
+        ui.click("#sub-list button.danger").await;
+        ui.click("#confirm-yes").await;
+        ui.wait_contains("#sub-list", "no subscriptions").await;
+    });
+}
+
+#[test]
 fn the_token_is_asked_for_and_kept_for_the_tab_only() {
     run(
         &["--in-memory", "--auth-token", "s3cret-token"],
