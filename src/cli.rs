@@ -10,11 +10,12 @@ use clap::{Args, Parser, Subcommand};
 
 use dododb::config::{AuthToken, Config, FsyncPolicy, Storage};
 use dododb::events::webhook::RetrySchedule;
+use dododb::raft::ClusterSettings;
 
 use crate::client::Remote;
 use crate::client::args::{
-    Connect, CountArgs, DelArgs, ExportArgs, GetArgs, ImportArgs, LsArgs, MgetArgs, MsetArgs,
-    PutArgs, SubEnableArgs, SubRecoverArgs, SubsArgs, SubscribeArgs, TxnArgs, WatchArgs,
+    ClusterArgs, Connect, CountArgs, DelArgs, ExportArgs, GetArgs, ImportArgs, LsArgs, MgetArgs,
+    MsetArgs, PutArgs, SubEnableArgs, SubRecoverArgs, SubsArgs, SubscribeArgs, TxnArgs, WatchArgs,
 };
 
 /// DodoDB: an in-memory JSON key-value database and pub/sub service.
@@ -71,6 +72,9 @@ pub enum Command {
     /// Build a data directory from an export file, offline (no server);
     /// refuses a non-empty directory unless --force.
     Restore(RestoreArgs),
+    /// Manage a Raft cluster through one of its members: init, add,
+    /// remove, status.
+    Cluster(Remote<ClusterArgs>),
     /// An interactive shell against a running server, with history.
     #[command(name = "cli")]
     Shell(Connect),
@@ -165,6 +169,26 @@ pub struct ServeArgs {
     /// `_`); flags beat environment variables, which beat the file.
     #[arg(long, env = "DODODB_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Run as member N of a Raft cluster (a positive integer, never reused).
+    #[arg(long, env = "DODODB_NODE_ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub node_id: Option<u64>,
+    /// Where other members reach this node's Raft RPC (default: the HTTP
+    /// listener, under /raft/).
+    #[arg(long, env = "DODODB_RAFT_LISTEN", requires = "node_id")]
+    pub raft_listen: Option<SocketAddr>,
+    /// The client URL other members redirect to (default: http://<--listen>).
+    #[arg(long, env = "DODODB_ADVERTISE_URL", requires = "node_id")]
+    pub advertise_url: Option<String>,
+    /// Build a Raft snapshot every this many log entries.
+    #[arg(long, default_value_t = 100_000, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_snapshot_logs: u64,
+    /// Raft heartbeat interval, in milliseconds.
+    #[arg(long, default_value_t = 100, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_heartbeat_ms: u64,
+    /// Lower end of the Raft election timeout, in milliseconds (the upper
+    /// end is twice it).
+    #[arg(long, default_value_t = 500, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    pub raft_election_ms: u64,
 }
 
 /// A parsed `--webhook-retry-schedule`.
@@ -211,6 +235,28 @@ pub struct RestoreArgs {
 }
 
 impl ServeArgs {
+    /// The cluster settings, when `--node-id` makes this a member; `addr`
+    /// is the bound HTTP address and `raft_addr` the bound Raft one.
+    pub fn cluster_settings(
+        &self,
+        addr: SocketAddr,
+        raft_addr: Option<SocketAddr>,
+    ) -> Option<ClusterSettings> {
+        let node_id = self.node_id?;
+        Some(ClusterSettings {
+            node_id,
+            advertise_url: self
+                .advertise_url
+                .clone()
+                .unwrap_or_else(|| format!("http://{addr}")),
+            raft_url: raft_addr.map(|a| format!("http://{a}")),
+            snapshot_logs: self.raft_snapshot_logs,
+            heartbeat: Duration::from_millis(self.raft_heartbeat_ms),
+            election_timeout: Duration::from_millis(self.raft_election_ms),
+            local_ip: Some(addr.ip()).filter(|ip| !ip.is_unspecified()),
+        })
+    }
+
     /// The database configuration these flags describe.
     pub fn to_config(&self) -> Config {
         let storage = if self.in_memory {

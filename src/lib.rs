@@ -79,6 +79,7 @@ pub mod events;
 pub mod fuzz;
 pub mod http;
 mod json_eq;
+pub mod raft;
 pub mod snapshot;
 pub mod store;
 pub mod value;

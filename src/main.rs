@@ -73,7 +73,9 @@ fn init_logging() {
         .init();
 }
 
-/// What the command line asks for.
+/// What the command line asks for. Built once per run: the size of the
+/// `Serve` variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Serve(ServeArgs),
     Repair(RepairArgs),
@@ -103,6 +105,7 @@ fn job(cli: Cli) -> Job {
         Some(Command::Import(r)) => Job::Client(r.connect, ClientCommand::Import(r.args)),
         Some(Command::Export(r)) => Job::Client(r.connect, ClientCommand::Export(r.args)),
         Some(Command::Restore(args)) => Job::Restore(args),
+        Some(Command::Cluster(r)) => Job::Client(r.connect, ClientCommand::Cluster(r.args.command)),
         Some(Command::Shell(connect)) => Job::Shell(connect),
     }
 }
@@ -122,9 +125,38 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {}", args.listen))?;
         let addr = listener.local_addr().context("cannot read the bound address")?;
-        let db = tokio::task::spawn_blocking(move || Db::open(config))
-            .await
-            .context("start-up task failed")??;
+        let raft_listener = match args.raft_listen {
+            Some(at) => Some(
+                tokio::net::TcpListener::bind(at)
+                    .await
+                    .with_context(|| format!("cannot listen on {at} (--raft-listen)"))?,
+            ),
+            None => None,
+        };
+        let raft_addr = match &raft_listener {
+            Some(l) => Some(l.local_addr().context("cannot read the bound Raft address")?),
+            None => None,
+        };
+        let (db, cluster) = match args.cluster_settings(addr, raft_addr) {
+            None => {
+                refuse_cluster_data(&config)?;
+                let db = tokio::task::spawn_blocking(move || Db::open(config))
+                    .await
+                    .context("start-up task failed")??;
+                (db, None)
+            }
+            Some(settings) => {
+                let node_id = settings.node_id;
+                let (db, cluster) = dododb::raft::Cluster::start(config, settings).await?;
+                tracing::info!(node_id, "cluster member started");
+                (db, Some(cluster))
+            }
+        };
+        if let Some(raft_listener) = raft_listener {
+            let app = dododb::http::member_app(db.clone(), cluster.clone());
+            let timeout = db.config().header_read_timeout;
+            tokio::spawn(dododb::http::serve_app(raft_listener, app, timeout));
+        }
         let storage = match &db.config().storage {
             dododb::Storage::InMemory => "in-memory".to_string(),
             dododb::Storage::Dir(dir) => dir.display().to_string(),
@@ -132,10 +164,23 @@ fn serve(args: ServeArgs) -> anyhow::Result<()> {
         tracing::info!(%addr, data_dir = %storage, fsync = db.config().fsync.as_str(), "DodoDB serving");
         // One line on stdout for people and scripts that started us.
         println!("dododb listening on http://{addr}");
-        dododb::http::serve(listener, db, shutdown_signal())
+        dododb::http::serve_member(listener, db, cluster, shutdown_signal())
             .await
             .context("server failed")
     })
+}
+
+/// A data directory a cluster member used holds its data under `raft/`:
+/// starting it without `--node-id` would serve an empty database.
+fn refuse_cluster_data(config: &dododb::Config) -> anyhow::Result<()> {
+    if let dododb::Storage::Dir(dir) = &config.storage {
+        anyhow::ensure!(
+            !dir.join("raft").is_dir(),
+            "{} holds a cluster member's data (raft/); start it with its --node-id",
+            dir.display()
+        );
+    }
+    Ok(())
 }
 
 /// Every connection is a file descriptor, and the usual soft limit (1024)

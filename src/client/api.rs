@@ -241,6 +241,40 @@ impl Api {
         self.send(request, &url)
     }
 
+    /// `GET path`: the answer's body.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub fn get_path(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(path);
+        let response = self.send(self.http.get(&url), &url)?;
+        Api::body(response, &url)
+    }
+
+    /// `POST path` (a `/cluster` route) with the JSON `body`: the answer's
+    /// body. Membership changes wait for the group, so they get a longer
+    /// timeout.
+    ///
+    /// # Errors
+    ///
+    /// See [`ClientError`].
+    pub fn post_membership(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<Vec<u8>, ClientError> {
+        let url = self.url(path);
+        let request = self
+            .stream
+            .post(&url)
+            .timeout(Duration::from_secs(120))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        let response = self.send(request, &url)?;
+        Api::body(response, &url)
+    }
+
     /// `POST /txn` with the document `body`: the server's answer.
     ///
     /// # Errors
@@ -298,9 +332,7 @@ impl Api {
     ///
     /// See [`ClientError`].
     pub fn subscriptions(&self) -> Result<Vec<u8>, ClientError> {
-        let url = self.url("/pubsub/subscriptions");
-        let response = self.send(self.http.get(&url), &url)?;
-        Api::body(response, &url)
+        self.get_path("/pubsub/subscriptions")
     }
 
     /// `POST /pubsub/subscriptions/{id}/{action}` with `body`.

@@ -66,6 +66,9 @@ pub enum ClientCommand {
     SubRecover(SubRecoverArgs),
     /// Make a disabled subscription active again (resumes from its cursor).
     SubEnable(SubEnableArgs),
+    /// Manage a Raft cluster: init, add, remove, status.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
 }
 
 /// `subs`.
@@ -127,6 +130,54 @@ pub struct MsetArgs {
     /// Expire the keys this many seconds after the write.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub ttl: Option<u64>,
+}
+
+/// `cluster init|add|remove|status`.
+#[derive(Subcommand, Debug, Clone)]
+pub enum ClusterCommand {
+    /// Make the running members one group (`--url` names one of them).
+    Init(InitArgs),
+    /// Add a running node: first as a learner, then as a voter.
+    Add(AddArgs),
+    /// Remove a member from the group.
+    Remove(RemoveArgs),
+    /// Show this node's view of the group.
+    Status,
+}
+
+/// `dododb cluster ...` on the command line.
+#[derive(Args, Debug, Clone)]
+pub struct ClusterArgs {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: ClusterCommand,
+}
+
+/// `cluster init ID=URL...`.
+#[derive(Args, Debug, Clone)]
+pub struct InitArgs {
+    /// Every member as `ID=URL`, for example `1=http://127.0.0.1:8881`.
+    #[arg(required = true)]
+    pub members: Vec<String>,
+}
+
+/// `cluster add ID URL [--learner]`.
+#[derive(Args, Debug, Clone)]
+pub struct AddArgs {
+    /// The new node's `--node-id`.
+    pub id: u64,
+    /// Its client URL.
+    pub url: String,
+    /// Leave it a learner (it does not vote).
+    #[arg(long)]
+    pub learner: bool,
+}
+
+/// `cluster remove ID`.
+#[derive(Args, Debug, Clone)]
+pub struct RemoveArgs {
+    /// The member to remove.
+    pub id: u64,
 }
 
 /// `get KEY`.

@@ -6,7 +6,7 @@ use std::io::{Read, Write};
 use super::api::{Api, Condition};
 use serde_json::value::RawValue;
 
-use super::args::{ClientCommand, MsetArgs, PutArgs};
+use super::args::{ClientCommand, ClusterCommand, MsetArgs, PutArgs};
 use super::error::ClientError;
 use super::output::Printer;
 use super::watch::watch;
@@ -144,6 +144,7 @@ pub fn execute(
                 .map_err(|e| ClientError::Protocol(format!("the export stopped: {e}")))?;
             out.flush()?;
         }
+        ClientCommand::Cluster(command) => cluster(api, command, printer)?,
     }
     Ok(())
 }
@@ -244,6 +245,54 @@ fn read_source(
             std::fs::read(path).map_err(|e| ClientError::Usage(format!("cannot read {path}: {e}")))
         }
     }
+}
+
+/// `cluster init|add|remove|status` over the `/cluster` routes.
+fn cluster(api: &Api, command: &ClusterCommand, printer: &Printer) -> Result<(), ClientError> {
+    let answer = match command {
+        ClusterCommand::Status => api.get_path("/cluster/status")?,
+        ClusterCommand::Init(args) => {
+            let mut members = serde_json::Map::new();
+            for member in &args.members {
+                let (id, url) = member.split_once('=').ok_or_else(|| {
+                    ClientError::Usage(format!("a member is ID=URL; got {member:?}"))
+                })?;
+                members.insert(id.to_string(), serde_json::json!({ "url": url }));
+            }
+            api.post_membership("/cluster/init", &serde_json::json!({ "members": members }))?
+        }
+        ClusterCommand::Add(args) => {
+            let learner = serde_json::json!({"id": args.id, "url": args.url});
+            let answer = api.post_membership("/cluster/learners", &learner)?;
+            if args.learner {
+                answer
+            } else {
+                let mut voters = voters(api)?;
+                voters.push(args.id);
+                api.post_membership("/cluster/members", &serde_json::json!({ "voters": voters }))?
+            }
+        }
+        ClusterCommand::Remove(args) => {
+            let voters: Vec<u64> = voters(api)?.into_iter().filter(|&v| v != args.id).collect();
+            api.post_membership("/cluster/members", &serde_json::json!({ "voters": voters }))?
+        }
+    };
+    printer.json(&answer)?;
+    Ok(())
+}
+
+/// The voting members, from `/cluster/status`.
+fn voters(api: &Api) -> Result<Vec<u64>, ClientError> {
+    let status: serde_json::Value = serde_json::from_slice(&api.get_path("/cluster/status")?)
+        .map_err(|e| ClientError::Protocol(format!("/cluster/status: {e}")))?;
+    let members = status["members"]
+        .as_object()
+        .ok_or_else(|| ClientError::Protocol("/cluster/status has no members".into()))?;
+    Ok(members
+        .iter()
+        .filter(|(_, m)| m["voter"] == true)
+        .filter_map(|(id, _)| id.parse().ok())
+        .collect())
 }
 
 /// The bytes `put` sends: the argument, the file after `@`, or stdin.

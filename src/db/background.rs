@@ -42,7 +42,10 @@ pub(super) fn start(inner: &Arc<Inner>) -> Result<(), DbError> {
         .lock()
         .unwrap_or_else(|e| e.into_inner()) = Some(tx);
     let mut threads = Vec::new();
-    threads.push(spawn("dododb-expiry", inner, rx.clone(), expiry_loop)?);
+    // On a cluster member the leader proposes expiries through the log.
+    if !inner.replica {
+        threads.push(spawn("dododb-expiry", inner, rx.clone(), expiry_loop)?);
+    }
     if inner.dir.is_some() {
         threads.push(spawn("dododb-snapshot", inner, rx, snapshot_loop)?);
     }

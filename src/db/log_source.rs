@@ -69,8 +69,9 @@ impl InnerSlot {
 }
 
 /// Subscription state logged like keys: a WAL control record submitted
-/// without waiting (the next group commit carries it), or applied at once
-/// without a log.
+/// without waiting (the next group commit carries it), on a cluster member
+/// a Raft entry proposed without waiting (so every member has the cursor
+/// a new leader resumes from), or applied at once without a log.
 pub(super) struct DbControlLog(pub InnerSlot);
 
 impl ControlLog for DbControlLog {
@@ -78,6 +79,12 @@ impl ControlLog for DbControlLog {
         let Some(inner) = self.0.get() else {
             return;
         };
+        if inner.replica {
+            if let Some(log) = inner.meta_log.get() {
+                log.submit_meta(op.to_doc());
+            }
+            return;
+        }
         match &inner.wal {
             Some(wal) => {
                 if let Err(e) = wal.submit(Record::Meta(op.to_doc())) {

@@ -7,6 +7,7 @@ mod import;
 mod log_source;
 mod pubsub;
 mod recovery;
+mod replica;
 mod retention;
 mod txn;
 
@@ -35,6 +36,8 @@ use crate::wal::{BatchSink, LogReader, Record, WalWriter};
 pub use import::{ImportMode, ImportResult, ImportSpool, Spooled};
 pub(crate) use pubsub::check_callback_url;
 pub use pubsub::{EventSubscription, SubscriptionStatus, Unsubscribe};
+pub(crate) use recovery::lock_dir;
+pub use replica::MetaLog;
 pub use txn::{Op, Txn, TxnResult};
 
 /// Key names taken by routes under `/kv/`.
@@ -199,6 +202,23 @@ pub(crate) struct Inner {
     background: background::Background,
     /// Test hook: abort the process after this snapshot step.
     crash_at_step: Option<u8>,
+    /// A cluster member: writes arrive through `raft/` (the `apply_*`
+    /// methods of `replica.rs`), never through `put`/`delete`, and the
+    /// leader proposes expiries.
+    replica: bool,
+    /// Where a cluster member logs subscription changes (the Raft log).
+    meta_log: std::sync::OnceLock<Arc<dyn MetaLog>>,
+}
+
+/// What [`Db::assemble`] builds a database from.
+struct Parts {
+    hub: Arc<EventHub>,
+    registry: Arc<Registry>,
+    store: Arc<Store>,
+    wal: Option<WalWriter>,
+    dir: Option<PathBuf>,
+    dir_lock: Option<File>,
+    replica: bool,
 }
 
 /// Applies batches the WAL accepted, on the writer thread, in log order.
@@ -219,6 +239,9 @@ impl BatchSink for ApplySink {
                         tracing::error!("{e}");
                     }
                 }
+                // A single server never logs Raft items (a cluster member
+                // keeps its log in a directory of its own, `raft/`).
+                Record::Raft(_) => {}
             }
         }
     }
@@ -228,7 +251,7 @@ impl BatchSink for ApplySink {
             match record {
                 Record::Change(change) => self.store.abort(change),
                 Record::Txn(changes) => self.store.abort_many(changes),
-                Record::Meta(_) => {}
+                Record::Meta(_) | Record::Raft(_) => {}
             }
         }
     }
@@ -312,6 +335,32 @@ impl Db {
                 (store, Some(wal), Some(dir.clone()), Some(lock))
             }
         };
+        Db::assemble(
+            config,
+            Parts {
+                hub,
+                registry,
+                store,
+                wal,
+                dir,
+                dir_lock,
+                replica: false,
+            },
+        )
+    }
+
+    /// Builds the database around its recovered parts and starts its
+    /// background work (the expiry loop only where writes are local).
+    fn assemble(config: Config, parts: Parts) -> Result<Db, DbError> {
+        let Parts {
+            hub,
+            registry,
+            store,
+            wal,
+            dir,
+            dir_lock,
+            replica,
+        } = parts;
         let crash_at_step = std::env::var("DODODB_TEST_CRASH_AT_SNAPSHOT_STEP")
             .ok()
             .and_then(|s| s.parse().ok());
@@ -346,6 +395,10 @@ impl Db {
             )
             .map_err(DbError::Storage)?,
         );
+        // A cluster member delivers only while it leads (raft/ turns it on).
+        if replica {
+            pool.set_active(false);
+        }
         let inner = Arc::new(Inner {
             config,
             store,
@@ -367,6 +420,8 @@ impl Db {
             closed: AtomicBool::new(false),
             background: background::Background::default(),
             crash_at_step,
+            replica,
+            meta_log: std::sync::OnceLock::new(),
         });
         slot.set(&inner);
         // The feed first: the pool reads what the feed has when hinted.
@@ -595,6 +650,11 @@ impl Inner {
         if self.closed.load(Ordering::Acquire) {
             return Err(DbError::Unavailable("the database is shutting down".into()));
         }
+        if self.replica {
+            return Err(DbError::Unavailable(
+                "this database is a cluster member: writes go through the Raft log".into(),
+            ));
+        }
         let now = now_ms();
         let emit = &mut |event| self.hub.emit(event);
         let outcome = match &self.wal {
@@ -628,12 +688,7 @@ impl Inner {
         value: &[u8],
         options: PutOptions,
     ) -> Result<Outcome<u64>, DbError> {
-        self.check_key(key)?;
-        self.check_value(value)?;
-        let expires_at_ms = self.expiry(options.ttl, now_ms());
-        // A copy of its own: a slice of a request buffer would keep the
-        // whole buffer alive for as long as the value lives.
-        let value = copy_value(value);
+        let (value, expires_at_ms) = self.prepare_put(key, value, options.ttl, now_ms)?;
         self.mutate(
             key,
             Mutation::Put {
@@ -642,6 +697,23 @@ impl Inner {
             },
             options.precondition.unwrap_or(Precondition::None),
         )
+    }
+
+    /// Checks a put and returns the value to store (a copy) with its
+    /// expiry, computed from `now_ms` (read only for an expiring value).
+    fn prepare_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        now_ms: impl FnOnce() -> u64,
+    ) -> Result<(Bytes, u64), DbError> {
+        self.check_key(key)?;
+        self.check_value(value)?;
+        let expires_at_ms = self.expiry(ttl, now_ms());
+        // A copy of its own: a slice of a request buffer would keep the
+        // whole buffer alive for as long as the value lives.
+        Ok((copy_value(value), expires_at_ms))
     }
 
     fn begin_delete(&self, key: &str, pre: Option<Precondition>) -> Result<Outcome<u64>, DbError> {

@@ -73,6 +73,14 @@ impl Inner {
     /// Logs a subscription change and applies it (through the WAL writer
     /// when there is a data directory, so it is as durable as a key).
     fn log_subscription_op(&self, op: SubscriptionOp) -> Result<(), DbError> {
+        if self.replica {
+            return match self.meta_log.get() {
+                Some(log) => log.log_meta(op.to_doc()),
+                None => Err(DbError::Unavailable(
+                    "the cluster is not running yet".into(),
+                )),
+            };
+        }
         match &self.wal {
             Some(wal) => {
                 let seq = wal

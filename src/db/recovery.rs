@@ -22,7 +22,7 @@ pub(super) struct Recovered {
 
 /// Takes an exclusive lock on `dir/LOCK` so two servers never share a
 /// data directory. The lock lives as long as the returned file.
-pub(super) fn lock_dir(dir: &Path) -> Result<File, DbError> {
+pub(crate) fn lock_dir(dir: &Path) -> Result<File, DbError> {
     create_durably(dir)
         .map_err(|e| DbError::Storage(format!("cannot create data dir {}: {e}", dir.display())))?;
     let path = dir.join("LOCK");
@@ -124,6 +124,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, DbError> {
         Record::Change(change) => store.replay(change),
         Record::Txn(changes) => changes.into_iter().for_each(|c| store.replay(c)),
         meta @ Record::Meta(_) => metas.push(meta),
+        Record::Raft(_) => {}
     })
     .map_err(|e| storage(&e))?;
     // Replay leaves the ordered index to one pass over the map.
@@ -153,7 +154,7 @@ pub(super) fn meta_docs(metas: &[Record]) -> Vec<Bytes> {
         .iter()
         .filter_map(|r| match r {
             Record::Meta(doc) => Some(doc.clone()),
-            Record::Change(_) | Record::Txn(_) => None,
+            Record::Change(_) | Record::Txn(_) | Record::Raft(_) => None,
         })
         .collect()
 }

@@ -69,7 +69,7 @@ impl Inner {
                 let changes = match record {
                     Record::Change(change) => vec![change],
                     Record::Txn(changes) => changes,
-                    Record::Meta(_) => Vec::new(),
+                    Record::Meta(_) | Record::Raft(_) => Vec::new(),
                 };
                 for change in changes {
                     through = through.max(change.version);

@@ -421,6 +421,31 @@ impl Registry {
         self.subs.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Replaces every subscription with those of the control documents
+    /// `docs` (a cluster member installing a snapshot).
+    ///
+    /// # Errors
+    ///
+    /// A document is not a subscription operation; nothing changed then.
+    pub fn replace(&self, docs: &[Bytes]) -> Result<(), String> {
+        let ops = docs
+            .iter()
+            .map(|doc| {
+                serde_json::from_slice::<SubscriptionOp>(doc)
+                    .map_err(|e| format!("bad subscription record: {e}"))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for old in std::mem::take(&mut *self.subs.write().unwrap_or_else(|e| e.into_inner())) {
+            old.removed.store(true, Ordering::Release);
+            old.wake.notify_one();
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        for op in ops {
+            self.apply(op);
+        }
+        Ok(())
+    }
+
     /// The subscriptions a change of `key` goes to.
     pub fn matching(&self, key: &str) -> Vec<Arc<ActiveSubscription>> {
         let subs = self.subs.read().unwrap_or_else(|e| e.into_inner());

@@ -105,10 +105,20 @@ impl Rules {
         match req.uri().path() {
             "/txn" => BodyLimit::Bytes(self.max_txn_bytes, "--max-txn-bytes"),
             "/system/import" => BodyLimit::Unlimited,
+            path if path.starts_with("/raft/") => BodyLimit::Bytes(
+                RAFT_BODY_BYTES
+                    .max(self.max_body_bytes)
+                    .max(self.max_txn_bytes),
+                "the Raft RPC limit",
+            ),
             _ => BodyLimit::Bytes(self.max_body_bytes, "--max-value-bytes"),
         }
     }
 }
+
+/// The largest body Raft RPC between cluster members may carry: a batch
+/// of log entries, each up to `--max-value-bytes`, or a snapshot chunk.
+const RAFT_BODY_BYTES: usize = 256 << 20;
 
 /// `GET /system/alive` answers without a token, for health checkers, and
 /// so do the console's files (they hold no data; the page asks for the

@@ -33,6 +33,9 @@ pub enum ApiError {
     HeadersTooLarge(String),
     /// 503 `unavailable`.
     Unavailable(String),
+    /// 307 `not_leader`: a cluster follower got a write; the leader's URL
+    /// for the same path goes in `Location`.
+    NotLeader(String),
     /// 500 `internal`: a bug; details go to the log only.
     Internal(String),
 }
@@ -63,6 +66,7 @@ impl ApiError {
             ApiError::UriTooLong(_) => StatusCode::URI_TOO_LONG,
             ApiError::HeadersTooLarge(_) => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotLeader(_) => StatusCode::TEMPORARY_REDIRECT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -81,6 +85,7 @@ impl ApiError {
             ApiError::UriTooLong(_) => "uri_too_long",
             ApiError::HeadersTooLarge(_) => "headers_too_large",
             ApiError::Unavailable(_) => "unavailable",
+            ApiError::NotLeader(_) => "not_leader",
             ApiError::Internal(_) => "internal",
         }
     }
@@ -96,6 +101,7 @@ impl ApiError {
             | ApiError::UriTooLong(m)
             | ApiError::HeadersTooLarge(m)
             | ApiError::Unavailable(m) => m,
+            ApiError::NotLeader(_) => "this node is not the leader; repeat the request at Location",
             ApiError::Unauthorized => "missing or wrong bearer token",
             ApiError::MethodNotAllowed => "method not allowed on this path",
             ApiError::Internal(_) => "internal error (see the server log)",
@@ -129,6 +135,11 @@ impl IntoResponse for ApiError {
         // A 413 (like a 401 or 404) is often sent before the body was read:
         // the server loop then reads and discards the rest or says
         // `Connection: close` (`unread_body`), whatever the status.
+        if let ApiError::NotLeader(location) = &self
+            && let Ok(value) = HeaderValue::from_str(location)
+        {
+            response.headers_mut().insert(header::LOCATION, value);
+        }
         if matches!(self, ApiError::Unauthorized) {
             response
                 .headers_mut()

@@ -106,7 +106,10 @@ pub(super) async fn put(
     let body = Bytes::from_request(Request::from_parts(parts, body), &())
         .await
         .map_err(body_error)?;
-    let written = state.db.put_async(&key, &body, options).await?;
+    let written = match &state.cluster {
+        None => state.db.put_async(&key, &body, options).await?,
+        Some(cluster) => super::cluster::put(&state, cluster, &uri, &key, &body, options).await?,
+    };
     let status = if written.created {
         StatusCode::CREATED
     } else {
@@ -138,19 +141,52 @@ pub(super) fn body_error_over(rejection: BytesRejection, flag: &str) -> ApiError
 
 pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_of(&uri, "")?;
-    let entry = state.db.get(&key)?.ok_or_else(not_found)?;
-    let mut response = Response::new(Body::from(entry.value));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    headers.insert(header::ETAG, etag(entry.version));
+    if state.cluster.is_some() {
+        return replicated_read(&state, &uri, get_entry(&state, &key)).await;
+    }
+    get_entry(&state, &key)()
+}
+
+/// A read on a cluster member: after the read index (unless stale), with
+/// the revision it reflects.
+async fn replicated_read(
+    state: &AppState,
+    uri: &Uri,
+    read: impl FnOnce() -> Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    super::cluster::before_read(state, uri).await?;
+    let mut response = read()?;
+    super::cluster::mark_revision(state, &mut response);
     Ok(response)
 }
 
+fn get_entry<'a>(
+    state: &'a AppState,
+    key: &'a str,
+) -> impl FnOnce() -> Result<Response, ApiError> + 'a {
+    move || {
+        let entry = state.db.get(key)?.ok_or_else(not_found)?;
+        let mut response = Response::new(Body::from(entry.value));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        headers.insert(header::ETAG, etag(entry.version));
+        Ok(response)
+    }
+}
+
 pub(super) async fn head(State(state): State<AppState>, uri: Uri) -> Response {
-    let found = key_of(&uri, "")
+    if state.cluster.is_some() {
+        let answer = replicated_read(&state, &uri, || Ok(head_entry(&state, &uri))).await;
+        return answer.unwrap_or_else(|e| e.status().into_response());
+    }
+    head_entry(&state, &uri)
+}
+
+fn head_entry(state: &AppState, uri: &Uri) -> Response {
+    let found = key_of(uri, "")
         .ok()
         .and_then(|key| state.db.get(&key).ok().flatten());
     match found {
@@ -181,8 +217,14 @@ struct ExistsAnswer<'a> {
 
 pub(super) async fn exists(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_of(&uri, "/exists")?;
-    let exists = state.db.exists(&key)?;
-    Ok(json(StatusCode::OK, &ExistsAnswer { key: &key, exists }))
+    let read = || {
+        let exists = state.db.exists(&key)?;
+        Ok(json(StatusCode::OK, &ExistsAnswer { key: &key, exists }))
+    };
+    if state.cluster.is_some() {
+        return replicated_read(&state, &uri, read).await;
+    }
+    read()
 }
 
 #[derive(Serialize)]
@@ -195,12 +237,20 @@ struct MetaAnswer<'a> {
 
 pub(super) async fn meta(State(state): State<AppState>, uri: Uri) -> Result<Response, ApiError> {
     let key = key_of(&uri, "/meta")?;
-    let entry = state.db.get(&key)?.ok_or_else(not_found)?;
+    let read = || meta_of(&state, &key);
+    if state.cluster.is_some() {
+        return replicated_read(&state, &uri, read).await;
+    }
+    read()
+}
+
+fn meta_of(state: &AppState, key: &str) -> Result<Response, ApiError> {
+    let entry = state.db.get(key)?.ok_or_else(not_found)?;
     let expires_at = (entry.expires_at_ms != 0).then(|| super::rfc3339_ms(entry.expires_at_ms));
     let mut response = json(
         StatusCode::OK,
         &MetaAnswer {
-            key: &key,
+            key,
             version: entry.version,
             size: entry.value.len(),
             expires_at,
@@ -226,7 +276,10 @@ pub(super) async fn delete(
 ) -> Result<Response, ApiError> {
     let key = key_of(&uri, "")?;
     let pre = precondition(&headers, Conditions::MatchOnly)?;
-    let version = state.db.delete_async(&key, pre).await?;
+    let version = match &state.cluster {
+        None => state.db.delete_async(&key, pre).await?,
+        Some(cluster) => super::cluster::delete(&state, cluster, &uri, &key, pre).await?,
+    };
     Ok(json(
         StatusCode::OK,
         &DeleteAnswer {
@@ -241,6 +294,9 @@ pub(super) async fn delete(
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     prefix: Option<String>,
+    /// `stale` or `linearizable` (cluster members; see `cluster.rs`).
+    #[allow(dead_code)]
+    consistency: Option<String>,
     limit: Option<String>,
     cursor: Option<String>,
     values: Option<String>,
@@ -254,9 +310,11 @@ struct ListAnswer {
 
 pub(super) async fn list(
     State(state): State<AppState>,
+    uri: Uri,
     q: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
+    super::cluster::before_read(&state, &uri).await?;
     let limit = match q.limit.as_deref() {
         None => DEFAULT_LIST_LIMIT,
         Some(text) => match text.parse::<usize>() {
@@ -295,7 +353,9 @@ pub(super) async fn list(
     })
     .await
     .map_err(|e| ApiError::Internal(format!("listing task failed: {e}")))?;
-    Ok(json_bytes(StatusCode::OK, answer))
+    let mut response = json_bytes(StatusCode::OK, answer);
+    super::cluster::mark_revision(&state, &mut response);
+    Ok(response)
 }
 
 /// `{"items":[{"key","value","version","expires_at"}…],"next_cursor"}`,
@@ -362,6 +422,9 @@ fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
 #[serde(deny_unknown_fields)]
 pub(super) struct PrefixQuery {
     prefix: Option<String>,
+    /// `stale` or `linearizable` (cluster members; see `cluster.rs`).
+    #[allow(dead_code)]
+    consistency: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -371,14 +434,18 @@ struct CountAnswer {
 
 pub(super) async fn count(
     State(state): State<AppState>,
+    uri: Uri,
     q: Result<Query<PrefixQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
+    super::cluster::before_read(&state, &uri).await?;
     let db = state.db.clone();
     let count = tokio::task::spawn_blocking(move || db.count(q.prefix.as_deref()))
         .await
         .map_err(|e| ApiError::Internal(format!("count task failed: {e}")))?;
-    Ok(json(StatusCode::OK, &CountAnswer { count }))
+    let mut response = json(StatusCode::OK, &CountAnswer { count });
+    super::cluster::mark_revision(&state, &mut response);
+    Ok(response)
 }
 
 #[derive(Serialize)]
@@ -388,10 +455,14 @@ struct ClearAnswer {
 
 pub(super) async fn clear(
     State(state): State<AppState>,
+    uri: Uri,
     q: Result<Query<PrefixQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let cleared = state.db.clear_async(q.prefix.as_deref()).await?;
+    let cleared = match &state.cluster {
+        None => state.db.clear_async(q.prefix.as_deref()).await?,
+        Some(cluster) => super::cluster::clear(cluster, &uri, q.prefix.as_deref()).await?,
+    };
     Ok(json(StatusCode::OK, &ClearAnswer { cleared }))
 }
 

@@ -2,6 +2,7 @@
 //! graceful shutdown, and the JSON helpers. The only module that knows axum.
 
 mod admission;
+mod cluster;
 mod conditions;
 mod error;
 mod feed;
@@ -35,12 +36,15 @@ pub use error::ApiError;
 pub use routes::{OPENAPI_JSON, ROUTES, Route};
 
 use crate::db::Db;
+use crate::raft::Cluster;
 
 /// What every handler can reach.
 #[derive(Clone)]
 pub struct AppState {
     /// The database.
     pub db: Db,
+    /// The Raft group this server is a member of (`--node-id`), if any.
+    pub cluster: Option<std::sync::Arc<Cluster>>,
     /// What `GET /metrics` renders.
     metrics: std::sync::Arc<metrics::Metrics>,
 }
@@ -61,6 +65,12 @@ pub type App = metrics::Record<Either<Cors<admission::Admit<Router>>, admission:
 /// Builds the application: every route of the SPEC over `db`, behind the
 /// admission and recording middleware. The server runs this.
 pub fn app(db: Db) -> App {
+    member_app(db, None)
+}
+
+/// [`app`] for a cluster member: writes go through `cluster`, reads wait
+/// for its read index, and the `/cluster` and `/raft` routes work.
+pub fn member_app(db: Db, cluster: Option<std::sync::Arc<Cluster>>) -> App {
     let config = db.config();
     let admission = admission::AdmissionLayer::new(config);
     let cors = config.cors_origin.as_deref().map(cors);
@@ -68,7 +78,11 @@ pub fn app(db: Db) -> App {
     // Benchmark hook: the load harness measures with and without request
     // recording (it is not a setting users should turn off).
     let record = metrics.layer(std::env::var_os("DODODB_BENCH_NO_REQUEST_METRICS").is_none());
-    let state = AppState { db, metrics };
+    let state = AppState {
+        db,
+        cluster,
+        metrics,
+    };
     let routes = routes::api()
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -145,7 +159,22 @@ pub async fn serve(
     db: Db,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let app = app(db.clone());
+    serve_member(listener, db, None, shutdown).await
+}
+
+/// [`serve`] for a cluster member; Raft stops (its log synced) after the
+/// last request and before the database closes.
+///
+/// # Errors
+///
+/// As [`serve`].
+pub async fn serve_member(
+    listener: TcpListener,
+    db: Db,
+    cluster: Option<std::sync::Arc<Cluster>>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let app = member_app(db.clone(), cluster.clone());
     let header_read_timeout = db.config().header_read_timeout;
     let feed_db = db.clone();
     // Live feed streams never end on their own: close them when shutdown
@@ -155,11 +184,28 @@ pub async fn serve(
         feed_db.feed().close();
     };
     server::run(listener, app, header_read_timeout, shutdown).await?;
+    if let Some(cluster) = cluster {
+        cluster.shutdown().await;
+    }
     tracing::info!("HTTP server stopped; closing the database");
     tokio::task::spawn_blocking(move || db.close())
         .await
         .map_err(std::io::Error::other)?
         .map_err(std::io::Error::other)
+}
+
+/// Serves `app` on `listener` until the process ends: a cluster member's
+/// separate Raft listener (`--raft-listen`).
+///
+/// # Errors
+///
+/// The listener fails.
+pub async fn serve_app(
+    listener: TcpListener,
+    app: App,
+    header_read_timeout: Duration,
+) -> std::io::Result<()> {
+    server::run(listener, app, header_read_timeout, std::future::pending()).await
 }
 
 /// A JSON response with `status`.

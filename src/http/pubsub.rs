@@ -3,7 +3,7 @@
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{StatusCode, Uri};
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
 
@@ -107,8 +107,10 @@ fn target(key: Option<String>, prefix: Option<String>) -> Result<Target, ApiErro
 
 pub(super) async fn subscribe(
     State(state): State<AppState>,
+    uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    super::cluster::ensure_leader(&state, &uri)?;
     let (target, url, secret) = subscribe_request(body.map_err(super::kv::body_error)?)?;
     let db = state.db.clone();
     let (sub, created) =
@@ -125,8 +127,10 @@ pub(super) async fn subscribe(
 
 pub(super) async fn unsubscribe(
     State(state): State<AppState>,
+    uri: Uri,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    super::cluster::ensure_leader(&state, &uri)?;
     let which = unsubscribe_request(body.map_err(super::kv::body_error)?)?;
     let db = state.db.clone();
     let removed = tokio::task::spawn_blocking(move || db.unsubscribe_webhook(&which))
@@ -243,9 +247,12 @@ struct RecoverBody {
 /// `POST /pubsub/subscriptions/{id}/recover` with `{"since": REV}`.
 pub(super) async fn recover(
     State(state): State<AppState>,
+    uri: Uri,
     id: Result<Path<String>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
+    // The leader delivers, so it is the one to send them again.
+    super::cluster::ensure_leader(&state, &uri)?;
     let id = sub_id(id)?;
     let body: RecoverBody = parse_body(&body.map_err(super::kv::body_error)?)?;
     let since = body
@@ -258,8 +265,10 @@ pub(super) async fn recover(
 /// `POST /pubsub/subscriptions/{id}/enable`.
 pub(super) async fn enable(
     State(state): State<AppState>,
+    uri: Uri,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
+    super::cluster::ensure_leader(&state, &uri)?;
     let id = sub_id(id)?;
     let db = state.db.clone();
     let status = tokio::task::spawn_blocking(move || db.enable(&id))

@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
-use super::{AppState, feed, kv, pubsub, system, txn, ui};
+use super::{AppState, cluster, feed, kv, pubsub, system, txn, ui};
 
 /// The OpenAPI 3 document of this API, served at `GET /openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("openapi.json");
@@ -47,7 +47,7 @@ impl Route {
     }
 }
 
-/// Every route of the API (SPEC §4–§7, `/openapi.json` and the console of
+/// Every route of the API (SPEC §4–§7, §10, `/openapi.json` and the console of
 /// §11).
 pub static ROUTES: &[Route] = &[
     Route::new(Method::GET, "/kv", |m| on(m, kv::list).layer(super::gzip())),
@@ -93,6 +93,24 @@ pub static ROUTES: &[Route] = &[
     Route::new(Method::POST, "/system/import", |m| on(m, system::import)),
     Route::new(Method::GET, "/events", |m| on(m, feed::events)),
     Route::new(Method::GET, "/ws", |m| on(m, feed::ws)),
+    Route::new(Method::POST, "/cluster/init", |m| on(m, cluster::init)),
+    Route::new(Method::POST, "/cluster/learners", |m| {
+        on(m, cluster::learners)
+    }),
+    Route::new(Method::POST, "/cluster/members", |m| {
+        on(m, cluster::members)
+    }),
+    Route::new(Method::GET, "/cluster/status", |m| on(m, cluster::status)),
+    Route::new(Method::POST, "/raft/append", |m| {
+        on(m, cluster::raft_append)
+    }),
+    Route::new(Method::POST, "/raft/vote", |m| on(m, cluster::raft_vote)),
+    Route::new(Method::POST, "/raft/snapshot", |m| {
+        on(m, cluster::raft_snapshot)
+    }),
+    Route::new(Method::POST, "/raft/read-index", |m| {
+        on(m, cluster::raft_read_index)
+    }),
     Route::new(Method::GET, "/metrics", |m| on(m, metrics)),
     Route::new(Method::GET, "/openapi.json", |m| on(m, openapi)),
     Route::new(Method::GET, "/ui", |m| on(m, ui::page)),

@@ -3,7 +3,7 @@
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
@@ -154,7 +154,26 @@ fn feed_stats(db: &crate::Db) -> FeedStats {
     }
 }
 
-pub(super) async fn snapshot(State(state): State<AppState>) -> Result<Response, ApiError> {
+pub(super) async fn snapshot(
+    State(state): State<AppState>,
+    uri: Uri,
+) -> Result<Response, ApiError> {
+    if let Some(cluster) = &state.cluster {
+        let file = cluster
+            .snapshot()
+            .await
+            .map_err(|e| super::cluster::cluster_error(e, &uri))?;
+        let bytes = std::fs::metadata(&file.path).map_or(0, |m| m.len());
+        return Ok(json(
+            StatusCode::OK,
+            &json!({
+                "revision": file.revision,
+                "keys": file.keys,
+                "bytes": bytes,
+                "file": file.path.display().to_string(),
+            }),
+        ));
+    }
     let db = state.db.clone();
     let info = tokio::task::spawn_blocking(move || db.snapshot())
         .await

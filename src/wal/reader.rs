@@ -104,7 +104,7 @@ impl LogReader {
                 found = changes.iter().map(|c| c.version).min();
                 found.is_none()
             }
-            Record::Meta(_) => true,
+            Record::Meta(_) | Record::Raft(_) => true,
         })?;
         if closed || found.is_some() {
             self.first
@@ -160,7 +160,7 @@ impl LogReader {
                 let changes = match record {
                     Record::Change(change) => vec![change],
                     Record::Txn(changes) => changes,
-                    Record::Meta(_) => return true,
+                    Record::Meta(_) | Record::Raft(_) => return true,
                 };
                 for change in changes {
                     if change.version <= after {

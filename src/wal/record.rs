@@ -20,6 +20,7 @@ const KIND_DELETE_OLD: u8 = 5;
 const KIND_EXPIRE_OLD: u8 = 6;
 const KIND_META: u8 = 16;
 const KIND_TXN: u8 = 17;
+const KIND_RAFT: u8 = 32;
 
 /// One logged item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +31,9 @@ pub enum Record {
     Meta(Bytes),
     /// A transaction's changes, applied all together or not at all.
     Txn(Vec<Change>),
+    /// An item of a cluster member's Raft log (an entry, the vote, the
+    /// committed index, a truncation or a purge), encoded by `raft/`.
+    Raft(Bytes),
 }
 
 /// What is wrong with the bytes at some offset.
@@ -65,6 +69,10 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
                 let len = u32::try_from(out.len() - len_at - 4).unwrap_or(u32::MAX);
                 out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
             }
+        }),
+        Record::Raft(item) => framed(out, |out| {
+            out.push(KIND_RAFT);
+            put_bytes(out, item);
         }),
     }
 }
@@ -190,6 +198,10 @@ fn decode_payload(payload: &[u8]) -> Result<Record, DecodeError> {
         }
         return r.finish(Record::Txn(changes));
     }
+    if kind == KIND_RAFT {
+        let item = Bytes::copy_from_slice(r.bytes()?);
+        return r.finish(Record::Raft(item));
+    }
     let (kind, with_old) = match kind {
         KIND_UPDATE => (ChangeKind::Update, false),
         KIND_DELETE => (ChangeKind::Delete, false),
@@ -314,6 +326,7 @@ mod tests {
         };
         check(Record::Txn(vec![put, del]));
         check(Record::Txn(Vec::new()));
+        check(Record::Raft(Bytes::from_static(b"{\"vote\":{}}")));
     }
 
     #[test]

@@ -654,7 +654,7 @@ mod tests {
         match record {
             Record::Change(c) => c.version,
             Record::Txn(changes) => changes.last().map_or(0, |c| c.version),
-            Record::Meta(_) => 0,
+            Record::Meta(_) | Record::Raft(_) => 0,
         }
     }
 

@@ -57,6 +57,8 @@ struct Pending {
 pub(super) struct Lane {
     sub: Arc<ActiveSubscription>,
     shared: Arc<PoolShared>,
+    /// The pool's epoch it was started under; it ends when that changes.
+    epoch: u64,
     /// Every event up to here is delivered or given up on.
     cursor: u64,
     window: BTreeMap<u64, Pending>,
@@ -86,10 +88,11 @@ pub(super) struct Lane {
 }
 
 impl Lane {
-    pub(super) fn new(sub: Arc<ActiveSubscription>, shared: Arc<PoolShared>) -> Lane {
+    pub(super) fn new(sub: Arc<ActiveSubscription>, shared: Arc<PoolShared>, epoch: u64) -> Lane {
         let state = sub.state();
         *sub.read_next.lock().unwrap_or_else(|e| e.into_inner()) = state.cursor + 1;
         Lane {
+            epoch,
             sub,
             shared,
             cursor: state.cursor,
@@ -119,6 +122,11 @@ impl Lane {
             }
             if self.shared.is_stopping() {
                 self.log_progress(true);
+                return;
+            }
+            if self.shared.epoch() != self.epoch {
+                // Delivery moved (this member stopped leading): the next
+                // deliverer starts from the replicated cursor.
                 return;
             }
             let disabled = self.sub.is_disabled();

@@ -92,11 +92,21 @@ pub(crate) struct PoolShared {
     source: FeedReader,
     log: Arc<dyn ControlLog>,
     stopping: AtomicBool,
+    /// Whether this pool delivers: always on a single server; on a cluster
+    /// member only while it leads.
+    active: AtomicBool,
+    /// Bumped on every change of `active`: a task started under another
+    /// epoch ends, and the dispatcher starts new ones from the cursors.
+    epoch: AtomicU64,
 }
 
 impl PoolShared {
     fn is_stopping(&self) -> bool {
         self.stopping.load(Ordering::Acquire)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 }
 
@@ -145,6 +155,8 @@ impl DeliveryPool {
             source,
             log,
             stopping: AtomicBool::new(false),
+            active: AtomicBool::new(true),
+            epoch: AtomicU64::new(0),
         });
         let (latest_tx, _) = watch::channel(0u64);
         let dispatcher = Dispatcher {
@@ -155,6 +167,7 @@ impl DeliveryPool {
             latest: latest_tx,
             started: HashSet::new(),
             generation: u64::MAX,
+            epoch: 0,
         };
         let thread = std::thread::Builder::new()
             .name("dododb-webhook-dispatch".into())
@@ -177,6 +190,19 @@ impl DeliveryPool {
                 .stats
                 .hints_dropped
                 .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Turns delivery on or off (a cluster member delivers only while it
+    /// leads). Off, every task ends; on again, each subscription's task
+    /// starts over from its durable cursor, so what the last deliverer had
+    /// in flight goes out again (at least once, in per-key order).
+    pub fn set_active(&self, on: bool) {
+        if self.shared.active.swap(on, Ordering::AcqRel) != on {
+            self.shared.epoch.fetch_add(1, Ordering::AcqRel);
+            for sub in self.registry.all() {
+                sub.wake.notify_one();
+            }
         }
     }
 
@@ -255,6 +281,8 @@ struct Dispatcher {
     /// Subscriptions with a task.
     started: HashSet<String>,
     generation: u64,
+    /// The pool's epoch the tasks in `started` run under.
+    epoch: u64,
 }
 
 impl Dispatcher {
@@ -277,6 +305,16 @@ impl Dispatcher {
                 *latest = (*latest).max(delivered);
                 newer
             });
+            let epoch = shared.epoch();
+            if epoch != self.epoch {
+                // The tasks of the last epoch end by themselves.
+                self.epoch = epoch;
+                self.started.clear();
+                self.generation = u64::MAX;
+            }
+            if !shared.active.load(Ordering::Acquire) {
+                continue;
+            }
             let generation = self.registry.generation();
             if generation != self.generation {
                 self.generation = generation;
@@ -291,7 +329,7 @@ impl Dispatcher {
             .retain(|id| subs.iter().any(|s| s.def.id == *id));
         for sub in subs {
             if self.started.insert(sub.def.id.clone()) {
-                let lane = lane::Lane::new(sub, Arc::clone(shared));
+                let lane = lane::Lane::new(sub, Arc::clone(shared), self.epoch);
                 self.handle.spawn(lane.run(self.latest.subscribe()));
             }
         }

@@ -1,0 +1,281 @@
+//! The database as a cluster member's state machine: opened around a store
+//! that `raft/` recovered, written only through the `apply_*` methods here
+//! (in Raft log order, on every member alike), and copied whole into or
+//! out of a snapshot file.
+//!
+//! Every decision a write makes (its precondition, its revision, whether a
+//! key has expired) is taken at apply time from the log entry's own
+//! timestamp, never from this machine's clock, so all members reach the
+//! same state. This module knows nothing of Raft itself.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::{Db, DbError, Parts, WriteResult};
+use crate::config::Config;
+use crate::events::EventHub;
+use crate::events::subscriptions::Registry;
+use crate::snapshot;
+use crate::store::{Change, ChangeKind, Mutation, NoJournal, Precondition, Store, copy_value};
+
+/// Where a cluster member logs a subscription change: it returns once the
+/// change is committed and applied (through [`Db::apply_meta`]).
+pub trait MetaLog: Send + Sync {
+    /// Logs the control document `doc`.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Unavailable`] when the change could not be committed.
+    fn log_meta(&self, doc: Bytes) -> Result<(), DbError>;
+
+    /// Proposes the control document `doc` without waiting (webhook
+    /// delivery progress; one that is lost is logged again later).
+    fn submit_meta(&self, doc: Bytes);
+}
+
+impl Db {
+    /// Opens a cluster member's database over `store` (with the control
+    /// documents `metas`), holding the data directory's lock `dir_lock`.
+    /// It has no WAL of its own: the Raft log is its log.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::InvalidRequest`] for an invalid configuration,
+    /// [`DbError::Storage`] when a control document is damaged.
+    pub(crate) fn open_replica(
+        config: Config,
+        store: Store,
+        metas: &[Bytes],
+        dir_lock: File,
+    ) -> Result<Db, DbError> {
+        config.validate().map_err(DbError::InvalidRequest)?;
+        let registry = Arc::new(Registry::default());
+        for doc in metas {
+            registry.apply_doc(doc).map_err(DbError::Storage)?;
+        }
+        Db::assemble(
+            config,
+            Parts {
+                hub: Arc::new(EventHub::default()),
+                registry,
+                store: Arc::new(store),
+                wal: None,
+                dir: None,
+                dir_lock: Some(dir_lock),
+                replica: true,
+            },
+        )
+    }
+
+    /// Sets where subscription changes are logged (once).
+    pub(crate) fn set_meta_log(&self, log: Arc<dyn MetaLog>) {
+        let _ = self.inner.meta_log.set(log);
+    }
+
+    /// Turns webhook delivery on (this member leads) or off.
+    pub(crate) fn set_delivering(&self, on: bool) {
+        self.inner.pool.set_active(on);
+    }
+
+    /// Checks `key` as every write does.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::InvalidKey`].
+    pub(crate) fn check_key(&self, key: &str) -> Result<(), DbError> {
+        self.inner.check_key(key)
+    }
+
+    /// Checks a put before it is proposed and returns the value to log with
+    /// its expiry (computed from `now_ms`).
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::put`], less the write's own outcomes.
+    pub(crate) fn prepare_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        now_ms: u64,
+    ) -> Result<(Bytes, u64), DbError> {
+        self.inner.prepare_put(key, value, ttl, || now_ms)
+    }
+
+    /// Applies a committed put.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::PreconditionFailed`]; nothing changed then.
+    pub(crate) fn apply_put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expires_at_ms: u64,
+        pre: Precondition,
+        now_ms: u64,
+    ) -> Result<WriteResult, DbError> {
+        let mutation = Mutation::Put {
+            value,
+            expires_at_ms,
+        };
+        let o = self.apply(key, mutation, pre, now_ms)?;
+        Ok(WriteResult {
+            version: o.0,
+            created: o.1,
+        })
+    }
+
+    /// Applies a committed delete; returns its revision.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::NotFound`], [`DbError::PreconditionFailed`].
+    pub(crate) fn apply_delete(
+        &self,
+        key: &str,
+        pre: Precondition,
+        now_ms: u64,
+    ) -> Result<u64, DbError> {
+        Ok(self.apply(key, Mutation::Delete, pre, now_ms)?.0)
+    }
+
+    /// Applies a committed expiry (a no-op unless the key is due at
+    /// `now_ms`); returns its revision.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::NotFound`] when the key is absent or not due.
+    pub(crate) fn apply_expire(&self, key: &str, now_ms: u64) -> Result<u64, DbError> {
+        let version = self
+            .apply(key, Mutation::Expire, Precondition::None, now_ms)?
+            .0;
+        self.inner.expired.fetch_add(1, Ordering::Relaxed);
+        Ok(version)
+    }
+
+    /// Applies a committed clear of the keys under `prefix` that are live
+    /// at `now_ms`; returns how many were deleted.
+    pub(crate) fn apply_clear(&self, prefix: &str, now_ms: u64) -> usize {
+        let mut keys: Vec<Box<str>> = Vec::new();
+        self.inner.store.for_each(now_ms, |key, _| {
+            if key.starts_with(prefix) {
+                keys.push(Box::from(key));
+            }
+        });
+        keys.iter()
+            .filter(|key| {
+                self.apply(key, Mutation::Delete, Precondition::None, now_ms)
+                    .is_ok()
+            })
+            .count()
+    }
+
+    /// Applies a committed subscription change.
+    pub(crate) fn apply_meta(&self, doc: &[u8]) {
+        if let Err(e) = self.inner.registry.apply_doc(doc) {
+            tracing::error!("{e}");
+        }
+    }
+
+    /// The one apply path of a member: the store's own, with no journal
+    /// (the Raft log already holds the change). Returns the version and
+    /// whether the key was created.
+    fn apply(
+        &self,
+        key: &str,
+        mutation: Mutation,
+        pre: Precondition,
+        now_ms: u64,
+    ) -> Result<(u64, bool), DbError> {
+        let hub = &self.inner.hub;
+        let o = self
+            .inner
+            .store
+            .mutate(key, mutation, pre, now_ms, &NoJournal, &mut |e| hub.emit(e))?;
+        Ok((o.version, o.created))
+    }
+
+    /// The last revision applied.
+    pub(crate) fn revision(&self) -> u64 {
+        self.inner.store.revision()
+    }
+
+    /// Up to `max` keys whose expiry is due at `now_ms`.
+    pub(crate) fn due_expirations(&self, now_ms: u64, max: usize) -> Vec<Box<str>> {
+        self.inner.store.due_expirations(now_ms, max)
+    }
+
+    /// Writes the whole state in the snapshot format to `out`: every entry,
+    /// expired ones too (their expiry is a log entry still to come), the
+    /// subscriptions, and `extra` control documents.
+    ///
+    /// # Errors
+    ///
+    /// Any error of `out`.
+    pub(crate) fn write_state(
+        &self,
+        extra: &[Bytes],
+        out: impl Write,
+    ) -> std::io::Result<snapshot::Written> {
+        let mut metas = self.inner.meta_docs();
+        metas.extend_from_slice(extra);
+        snapshot::encode(&self.inner.store, &metas, 0, 0, out)
+    }
+
+    /// Makes the state equal to `fresh` (a snapshot from the leader,
+    /// loaded apart) with the control documents `metas`. Keys `fresh` lacks
+    /// are deleted and the others set, through the store's apply path
+    /// without events, so readers never see a key missing that both copies
+    /// hold. The leader's copy is never behind this one, so every change
+    /// taken from it is newer than what it replaces.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Storage`] when a control document is damaged.
+    pub(crate) fn replace_state(&self, fresh: &Store, metas: &[Bytes]) -> Result<(), DbError> {
+        let store = &self.inner.store;
+        let revision = fresh.revision();
+        let mut gone: Vec<Box<str>> = Vec::new();
+        store.for_each(0, |key, _| {
+            if !fresh.contains(key, || 0) {
+                gone.push(Box::from(key));
+            }
+        });
+        let discard = &mut |_| {};
+        for key in gone {
+            let change = Change {
+                key,
+                kind: ChangeKind::Delete,
+                value: None,
+                old_value: None,
+                version: revision,
+                expires_at_ms: 0,
+                timestamp_ms: 0,
+            };
+            store.apply(change, discard);
+        }
+        let mut updates: Vec<Change> = Vec::new();
+        fresh.for_each(0, |key, entry| {
+            updates.push(Change {
+                key: Box::from(key),
+                kind: ChangeKind::Update,
+                value: Some(copy_value(entry.value)),
+                old_value: None,
+                version: entry.version,
+                expires_at_ms: entry.expires_at_ms,
+                timestamp_ms: 0,
+            });
+        });
+        for change in updates {
+            store.apply(change, discard);
+        }
+        store.advance_revision(revision);
+        self.inner.registry.replace(metas).map_err(DbError::Storage)
+    }
+}
