@@ -243,6 +243,13 @@ fn check_target(cluster: &Cluster, headers: &HeaderMap) -> Result<(), ApiError> 
     }
 }
 
+/// The member a Raft call is for, after checking it is meant for it.
+fn rpc_target<'a>(state: &'a AppState, headers: &HeaderMap) -> Result<&'a Arc<Cluster>, ApiError> {
+    let cluster = member(state)?;
+    check_target(cluster, headers)?;
+    Ok(cluster)
+}
+
 /// The answer of a Raft RPC: openraft's own `Result`, as JSON.
 fn rpc_answer<T: Serialize, E: Serialize>(result: &Result<T, E>) -> Response {
     json(StatusCode::OK, result)
@@ -253,10 +260,8 @@ pub(super) async fn raft_append(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let cluster = member(&state)?;
-    check_target(cluster, &headers)?;
-    let request = parse(&body)?;
-    Ok(rpc_answer(&cluster.raft().append_entries(request).await))
+    let raft = rpc_target(&state, &headers)?.raft();
+    Ok(rpc_answer(&raft.append_entries(parse(&body)?).await))
 }
 
 pub(super) async fn raft_vote(
@@ -264,10 +269,8 @@ pub(super) async fn raft_vote(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let cluster = member(&state)?;
-    check_target(cluster, &headers)?;
-    let request = parse(&body)?;
-    Ok(rpc_answer(&cluster.raft().vote(request).await))
+    let raft = rpc_target(&state, &headers)?.raft();
+    Ok(rpc_answer(&raft.vote(parse(&body)?).await))
 }
 
 pub(super) async fn raft_snapshot(
@@ -275,11 +278,10 @@ pub(super) async fn raft_snapshot(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let cluster = member(&state)?;
-    check_target(cluster, &headers)?;
+    let raft = rpc_target(&state, &headers)?.raft();
     let chunk: SnapshotChunk = parse(&body)?;
     let request = chunk.into_request().map_err(ApiError::InvalidRequest)?;
-    Ok(rpc_answer(&cluster.raft().install_snapshot(request).await))
+    Ok(rpc_answer(&raft.install_snapshot(request).await))
 }
 
 pub(super) async fn raft_read_index(
@@ -287,8 +289,7 @@ pub(super) async fn raft_read_index(
     uri: Uri,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let cluster = member(&state)?;
-    check_target(cluster, &headers)?;
+    let cluster = rpc_target(&state, &headers)?;
     let index = cluster
         .read_index()
         .await
