@@ -101,6 +101,88 @@ fn three_members_replicate_redirect_and_read_consistently() {
     assert_eq!(absent.status(), 404);
 }
 
+#[test]
+fn a_transaction_is_one_entry_decided_on_the_leader() {
+    let cluster = TestCluster::start(3, &FAST);
+    assert_eq!(cluster.init().status(), 200);
+    let leader = cluster.leader();
+    let leader_node = &cluster.nodes[leader];
+    let txn = |url: &str, body: &Value| {
+        http()
+            .post(format!("{url}/txn"))
+            .json(body)
+            .send()
+            .expect("POST /txn")
+    };
+    let put_both = json!({
+        "compare": [{"key": "a", "exists": false}],
+        "success": [
+            {"op": "put", "key": "a", "value": {"n": 1}},
+            {"op": "put", "key": "b", "value": [1, 2]},
+            {"op": "get", "key": "a"}
+        ],
+        "failure": [{"op": "get", "key": "a"}]
+    });
+    let follower = (leader + 1) % 3;
+    let redirected = txn(&cluster.nodes[follower].url(), &put_both);
+    assert_eq!(redirected.status(), 307);
+    assert_eq!(
+        redirected
+            .headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok()),
+        Some(leader_node.at("/txn").as_str())
+    );
+
+    let done = txn(&leader_node.url(), &put_both);
+    assert_eq!(done.status(), 200);
+    let done: Value = done.json().expect("JSON");
+    assert_eq!(done["succeeded"], true, "{done}");
+    let a_version = done["results"][0]["version"].as_u64().expect("version");
+    assert_eq!(done["results"][1]["version"].as_u64(), Some(a_version + 1));
+    assert_eq!(done["results"][2]["value"], json!({"n": 1}));
+    assert_eq!(done["revision"].as_u64(), Some(a_version + 1));
+
+    // The same transaction again: the compare fails on every member alike.
+    let again = txn(&leader_node.url(), &put_both);
+    assert_eq!(again.status(), 200);
+    let again: Value = again.json().expect("JSON");
+    assert_eq!(again["succeeded"], false);
+    assert_eq!(again["results"][0]["version"].as_u64(), Some(a_version));
+
+    for node in &cluster.nodes {
+        for (key, value, version) in [
+            ("a", json!({"n": 1}), a_version),
+            ("b", json!([1, 2]), a_version + 1),
+        ] {
+            let read = read_retrying(&node.at(&format!("/kv/{key}")));
+            assert_eq!(read.status(), 200, "{key} on node {}", node.id);
+            let etag = read.headers().get("etag").and_then(|v| v.to_str().ok());
+            assert_eq!(etag, Some(format!("\"{version}\"").as_str()));
+            assert_eq!(read.json::<Value>().expect("JSON"), value);
+        }
+    }
+
+    // A bad transaction is refused before anything is proposed.
+    let twice = json!({"success": [
+        {"op": "put", "key": "c", "value": 1},
+        {"op": "delete", "key": "c"}
+    ]});
+    let refused = txn(&leader_node.url(), &twice);
+    assert_eq!(refused.status(), 400);
+    let absent = read_retrying(&leader_node.at("/kv/c"));
+    assert_eq!(absent.status(), 404);
+    // An import would bypass the log: a member refuses it, changing nothing.
+    let import = http()
+        .post(leader_node.at("/system/import"))
+        .body("")
+        .send()
+        .expect("POST /system/import");
+    assert_eq!(import.status(), 503);
+    let envelope: Value = import.json().expect("envelope");
+    assert_eq!(envelope["error"]["code"], "unavailable");
+}
+
 /// Writes `w<writer>-<n>` keys to whoever leads, following redirects and
 /// retrying through failures; records every acknowledged write.
 fn writer(
@@ -238,8 +320,15 @@ fn killing_the_leader_under_writers_loses_no_acknowledged_write() {
 
 #[test]
 fn a_member_that_was_down_catches_up_by_snapshot() {
+    // 1000 writes in the suite; DODODB_CATCHUP_WRITES=100000 for the long
+    // form (snapshots every fifth of the writes either way).
+    let writes: usize = std::env::var("DODODB_CATCHUP_WRITES")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1000);
+    let every = (writes / 5).to_string();
     let mut args = FAST.to_vec();
-    args.extend(["--raft-snapshot-logs", "200"]);
+    args.extend(["--raft-snapshot-logs", every.as_str()]);
     let mut cluster = TestCluster::start(3, &args);
     assert_eq!(cluster.init().status(), 200);
     let leader = cluster.leader();
@@ -247,13 +336,13 @@ fn a_member_that_was_down_catches_up_by_snapshot() {
     cluster.nodes[down].kill9();
     let leader_url = cluster.nodes[leader].url();
     let client = http();
-    // Four writers, so group commit batches them.
-    let loaders: Vec<_> = (0..4)
+    // Eight writers, so group commit batches them.
+    let loaders: Vec<_> = (0..8)
         .map(|w| {
             let leader_url = leader_url.clone();
             std::thread::spawn(move || {
                 let client = http();
-                for i in (w..1000).step_by(4) {
+                for i in (w..writes).step_by(8) {
                     let r = client
                         .put(format!("{leader_url}/kv/k{i}"))
                         .json(&json!({"i": i, "pad": "x".repeat(i % 50)}))
@@ -275,10 +364,15 @@ fn a_member_that_was_down_catches_up_by_snapshot() {
     let committed = leader_status["committed"].as_u64().expect("committed");
 
     cluster.nodes[down].restart();
-    eventually(Duration::from_secs(60), "the member catching up", || {
+    let restarted = Instant::now();
+    eventually(Duration::from_secs(120), "the member catching up", || {
         let status = cluster.nodes[down].status()?;
         (status["applied"].as_u64()? >= committed).then_some(())
     });
+    eprintln!(
+        "catch-up: {writes} writes while down, applied up to the leader's commit {} ms after restart",
+        restarted.elapsed().as_millis()
+    );
     assert!(
         cluster.nodes[down]
             .log()
@@ -304,7 +398,7 @@ fn a_member_that_was_down_catches_up_by_snapshot() {
     };
     let on_leader = export(cluster.nodes[leader].at("/system/export"));
     let on_member = export(cluster.nodes[down].at("/system/export"));
-    assert_eq!(on_leader.len(), 999);
+    assert_eq!(on_leader.len(), writes - 1);
     assert!(
         on_leader == on_member,
         "the member's data differs from the leader's"

@@ -38,7 +38,7 @@ pub(crate) use pubsub::check_callback_url;
 pub use pubsub::{EventSubscription, SubscriptionStatus, Unsubscribe};
 pub(crate) use recovery::lock_dir;
 pub use replica::MetaLog;
-pub use txn::{Op, Txn, TxnResult};
+pub use txn::{CheckedTxn, Op, Txn, TxnResult};
 
 /// Key names taken by routes under `/kv/`.
 pub const RESERVED_KEYS: [&str; 2] = ["count", "clear"];

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{Db, DbError, Parts, WriteResult};
+use super::{CheckedTxn, Db, DbError, Parts, Txn, TxnResult, WriteResult};
 use crate::config::Config;
 use crate::events::EventHub;
 use crate::events::subscriptions::Registry;
@@ -105,6 +105,35 @@ impl Db {
         now_ms: u64,
     ) -> Result<(Bytes, u64), DbError> {
         self.inner.prepare_put(key, value, ttl, || now_ms)
+    }
+
+    /// Checks a transaction before it is proposed, as [`Db::txn`] does,
+    /// with expiry times computed from `now_ms`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Db::txn`], less the transaction's own outcome.
+    pub(crate) fn prepare_txn(&self, txn: Txn, now_ms: u64) -> Result<CheckedTxn, DbError> {
+        self.inner.check_txn(txn, now_ms)
+    }
+
+    /// Applies a committed transaction: its compares decided and its
+    /// branch run under the locks of all its keys, at `now_ms`.
+    ///
+    /// # Errors
+    ///
+    /// Whatever the store refuses (nothing changed then).
+    pub(crate) fn apply_txn(&self, txn: CheckedTxn, now_ms: u64) -> Result<TxnResult, DbError> {
+        let hub = &self.inner.hub;
+        let outcome = self.inner.store.txn(
+            &txn.compare,
+            txn.success,
+            txn.failure,
+            now_ms,
+            &NoJournal,
+            &mut |e| hub.emit(e),
+        )?;
+        Ok(super::txn::result(outcome))
     }
 
     /// Applies a committed put.

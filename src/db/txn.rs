@@ -91,7 +91,7 @@ impl Db {
     }
 }
 
-fn result(outcome: TxnOutcome<u64>) -> TxnResult {
+pub(super) fn result<T>(outcome: TxnOutcome<T>) -> TxnResult {
     TxnResult {
         succeeded: outcome.succeeded,
         revision: outcome.revision,
@@ -99,8 +99,63 @@ fn result(outcome: TxnOutcome<u64>) -> TxnResult {
     }
 }
 
+/// A transaction checked whole and turned into store operations, ready to
+/// run (on a cluster member: to be logged as one entry, then run).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckedTxn {
+    /// The conditions.
+    pub compare: Vec<Condition>,
+    /// What runs when they hold.
+    pub success: Vec<TxnOp>,
+    /// What runs when one does not.
+    pub failure: Vec<TxnOp>,
+}
+
 impl Inner {
     fn begin_txn(&self, txn: Txn) -> Result<TxnOutcome<u64>, DbError> {
+        let now = now_ms();
+        let txn = self.check_txn(txn, now)?;
+        if self.closed.load(Ordering::Acquire) {
+            return Err(DbError::Unavailable("the database is shutting down".into()));
+        }
+        if self.replica {
+            return Err(DbError::Unavailable(
+                "this database is a cluster member: writes go through the Raft log".into(),
+            ));
+        }
+        let emit = &mut |event| self.hub.emit(event);
+        let outcome = match &self.wal {
+            Some(wal) => self.store.txn(
+                &txn.compare,
+                txn.success,
+                txn.failure,
+                now,
+                &WalJournal(wal),
+                emit,
+            )?,
+            None => {
+                let o = self.store.txn(
+                    &txn.compare,
+                    txn.success,
+                    txn.failure,
+                    now,
+                    &NoJournal,
+                    emit,
+                )?;
+                TxnOutcome {
+                    succeeded: o.succeeded,
+                    revision: o.revision,
+                    results: o.results,
+                    ticket: None,
+                }
+            }
+        };
+        Ok(outcome)
+    }
+
+    /// Checks a whole transaction (limits, keys, values, no key written
+    /// twice in a branch) and computes its expiry times from `now`.
+    pub(super) fn check_txn(&self, txn: Txn, now: u64) -> Result<CheckedTxn, DbError> {
         let max_ops = self.config.max_txn_ops;
         let n_ops = txn.success.len() + txn.failure.len();
         if n_ops > max_ops {
@@ -121,31 +176,11 @@ impl Inner {
                 self.check_value(doc).map_err(|e| within(&at(), e))?;
             }
         }
-        let now = now_ms();
-        let success = self.check_branch("success", txn.success, now)?;
-        let failure = self.check_branch("failure", txn.failure, now)?;
-        if self.closed.load(Ordering::Acquire) {
-            return Err(DbError::Unavailable("the database is shutting down".into()));
-        }
-        let emit = &mut |event| self.hub.emit(event);
-        let outcome = match &self.wal {
-            Some(wal) => {
-                self.store
-                    .txn(&txn.compare, success, failure, now, &WalJournal(wal), emit)?
-            }
-            None => {
-                let o = self
-                    .store
-                    .txn(&txn.compare, success, failure, now, &NoJournal, emit)?;
-                TxnOutcome {
-                    succeeded: o.succeeded,
-                    revision: o.revision,
-                    results: o.results,
-                    ticket: None,
-                }
-            }
-        };
-        Ok(outcome)
+        Ok(CheckedTxn {
+            success: self.check_branch("success", txn.success, now)?,
+            failure: self.check_branch("failure", txn.failure, now)?,
+            compare: txn.compare,
+        })
     }
 
     /// Checks one branch and turns it into store operations: keys, values,

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use super::error::ApiError;
 use super::{AppState, json};
-use crate::db::{PutOptions, WriteResult, now_ms};
+use crate::db::{PutOptions, Txn, TxnResult, WriteResult, now_ms};
 use crate::raft::network::{SnapshotChunk, TARGET_HEADER};
 use crate::raft::{Cluster, ClusterError, Command, Member, ReadIndex, Reply};
 use crate::store::Precondition;
@@ -346,6 +346,26 @@ pub(super) async fn delete(
     };
     match propose(cluster, command, uri).await? {
         Reply::Deleted { version } => Ok(version),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// `POST /txn` on a cluster member: checked here, then one log entry whose
+/// compares are decided when it is applied.
+pub(super) async fn txn(
+    state: &AppState,
+    cluster: &Cluster,
+    uri: &Uri,
+    txn: Txn,
+) -> Result<TxnResult, ApiError> {
+    let at_ms = now_ms();
+    let checked = state.db.prepare_txn(txn, at_ms)?;
+    let command = Command::Txn {
+        txn: checked.into(),
+        at_ms,
+    };
+    match propose(cluster, command, uri).await? {
+        Reply::Txn(reply) => Ok(reply.into()),
         other => Err(unexpected(&other)),
     }
 }

@@ -268,6 +268,12 @@ pub(super) async fn import(
             )));
         }
     };
+    if state.cluster.is_some() {
+        // Its puts would bypass the Raft log; the database refuses them.
+        return Err(ApiError::Unavailable(
+            "import is not available on a cluster member; write the entries through the leader (PUT /kv/{key} or POST /txn)".into(),
+        ));
+    }
     let db = state.db.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
     let checker = tokio::task::spawn_blocking(move || {

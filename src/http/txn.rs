@@ -38,12 +38,16 @@ pub(super) async fn txn(
     State(state): State<AppState>,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let uri = request.uri().clone();
     // The body limit (--max-txn-bytes) travels in the request (admission).
     let body = Bytes::from_request(request, &())
         .await
         .map_err(|e| body_error_over(e, "--max-txn-bytes"))?;
     let txn = parse(&body)?;
-    let done = state.db.txn_async(txn).await?;
+    let done = match &state.cluster {
+        Some(cluster) => super::cluster::txn(&state, cluster, &uri, txn).await?,
+        None => state.db.txn_async(txn).await?,
+    };
     Ok(json_bytes(StatusCode::OK, answer(&done)))
 }
 

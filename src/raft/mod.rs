@@ -21,6 +21,7 @@
 mod log_store;
 pub mod network;
 mod state_machine;
+pub mod txn;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};

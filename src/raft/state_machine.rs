@@ -287,6 +287,9 @@ fn apply_command(db: &Db, command: Command) -> Reply {
         Command::Clear { prefix, at_ms } => Ok(Reply::Cleared {
             n: db.apply_clear(&prefix, at_ms),
         }),
+        Command::Txn { txn, at_ms } => db
+            .apply_txn(txn.into(), at_ms)
+            .map(|r| Reply::Txn(r.into())),
         Command::Meta { doc } => {
             db.apply_meta(doc.as_bytes());
             Ok(Reply::Done)

@@ -4,6 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::txn::{LoggedTxn, TxnReply};
 use crate::db::WriteResult;
 use crate::store::Precondition;
 
@@ -108,6 +109,14 @@ pub enum Command {
         /// When it was proposed (Unix ms).
         at_ms: u64,
     },
+    /// `POST /txn`: checked on the leader, its compares decided and its
+    /// branch run when applied, at `at_ms`.
+    Txn {
+        /// The transaction.
+        txn: LoggedTxn,
+        /// When it was proposed (Unix ms).
+        at_ms: u64,
+    },
     /// A subscription change: its control document (JSON text).
     Meta {
         /// The document.
@@ -139,6 +148,8 @@ pub enum Reply {
         /// How many.
         n: usize,
     },
+    /// A transaction ran.
+    Txn(TxnReply),
     /// The key did not exist.
     NotFound,
     /// The condition did not hold; the key's version then, if any.
