@@ -1,94 +1,24 @@
-//! A network partition between real members (SPEC §10): each member
-//! listens on its own loopback address (127.0.0.1, .2, .3), so its Raft
-//! calls leave from it, and every member reaches the others' Raft routes
-//! through a TCP proxy in this test. Cutting the leader's address in every
-//! proxy isolates it both ways, while the test still reaches it directly.
-//! The isolated leader must acknowledge nothing, the majority elects a new
-//! leader that takes writes, and after healing the old leader follows.
+//! A network partition between real members (SPEC §10), made with TCP
+//! proxies between the members (`common::partition`: each member on its
+//! own loopback address, its Raft traffic through proxies that can
+//! black-hole it both ways; no root needed). The isolated leader must
+//! acknowledge nothing, the majority elects a new leader that takes
+//! writes, and after healing the old leader follows.
 
 mod common;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::cluster::{TestCluster, eventually, http, read as read_retrying};
+use common::partition::Partitions;
 use serde_json::json;
-
-/// Which member is cut off, if any.
-type Cut = Arc<Mutex<Option<IpAddr>>>;
-
-fn is_cut(cut: &Cut, a: IpAddr, b: IpAddr) -> bool {
-    let cut = *cut.lock().expect("lock");
-    cut == Some(a) || cut == Some(b)
-}
-
-/// Copies `from` to `to` until either side closes or the link is cut.
-fn pump(mut from: TcpStream, mut to: TcpStream, cut: Cut, a: IpAddr, b: IpAddr) {
-    let mut buf = [0u8; 16 * 1024];
-    from.set_read_timeout(Some(Duration::from_millis(20)))
-        .expect("timeout");
-    loop {
-        if is_cut(&cut, a, b) {
-            break;
-        }
-        match from.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                if is_cut(&cut, a, b) || to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
-            Err(_) => break,
-        }
-    }
-    let _ = from.shutdown(Shutdown::Both);
-    let _ = to.shutdown(Shutdown::Both);
-}
-
-/// A proxy in front of `target`; returns its address.
-fn proxy(target: SocketAddr, cut: Cut) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
-    let addr = listener.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(client) = client else { continue };
-            let Ok(peer) = client.peer_addr() else {
-                continue;
-            };
-            if is_cut(&cut, peer.ip(), target.ip()) {
-                continue;
-            }
-            let Ok(server) = TcpStream::connect(target) else {
-                continue;
-            };
-            let (c2, s2) = (
-                client.try_clone().expect("clone"),
-                server.try_clone().expect("clone"),
-            );
-            let (cut1, cut2) = (Arc::clone(&cut), Arc::clone(&cut));
-            let (a, b) = (peer.ip(), target.ip());
-            std::thread::spawn(move || pump(client, server, cut1, a, b));
-            std::thread::spawn(move || pump(s2, c2, cut2, a, b));
-        }
-    });
-    addr
-}
 
 #[test]
 fn an_isolated_leader_acknowledges_nothing_and_follows_after_healing() {
     let args = ["--raft-heartbeat-ms", "100", "--raft-election-ms", "500"];
     let cluster = TestCluster::start_on_own_ips(3, &args);
-    let cut: Cut = Arc::new(Mutex::new(None));
-    let proxies: Vec<SocketAddr> = cluster
-        .nodes
-        .iter()
-        .map(|n| proxy(n.addr.parse().expect("addr"), Arc::clone(&cut)))
-        .collect();
-    let members = cluster.members(|n| Some(format!("http://{}", proxies[n.id as usize - 1])));
-    let init = cluster.init_with(&members);
+    let partitions = Partitions::new(&cluster);
+    let init = cluster.init_with(&partitions.members(&cluster));
     assert_eq!(init.status(), 200, "{:?}", init.text());
     let old = cluster.leader();
     let old_node = &cluster.nodes[old];
@@ -100,8 +30,7 @@ fn an_isolated_leader_acknowledges_nothing_and_follows_after_healing() {
     assert_eq!(before.status(), 201);
 
     // Isolate the leader: every proxy drops its traffic, both ways.
-    let old_ip: IpAddr = old_node.addr.parse::<SocketAddr>().expect("addr").ip();
-    *cut.lock().expect("lock") = Some(old_ip);
+    partitions.isolate(&cluster, old);
     let isolated_write = {
         let url = old_node.at("/kv/isolated");
         std::thread::spawn(move || {
@@ -139,7 +68,7 @@ fn an_isolated_leader_acknowledges_nothing_and_follows_after_healing() {
     );
 
     // Heal: the old leader learns the new term and follows.
-    *cut.lock().expect("lock") = None;
+    partitions.heal();
     let new_id = cluster.nodes[new].id;
     eventually(Duration::from_secs(30), "the old leader following", || {
         let status = cluster.nodes[old].status()?;

@@ -3,8 +3,11 @@
 
 #![allow(dead_code)]
 
+pub mod chaos;
 pub mod cluster;
 pub mod ledger;
+pub mod linearizable;
+pub mod partition;
 pub mod powerfail;
 
 use std::io::{BufRead, BufReader};
