@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{TestCluster, eventually, http, read as read_retrying};
+use common::cluster::{TestCluster, eventually, http, read as read_retrying, redirect_target};
 use serde_json::{Value, json};
 
 /// The default timing, spelled out: heartbeats every 100 ms, elections
@@ -214,16 +214,7 @@ fn writer(
                 n += 1;
             }
             Ok(r) if r.status() == 307 => {
-                let location = r
-                    .headers()
-                    .get("location")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                target = urls
-                    .iter()
-                    .position(|u| location.starts_with(u.as_str()))
-                    .unwrap_or(target + 1);
+                target = redirect_target(&r, &urls).unwrap_or(target + 1);
             }
             // No leader yet, a dead node or a lost answer: try the next
             // node; the key is retried, and it counts only once answered.

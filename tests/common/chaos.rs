@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use reqwest::blocking::Client;
 use serde_json::{Value, json};
 
-use super::cluster::{TestCluster, eventually, http};
+use super::cluster::{TestCluster, eventually, http, redirect_target};
 use super::linearizable::{self, Input, Operation, Output};
 use super::partition::Partitions;
 
@@ -309,18 +309,10 @@ fn send(
     for _ in 0..5 {
         let base = &shared.urls[*target];
         match build(base).timeout(Duration::from_secs(2)).send() {
-            Ok(r) if r.status() == 307 => {
-                let location = r
-                    .headers()
-                    .get("location")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                match shared.urls.iter().position(|u| location.starts_with(u)) {
-                    Some(i) => *target = i,
-                    None => return Answer::NotDone,
-                }
-            }
+            Ok(r) if r.status() == 307 => match redirect_target(&r, &shared.urls) {
+                Some(i) => *target = i,
+                None => return Answer::NotDone,
+            },
             // No leader: nothing was proposed. A 503 may also be a
             // proposal the leader lost track of, so a write's is unknown.
             Ok(r) if r.status() == 503 => {

@@ -29,6 +29,12 @@ pub fn read(url: &str) -> Response {
     })
 }
 
+/// The index in `urls` of the member a `307` answer points to.
+pub fn redirect_target(response: &Response, urls: &[String]) -> Option<usize> {
+    let location = response.headers().get("location")?.to_str().ok()?;
+    urls.iter().position(|u| location.starts_with(u.as_str()))
+}
+
 /// Polls `check` until it returns `Some` or `within` passes.
 pub fn eventually<T>(within: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + within;
