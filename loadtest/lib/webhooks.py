@@ -7,10 +7,18 @@ the ceiling first). See loadtest/README.md.
    the 100-byte value to random keys k0..k99999 for --duration seconds. Reported: PUT
    req/s, and from /system/stats the events delivered, dropped, retried and failed,
    and the delivery rate: events delivered ÷ (load time + time to drain the queue).
+   The server's CPU time from the start of the load to the end of the drain gives
+   PUTs per server core-second (no subscriber) and delivered events per server
+   core-second: the case's CPU time less what its PUTs cost at the no-subscriber
+   rate, divided into the events delivered.
    Cases: no subscriber; 1, 10 and 100 subscribers of prefix "k" (every PUT is an
    event for each) on the fast receiver; one dead subscriber (connection refused);
    one hanging subscriber (accepts, never answers).
 With --pin, DodoDB runs on core 0; wrk and the receiver share core 1.
+
+With --dead-events N, only this instead: one dead subscriber (connection refused) on a
+fresh DodoDB while wrk PUTs until N events are due to it; the server's RSS is sampled
+every 0.5 s and reported at each tenth of N (the events wait in the log, not in RAM).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import datetime as dt
 import json
 import os
 import socket
+import subprocess
 import sys
 import threading
 import time
@@ -37,6 +46,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="comma-separated subset of none,1,10,100,dead,hanging")
     p.add_argument("--drain-timeout", type=float, default=60,
                    help="longest wait for the queue to drain (live receivers only; default 60)")
+    p.add_argument("--dead-events", type=int, default=0,
+                   help="only measure RSS while this many events pile up for a dead subscriber")
     p.add_argument("--dododb-bin", default=dodo.DODODB_BIN)
     p.add_argument("--ceiling-bin", default=dodo.CEILING_BIN)
     p.add_argument("--out", default=None)
@@ -104,6 +115,7 @@ def run_case(args, case: str, receiver_url: str, hanging, cpu_db, cpu_load) -> d
         for callback in callbacks_for(case, receiver_url, hanging):
             subscribe(server.url, callback)
         before = webhook_stats(server.url)
+        ticks0 = dodo.cpu_ticks(server.pid)
         r = dodo.run_wrk(server.url, "put.lua", conns=args.conns, duration=args.duration,
                          cpu=cpu_load, server_pid=server.pid)
         load_done = time.monotonic()
@@ -119,6 +131,7 @@ def run_case(args, case: str, receiver_url: str, hanging, cpu_db, cpu_load) -> d
             time.sleep(0.05)
             after = webhook_stats(server.url)
         drain_s = time.monotonic() - load_done
+        server_cpu_s = (dodo.cpu_ticks(server.pid) - ticks0) / dodo.CLK_TCK
         delivered = after["delivered"] - before["delivered"]
         return {
             "case": case,
@@ -132,8 +145,67 @@ def run_case(args, case: str, receiver_url: str, hanging, cpu_db, cpu_load) -> d
             "drain_s": round(drain_s, 2), "drained": drained,
             "delivered_per_s": delivered / (r.duration_s + drain_s) if delivered else 0.0,
             "server_cpu_pct": r.server_cpu_pct, "other_cpu_pct": r.other_cpu_pct,
+            "puts": r.requests, "server_cpu_s": round(server_cpu_s, 2),
         }
     finally:
+        server.stop()
+        dodo.remove_dir(data_dir)
+
+
+def dead_rss(args, cpu_db, cpu_load) -> int:
+    data_dir = dodo.make_data_dir(None, "webhooks-dead-rss")
+    server = dodo.start_server(
+        "dododb-webhooks-dead-rss",
+        dodo.dododb_cmd(args.dododb_bin, data_dir, "never", ["--snapshot-interval", "0"]),
+        data_dir=data_dir, cpu=cpu_db)
+    wrk = None
+    try:
+        callback = callbacks_for("dead", "", None)[0]
+        status, answer = dodo.http_request(server.url, "POST", "/pubsub/subscribe",
+                                           json.dumps({"prefix": "k", "callback_url": callback}))
+        if status not in (200, 201):
+            raise RuntimeError(f"subscribe answered {status}: {answer[:200]!r}")
+        sub = json.loads(answer)["id"]
+
+        def revision() -> int:
+            _, body = dodo.http_request(server.url, path="/system/stats")
+            return json.loads(body)["revision"]
+
+        start_rev = revision()
+        samples = [(0, dodo.rss_kib(server.pid))]
+        wrk = subprocess.Popen(
+            dodo.pinned(dodo.wrk_cmd(server.url, "put.lua", args.conns, 3600, 1, latency=False),
+                        cpu_load),
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=dodo.WRK_DIR,
+            env=dodo.wrk_env(100_000))
+        step = max(1, args.dead_events // 10)
+        t0 = time.monotonic()
+        while True:
+            events = revision() - start_rev
+            rss = dodo.rss_kib(server.pid)
+            if events >= samples[-1][0] + step or events >= args.dead_events:
+                samples.append((events, rss))
+                print(f"  {events:>9,} events due  RSS {dodo.mib(rss):7.1f} MiB", flush=True)
+            if events >= args.dead_events:
+                break
+            time.sleep(0.5)
+        wrk.terminate()
+        wrk.wait()
+        wrk = None
+        load_s = time.monotonic() - t0
+        _, body = dodo.http_request(server.url, path=f"/pubsub/subscriptions/{sub}")
+        state = json.loads(body)
+        samples.append((samples[-1][0], dodo.rss_kib(server.pid)))
+        first = next((kib for ev, kib in samples if ev >= step), samples[0][1])
+        print(f"\n{samples[-1][0]:,} events for a dead subscriber in {load_s:.0f} s: "
+              f"RSS {dodo.mib(samples[0][1]):.1f} MiB before, {dodo.mib(first):.1f} MiB at "
+              f"{step:,}, {dodo.mib(samples[-1][1]):.1f} MiB at the end "
+              f"(subscription: status {state.get('status')}, pending {state.get('pending')}, "
+              f"cursor {state.get('cursor')})")
+        return 0
+    finally:
+        if wrk is not None:
+            wrk.kill()
         server.stop()
         dodo.remove_dir(data_dir)
 
@@ -141,6 +213,8 @@ def run_case(args, case: str, receiver_url: str, hanging, cpu_db, cpu_load) -> d
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     cpu_db, cpu_load = (0, 1) if args.pin else (None, None)
+    if args.dead_events:
+        return dead_rss(args, cpu_db, cpu_load)
     started = dt.datetime.now(dt.timezone.utc)
     receiver = dodo.start_server("receiver", [args.ceiling_bin, "--listen", "127.0.0.1:0"], cpu=cpu_load)
     hanging = HangingReceiver()
@@ -157,8 +231,16 @@ def main(argv: list[str]) -> int:
         receiver.stop()
         hanging.close()
     base = next((r["put_rps"] for r in rows if r["case"] == "none"), None)
+    none = next((r for r in rows if r["case"] == "none" and r["puts"]), None)
+    cpu_per_put = none["server_cpu_s"] / none["puts"] if none else None
+    for r in rows:
+        r["puts_per_core_s"] = r["puts"] / r["server_cpu_s"] if r["server_cpu_s"] else 0.0
+        delivery_cpu_s = r["server_cpu_s"] - r["puts"] * cpu_per_put if cpu_per_put else 0.0
+        r["events_per_core_s"] = (r["events_delivered"] / delivery_cpu_s
+                                  if r["events_delivered"] and delivery_cpu_s > 0 else 0.0)
     header = (f"{'case':<8} {'PUT/s':>8} {'x none':>6} {'p99 ms':>7} {'delivered':>9} "
-              f"{'deliv/s':>8} {'x recv':>6} {'dropped':>8} {'retried':>7} {'failed':>6} {'drain s':>7}")
+              f"{'deliv/s':>8} {'x recv':>6} {'dropped':>8} {'retried':>7} {'failed':>6} {'drain s':>7} "
+              f"{'cpu s':>6} {'PUT/core-s':>10} {'ev/core-s':>9}")
     lines = [header, "-" * len(header)]
     for r in rows:
         ratio = f"{r['put_rps'] / base:.2f}" if base else "-"
@@ -166,7 +248,8 @@ def main(argv: list[str]) -> int:
         lines.append(
             f"{r['case']:<8} {r['put_rps']:>8,.0f} {ratio:>6} {r['p99_ms']:>7.2f} "
             f"{r['events_delivered']:>9,} {r['delivered_per_s']:>8,.0f} {recv:>6} {r['dropped']:>8,} "
-            f"{r['retried']:>7,} {r['failed']:>6,} {r['drain_s']:>7.2f}")
+            f"{r['retried']:>7,} {r['failed']:>6,} {r['drain_s']:>7.2f} "
+            f"{r['server_cpu_s']:>6.1f} {r['puts_per_core_s']:>10,.0f} {r['events_per_core_s']:>9,.0f}")
     table = "\n".join(lines)
     print(f"\nreceiver alone: {alone.rps:,.0f} POST/s\n{table}")
     out = args.out or os.path.join(dodo.LOADTEST, "results",
