@@ -102,6 +102,38 @@ fn three_members_replicate_redirect_and_read_consistently() {
 }
 
 #[test]
+fn concurrent_linearizable_reads_on_the_leader_all_answer() {
+    // Each read confirms leadership with a heartbeat round; under load a
+    // round can miss its deadline, which must not turn into a 503.
+    let cluster = TestCluster::start(3, &FAST);
+    assert_eq!(cluster.init().status(), 200);
+    let leader = cluster.nodes[cluster.leader()].url();
+    assert_eq!(put(&format!("{leader}/kv/k"), &json!(1)).status(), 201);
+    let readers: Vec<_> = (0..32)
+        .map(|_| {
+            let leader = leader.clone();
+            std::thread::spawn(move || {
+                let client = http();
+                (0..20)
+                    .map(|_| {
+                        client
+                            .get(format!("{leader}/kv/k"))
+                            .send()
+                            .expect("GET")
+                            .status()
+                            .as_u16()
+                    })
+                    .collect::<Vec<u16>>()
+            })
+        })
+        .collect();
+    for reader in readers {
+        let statuses = reader.join().expect("reader");
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    }
+}
+
+#[test]
 fn a_transaction_is_one_entry_decided_on_the_leader() {
     let cluster = TestCluster::start(3, &FAST);
     assert_eq!(cluster.init().status(), 200);

@@ -7,6 +7,7 @@ KEYS  = tonumber(os.getenv("DODO_KEYS") or "100000")   -- keys k0 .. k<KEYS-1>
 BODY  = os.getenv("DODO_BODY") or
   '{"id":1234,"name":"dodo bird","tags":["extinct","flightless"],"weight_kg":10.6,"island":"Mauritius"}'
 PREFIX = os.getenv("DODO_PREFIX") or "/kv/k"
+QUERY = os.getenv("DODO_GET_QUERY") or ""   -- appended to GETs, e.g. "?consistency=stale"
 PUT_HEADERS = { ["Content-Type"] = "application/json" }
 
 -- Give each thread its own id (setup() runs in the main Lua state, once per thread).
@@ -24,7 +25,7 @@ end
 
 function build_gets()
   local t = {}
-  for i = 0, KEYS - 1 do t[i + 1] = wrk.format("GET", PREFIX .. i) end
+  for i = 0, KEYS - 1 do t[i + 1] = wrk.format("GET", PREFIX .. i .. QUERY) end
   return t
 end
 

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
@@ -301,10 +301,25 @@ impl Cluster {
     /// [`ClusterError::NotLeader`] / [`ClusterError::NoLeader`] when this
     /// node cannot confirm it leads.
     pub async fn read_index(&self) -> Result<u64, ClusterError> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _applied)) => Ok(read.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(_)) => Err(self.not_leader()),
-            Err(RaftError::Fatal(e)) => Err(ClusterError::Unavailable(e.to_string())),
+        // openraft confirms leadership with one heartbeat round whose
+        // answers must come within the heartbeat interval. On a loaded
+        // machine a round can miss that, which says nothing about who
+        // leads: each try is a fresh confirmation, so trying again is safe.
+        let mut tries = 1;
+        loop {
+            match self.raft.get_read_log_id().await {
+                Ok((read, _applied)) => return Ok(read.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                    if tries == READ_INDEX_TRIES {
+                        return Err(ClusterError::Unavailable(format!(
+                            "could not confirm leadership with a quorum ({tries} tries): {e}"
+                        )));
+                    }
+                    tries += 1;
+                }
+                Err(RaftError::APIError(_)) => return Err(self.not_leader()),
+                Err(RaftError::Fatal(e)) => return Err(ClusterError::Unavailable(e.to_string())),
+            }
         }
     }
 
@@ -507,6 +522,10 @@ impl Cluster {
         let _ = tokio::task::spawn_blocking(move || log.close()).await;
     }
 }
+
+/// Heartbeat rounds a read index tries to confirm leadership with before
+/// it gives up (`503`).
+const READ_INDEX_TRIES: u32 = 5;
 
 /// The answer of `POST /raft/read-index`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
