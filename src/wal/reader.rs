@@ -1,8 +1,9 @@
 //! Reading the retained log by revision while the server runs: what
 //! webhook delivery and feed resumes re-read when a change is no longer in
-//! memory. The log holds its changes in strictly increasing revision order
-//! (the store numbers a change under the log's queue lock), so "the changes
-//! after revision R" is a position in one segment and a forward scan.
+//! memory. Single changes reach the log in revision order (the store numbers
+//! them under the log's queue lock); a transaction may land a little after
+//! later revisions (see [`LogReader::read`]), so "the changes after revision
+//! R" is a position in one segment and a forward scan with some slack.
 //!
 //! It only reads: segments are created by the writer and deleted by log
 //! retention (`db`), which raises [`LogReader::floor`] before it deletes.
