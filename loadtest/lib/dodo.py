@@ -1,13 +1,15 @@
-"""Shared pieces of DodoDB's load tests: start a server and read its URL, preload
-keys, run wrk and parse what it prints, and read CPU time and RSS from /proc.
+"""Shared pieces of DodoDB's load tests: start a server (a fresh DodoDB on a new
+data dir, or a restart of one, timed) and read its URL, preload keys, run wrk and
+parse what it prints, read CPU time and RSS from /proc (peak RSS sampled in a
+thread), and write a results file.
 
-Used by loadtest/lib/run.py (loadtest/run) and loadtest/lib/memory.py (loadtest/memory).
-Standard library only (Python 3.11).
+Used by every script in loadtest/lib/. Standard library only (Python 3.11).
 """
 
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import selectors
@@ -102,6 +104,36 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+class PeakRss:
+    """Samples a process's VmRSS every `interval` seconds in a thread; keeps the peak."""
+
+    def __init__(self, pid: int, interval: float = 0.01):
+        self.pid, self.interval, self.peak, self.samples = pid, interval, 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, rss_kib(self.pid))
+            self.samples += 1
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, rss_kib(self.pid))
+
+
+def settled_rss(pid: int, wait: float = 1.0) -> int:
+    """RSS after a short pause, so allocator work in flight has finished."""
+    time.sleep(wait)
+    return rss_kib(pid)
+
+
 def mib(kib: float) -> float:
     return kib / 1024.0
 
@@ -125,6 +157,7 @@ class Server:
     log_path: str
     started_at: float
     ready_s: float  # from spawn to its "listening on" line
+    cmd: list[str] = field(default_factory=list)  # what was started (without taskset)
 
     @property
     def pid(self) -> int:
@@ -148,6 +181,13 @@ class Server:
                 self.proc.kill()
                 self.proc.wait()
         return time.monotonic() - t0
+
+    def discard(self, keep_log: bool = False) -> None:
+        """Stop the server, then delete its data dir and (unless `keep_log`) its log."""
+        self.stop()
+        remove_dir(self.data_dir)
+        if not keep_log and os.path.exists(self.log_path):
+            os.remove(self.log_path)
 
 
 def start_server(
@@ -183,7 +223,38 @@ def start_server(
         )
     # Keep draining stdout so a chatty server can never block on a full pipe.
     threading.Thread(target=_drain, args=(proc.stdout,), daemon=True).start()
-    return Server(name, proc, m.group(1).rstrip("/"), data_dir, log_path, t0, ready)
+    return Server(name, proc, m.group(1).rstrip("/"), data_dir, log_path, t0, ready, cmd)
+
+
+def start_dododb(binary: str, fsync: str, *, tag: str, tmp_dir: str | None = None,
+                 extra: list[str] | None = None, cpu: int | None = None) -> Server:
+    """A fresh DodoDB (`serve --fsync FSYNC` plus `extra`) on a new temporary data dir,
+    once GET /system/alive answers. If it does not come up, nothing is left behind."""
+    data_dir = make_data_dir(tmp_dir, tag)
+    try:
+        srv = start_server(tag, dododb_cmd(binary, data_dir, fsync, extra), data_dir=data_dir, cpu=cpu)
+    except Exception:
+        remove_dir(data_dir)
+        raise
+    try:
+        wait_alive(srv.url)
+    except Exception:
+        srv.discard(keep_log=True)
+        raise
+    return srv
+
+
+def restart_timed(srv: Server, name: str) -> tuple[Server, float, float]:
+    """Start a stopped server's command again on the same data dir; returns the new
+    server, the seconds until its `listening` line and until GET /system/alive
+    answers 200 (polled every 10 ms)."""
+    if os.path.exists(srv.log_path):
+        os.remove(srv.log_path)
+    t0 = time.monotonic()
+    new = start_server(name, srv.cmd, data_dir=srv.data_dir, timeout=600)
+    listening = time.monotonic() - t0
+    wait_alive(new.url, timeout=600, interval=0.01)
+    return new, listening, time.monotonic() - t0
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> str:
@@ -272,6 +343,23 @@ def wait_alive(url: str, path: str = "/system/alive", timeout: float = 120.0,
         if time.monotonic() - t0 > timeout:
             raise TimeoutError(f"{url}{path} did not answer 200 within {timeout}s")
         time.sleep(interval)
+
+
+def count_keys(url: str) -> int:
+    """GET /kv/count, or -1 when it does not answer 200."""
+    status, body = http_request(url, "GET", "/kv/count", timeout=60)
+    return json.loads(body)["count"] if status == 200 else -1
+
+
+def write_results(res: dict, out: str | None, kind: str, started) -> str:
+    """Write `res` as JSON to `out`, by default loadtest/results/<kind>-<started>.json;
+    returns the path."""
+    out = out or os.path.join(LOADTEST, "results", f"{kind}-{started.strftime('%Y%m%d-%H%M%S')}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(res, f, indent=2)
+        f.write("\n")
+    return out
 
 
 # --------------------------------------------------------------------------- wrk

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import http.client
-import json
 import os
 import signal
 import sys
@@ -27,7 +26,6 @@ import time
 import urllib.parse
 
 import dodo
-from memory import PeakRss, count_keys, settled_rss
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -82,18 +80,15 @@ def get_to_file(url: str, path: str, out: str) -> int:
         conn.close()
 
 
-def timed_import(a: argparse.Namespace, name: str, path: str) -> tuple[dict, dodo.Server, str, list]:
-    data_dir = dodo.make_data_dir(a.tmp_dir, name)
-    cmd = dodo.dododb_cmd(a.dododb_bin, data_dir, a.fsync)
-    srv = dodo.start_server(name, cmd, data_dir=data_dir)
-    dodo.wait_alive(srv.url)
-    empty = settled_rss(srv.pid, 0.5)
-    with PeakRss(srv.pid) as peak:
+def timed_import(a: argparse.Namespace, name: str, path: str) -> tuple[dict, dodo.Server]:
+    srv = dodo.start_dododb(a.dododb_bin, a.fsync, tag=name, tmp_dir=a.tmp_dir)
+    empty = dodo.settled_rss(srv.pid, 0.5)
+    with dodo.PeakRss(srv.pid) as peak:
         t0 = time.monotonic()
         status, body = post_file(srv.url, path)
         seconds = time.monotonic() - t0
-    final = settled_rss(srv.pid)
-    n = count_keys(srv.url)
+    final = dodo.settled_rss(srv.pid)
+    n = dodo.count_keys(srv.url)
     answer = body.decode(errors="replace").strip()
     say(f"{name}: POST /system/import -> {status} in {seconds:.2f} s ({a.keys / seconds:,.0f} keys/s): "
         f"{answer[:200]}; /kv/count = {n:,}")
@@ -102,7 +97,7 @@ def timed_import(a: argparse.Namespace, name: str, path: str) -> tuple[dict, dod
     return ({"status": status, "seconds": round(seconds, 3), "answer": answer, "count": n,
              "rss_empty_kib": empty, "rss_peak_kib": peak.peak, "rss_final_kib": final,
              "peak_over_final": round(peak.peak / final, 3), "samples": peak.samples},
-            srv, data_dir, cmd)
+            srv)
 
 
 def main(argv: list[str]) -> int:
@@ -116,25 +111,22 @@ def main(argv: list[str]) -> int:
         size = write_entries(lines, a.keys)
         say(f"import: {a.keys:,} entries x {len(dodo.BODY)}-byte values, {size / 2**20:.1f} MiB of JSON lines, "
             f"--fsync {a.fsync}")
-        res["plain"], srv, data_dir, cmd = timed_import(a, "import-plain", lines)
-        servers.append((srv, data_dir))
+        res["plain"], srv = timed_import(a, "import-plain", lines)
+        servers.append(srv)
         export = os.path.join(work, "export.jsonl")
         status = get_to_file(srv.url, "/system/export", export)
         say(f"export: GET /system/export -> {status}, {os.path.getsize(export) / 2**20:.1f} MiB")
         stop_s = srv.stop(signal.SIGTERM, timeout=600)
-        t0 = time.monotonic()
-        srv = dodo.start_server("restart", cmd, data_dir=data_dir, timeout=600)
-        servers.append((srv, None))
-        dodo.wait_alive(srv.url, timeout=600, interval=0.01)
-        restart_s = time.monotonic() - t0
-        n = count_keys(srv.url)
+        srv, _, restart_s = dodo.restart_timed(srv, "restart")
+        servers.append(srv)
+        n = dodo.count_keys(srv.url)
         say(f"restart: SIGTERM took {stop_s * 1000:.0f} ms (final snapshot); restart to alive "
             f"{restart_s * 1000:.0f} ms, /kv/count = {n:,}")
         res["restart"] = {"sigterm_exit_seconds": round(stop_s, 3), "alive_seconds": round(restart_s, 3),
                           "count": n}
         srv.stop()
-        res["export"], srv2, data_dir2, _ = timed_import(a, "import-export", export)
-        servers.append((srv2, data_dir2))
+        res["export"], srv2 = timed_import(a, "import-export", export)
+        servers.append(srv2)
         say("")
         say("summary")
         for name in ("plain", "export"):
@@ -144,18 +136,10 @@ def main(argv: list[str]) -> int:
                 f"peak RSS {r['peak_over_final']:.2f} x final")
         say(f"  restart from snapshot  {restart_s:7.2f} s")
     finally:
-        for srv, data_dir in servers:
-            srv.stop()
-            if os.path.exists(srv.log_path):
-                os.remove(srv.log_path)
-            dodo.remove_dir(data_dir)
+        for srv in servers:
+            srv.discard()
         dodo.remove_dir(work)
-    out = a.out or os.path.join(dodo.LOADTEST, "results", f"import-{started.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
-        f.write("\n")
-    say(f"\nresults: {out}")
+    say(f"\nresults: {dodo.write_results(res, a.out, 'import', started)}")
     return 0 if res.get("plain", {}).get("status") == 200 and res.get("export", {}).get("status") == 200 else 1
 
 

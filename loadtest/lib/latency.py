@@ -72,8 +72,7 @@ def fresh(a: argparse.Namespace, server: str, tag: str) -> dodo.Server:
 
 
 def stop(srv: dodo.Server) -> None:
-    srv.stop()
-    dodo.remove_dir(srv.data_dir)
+    srv.discard()
 
 
 def oha_cmd(a: argparse.Namespace, scenario: str, url: str, conns: int, rate: float,
@@ -186,10 +185,7 @@ def main(argv: list[str]) -> int:
               f"{c['p99_ratio_median']:.2f} (median of {a.rounds})")
     res = {"started": started.isoformat(timespec="seconds"), "pinned": a.pin, "duration_s": a.duration,
            "fraction": a.fraction, "cases": cases, "rows": rows}
-    out = a.out or os.path.join(dodo.LOADTEST, "results", f"latency-{started:%Y%m%d-%H%M%S}.json")
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
-    print(f"results: {out}")
+    print(f"results: {dodo.write_results(res, a.out, 'latency', started)}")
     return 0
 
 

@@ -107,11 +107,9 @@ def main(argv: list[str]) -> int:
     started = dt.datetime.now()
     res: dict = {"started": started.isoformat(timespec="seconds"), "keys": a.keys,
                  "value_bytes": len(dodo.BODY), "samples": a.samples}
-    data_dir = dodo.make_data_dir(a.tmp_dir, "listing")
-    cmd = dodo.dododb_cmd(a.dododb_bin, data_dir, "never", ["--snapshot-interval", "0", *a.dododb_arg])
-    srv = dodo.start_server("dododb", cmd, data_dir=data_dir)
+    srv = dodo.start_dododb(a.dododb_bin, "never", tag="listing", tmp_dir=a.tmp_dir,
+                            extra=["--snapshot-interval", "0", *a.dododb_arg])
     try:
-        dodo.wait_alive(srv.url)
         pre = dodo.preload_wrk(srv.url, a.keys, threads=a.wrk_threads, conns=a.conns)
         client = Client(srv.url)
         for i in range(100):
@@ -188,16 +186,8 @@ def main(argv: list[str]) -> int:
             f"GET /system/export: {export_s:.3f} s ({export_lines:,} lines); "
             f"walk / export = {walk_s / export_s:.2f} (target <= 3)")
     finally:
-        srv.stop()
-        if os.path.exists(srv.log_path):
-            os.remove(srv.log_path)
-        dodo.remove_dir(data_dir)
-    out = a.out or os.path.join(dodo.LOADTEST, "results", f"listing-{started.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
-        f.write("\n")
-    say(f"\nresults: {out}")
+        srv.discard()
+    say(f"\nresults: {dodo.write_results(res, a.out, 'listing', started)}")
     return 0
 
 

@@ -14,13 +14,11 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 
 import dodo
@@ -53,41 +51,6 @@ def say(msg: str) -> None:
     print(msg, flush=True)
 
 
-class PeakRss:
-    """Samples a process's VmRSS every `interval` seconds in a thread; keeps the peak."""
-
-    def __init__(self, pid: int, interval: float = 0.01):
-        self.pid, self.interval, self.peak, self.samples = pid, interval, 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, dodo.rss_kib(self.pid))
-            self.samples += 1
-            self._stop.wait(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, dodo.rss_kib(self.pid))
-
-
-def settled_rss(pid: int, wait: float = 1.0) -> int:
-    """RSS after a short pause, so allocator work in flight has finished."""
-    time.sleep(wait)
-    return dodo.rss_kib(pid)
-
-
-def count_keys(url: str) -> int:
-    status, body = dodo.http_request(url, "GET", "/kv/count", timeout=60)
-    return json.loads(body)["count"] if status == 200 else -1
-
-
 def dir_bytes(path: str) -> int:
     total = 0
     for root, _, files in os.walk(path):
@@ -100,19 +63,17 @@ def dir_bytes(path: str) -> int:
 
 
 def dododb_part(a: argparse.Namespace, res: dict) -> None:
-    data_dir = dodo.make_data_dir(a.tmp_dir, "memory")
-    cmd = dodo.dododb_cmd(a.dododb_bin, data_dir, "never", a.dododb_arg)
-    srv = dodo.start_server("dododb", cmd, data_dir=data_dir)
+    srv = dodo.start_dododb(a.dododb_bin, "never", tag="memory", tmp_dir=a.tmp_dir, extra=a.dododb_arg)
+    data_dir = srv.data_dir
     try:
-        dodo.wait_alive(srv.url)
-        base = settled_rss(srv.pid, 0.5)
+        base = dodo.settled_rss(srv.pid, 0.5)
         say(f"dododb: {srv.url}, data dir {data_dir}, RSS empty {dodo.mib(base):.1f} MiB")
         if a.loader == "wrk":
             pre = dodo.preload_wrk(srv.url, a.keys, threads=a.wrk_threads, conns=a.conns)
         else:
             pre = dodo.preload_python(srv.url, a.keys, threads=a.py_threads)
-        n = count_keys(srv.url)
-        loaded = settled_rss(srv.pid)
+        n = dodo.count_keys(srv.url)
+        loaded = dodo.settled_rss(srv.pid)
         per_key = (loaded - base) * 1024 / max(1, a.keys)
         say(f"dododb: loaded {a.keys:,} keys in {pre.seconds:.1f} s ({pre.rate:,.0f} keys/s, {pre.method}), "
             f"/kv/count = {n:,}, failed PUTs {pre.failed}")
@@ -125,7 +86,7 @@ def dododb_part(a: argparse.Namespace, res: dict) -> None:
             return
 
         # Snapshot: timed, with RSS sampled every 10 ms to catch its peak.
-        with PeakRss(srv.pid) as peak:
+        with dodo.PeakRss(srv.pid) as peak:
             t0 = time.monotonic()
             status, body = dodo.http_request(srv.url, "POST", "/system/snapshot", timeout=600)
             snap_s = time.monotonic() - t0
@@ -142,14 +103,9 @@ def dododb_part(a: argparse.Namespace, res: dict) -> None:
         stop_s = srv.stop(signal.SIGTERM, timeout=120)
         exit_code = srv.proc.returncode
         say(f"dododb: SIGTERM -> exited in {stop_s * 1000:.0f} ms (exit code {exit_code})")
-        os.remove(srv.log_path)
-        t0 = time.monotonic()
-        srv = dodo.start_server("dododb", cmd, data_dir=data_dir, timeout=600)
-        listening_s = time.monotonic() - t0
-        dodo.wait_alive(srv.url, timeout=600, interval=0.01)
-        alive_s = time.monotonic() - t0
-        n2 = count_keys(srv.url)
-        rss2 = settled_rss(srv.pid)
+        srv, listening_s, alive_s = dodo.restart_timed(srv, "dododb")
+        n2 = dodo.count_keys(srv.url)
+        rss2 = dodo.settled_rss(srv.pid)
         say(f"dododb: restart -> 'listening' line after {listening_s * 1000:.0f} ms, "
             f"/system/alive 200 after {alive_s * 1000:.0f} ms; /kv/count = {n2:,}; RSS {dodo.mib(rss2):.1f} MiB")
         if n2 != n:
@@ -158,10 +114,7 @@ def dododb_part(a: argparse.Namespace, res: dict) -> None:
                                     "listening_seconds": round(listening_s, 3),
                                     "alive_seconds": round(alive_s, 3), "count": n2, "rss_kib": rss2}
     finally:
-        srv.stop()
-        if os.path.exists(srv.log_path):
-            os.remove(srv.log_path)
-        dodo.remove_dir(data_dir)
+        srv.discard()
 
 
 def redis_cli(port: int, *args: str) -> str:
@@ -195,7 +148,7 @@ def redis_part(a: argparse.Namespace, res: dict) -> None:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
         version = redis_cli(port, "info", "server").split("redis_version:")[1].split()[0]
-        base = settled_rss(proc.pid, 0.5)
+        base = dodo.settled_rss(proc.pid, 0.5)
         say(f"redis {version}: port {port}, RSS empty {dodo.mib(base):.1f} MiB")
         t0 = time.monotonic()
         pipe = subprocess.Popen(["redis-cli", "-p", str(port), "--pipe"], stdin=subprocess.PIPE,
@@ -207,7 +160,7 @@ def redis_part(a: argparse.Namespace, res: dict) -> None:
         pipe.wait()
         load_s = time.monotonic() - t0
         n = int(redis_cli(port, "dbsize") or -1)
-        loaded = settled_rss(proc.pid)
+        loaded = dodo.settled_rss(proc.pid)
         used = redis_cli(port, "info", "memory").split("used_memory:")[1].split()[0]
         per_key = (loaded - base) * 1024 / max(1, a.keys)
         say(f"redis: loaded {a.keys:,} keys in {load_s:.1f} s with redis-cli --pipe "
@@ -251,12 +204,7 @@ def main(argv: list[str]) -> int:
         say(f"  SIGTERM to exit     {rs['sigterm_exit_seconds'] * 1000:9.0f} ms")
         say(f"  restart to alive    {rs['alive_seconds'] * 1000:9.0f} ms   ({rs['count']:,} keys back, "
             f"RSS then {dodo.mib(rs['rss_kib']):.1f} MiB)")
-    out = a.out or os.path.join(dodo.LOADTEST, "results", f"memory-{started.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump(res, f, indent=2)
-        f.write("\n")
-    say(f"\nresults: {out}")
+    say(f"\nresults: {dodo.write_results(res, a.out, 'memory', started)}")
     return 0
 
 

@@ -145,11 +145,8 @@ def one_run(a: argparse.Namespace, scenario: str, server: str, conns: int) -> di
         row["flags"] = flags(row, a.pin)
         ok = True
     finally:
-        srv.stop()
-        dodo.remove_dir(srv.data_dir)
-        if ok:
-            os.remove(srv.log_path)
-        else:
+        srv.discard(keep_log=not ok)
+        if not ok:
             print(f"(server log kept: {srv.log_path})", end=" ", flush=True)
     return row
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import os
 import statistics
 import sys
@@ -39,12 +38,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def one_run(a: argparse.Namespace, fsync: str, script: str) -> dict:
-    data_dir = dodo.make_data_dir(a.tmp_dir, f"txn-{fsync}")
-    cpu = 0 if a.pin else None
     wrk_cpu = 1 if a.pin else None
     threads = 1 if a.pin else 2
-    srv = dodo.start_server(f"dododb-{fsync}", dodo.dododb_cmd(a.dododb_bin, data_dir, fsync),
-                            data_dir=data_dir, cpu=cpu)
+    srv = dodo.start_dododb(a.dododb_bin, fsync, tag=f"txn-{fsync}", tmp_dir=a.tmp_dir,
+                            cpu=0 if a.pin else None)
     try:
         dodo.preload_wrk(srv.url, a.keys, threads=threads, cpu=wrk_cpu)
         os.environ["DODO_TXN_PUTS"] = str(a.puts)
@@ -54,10 +51,7 @@ def one_run(a: argparse.Namespace, fsync: str, script: str) -> dict:
         r = dodo.run_wrk(srv.url, script, conns=a.conns, duration=a.duration, threads=threads,
                          keys=a.keys, cpu=wrk_cpu, server_pid=srv.pid)
     finally:
-        srv.stop()
-        dodo.remove_dir(data_dir)
-        if os.path.exists(srv.log_path):
-            os.remove(srv.log_path)
+        srv.discard()
     per_request = a.puts if script == "txn100.lua" else 1
     return {"fsync": fsync, "mode": "txn" if per_request > 1 else "put", "rps": round(r.rps, 1),
             "keys_per_s": round(r.rps * per_request, 1), "p50_ms": r.p50_ms, "p99_ms": r.p99_ms,
@@ -94,13 +88,9 @@ def main(argv: list[str]) -> int:
         text += f"\n{fsync}: txn keys/s over PUT keys/s, median of {len(rs)}: {statistics.median(rs):.1f}x"
     print()
     print(text)
-    out = a.out or os.path.join(dodo.LOADTEST, "results", f"txn-{started.strftime('%Y%m%d-%H%M%S')}.json")
-    os.makedirs(os.path.dirname(out), exist_ok=True)
-    with open(out, "w") as f:
-        json.dump({"started": started.isoformat(timespec="seconds"), "settings": vars(a),
-                   "results": rows, "table": text}, f, indent=2)
-        f.write("\n")
-    print(f"\nresults: {out}")
+    res = {"started": started.isoformat(timespec="seconds"), "settings": vars(a), "results": rows,
+           "table": text}
+    print(f"\nresults: {dodo.write_results(res, a.out, 'txn', started)}")
     return 1 if any(r["non_2xx"] for r in rows) else 0
 
 

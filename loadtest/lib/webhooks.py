@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -106,11 +105,8 @@ def callbacks_for(case: str, receiver_url: str, hanging: HangingReceiver | None)
 
 
 def run_case(args, case: str, receiver_url: str, hanging, cpu_db, cpu_load) -> dict:
-    data_dir = dodo.make_data_dir(None, f"webhooks-{case}")
-    server = dodo.start_server(
-        f"dododb-webhooks-{case}",
-        dodo.dododb_cmd(args.dododb_bin, data_dir, "never", ["--snapshot-interval", "0"]),
-        data_dir=data_dir, cpu=cpu_db)
+    server = dodo.start_dododb(args.dododb_bin, "never", tag=f"dododb-webhooks-{case}",
+                               extra=["--snapshot-interval", "0"], cpu=cpu_db)
     try:
         for callback in callbacks_for(case, receiver_url, hanging):
             subscribe(server.url, callback)
@@ -148,8 +144,7 @@ def run_case(args, case: str, receiver_url: str, hanging, cpu_db, cpu_load) -> d
             "puts": r.requests, "server_cpu_s": round(server_cpu_s, 2),
         }
     finally:
-        server.stop()
-        dodo.remove_dir(data_dir)
+        server.discard()
 
 
 def dead_rss(args, cpu_db, cpu_load) -> int:
@@ -252,12 +247,9 @@ def main(argv: list[str]) -> int:
             f"{r['server_cpu_s']:>6.1f} {r['puts_per_core_s']:>10,.0f} {r['events_per_core_s']:>9,.0f}")
     table = "\n".join(lines)
     print(f"\nreceiver alone: {alone.rps:,.0f} POST/s\n{table}")
-    out = args.out or os.path.join(dodo.LOADTEST, "results",
-                                   f"webhooks-{started.strftime('%Y%m%d-%H%M%S')}.json")
-    with open(out, "w") as f:
-        json.dump({"started": started.isoformat(), "settings": vars(args),
-                   "receiver_alone_rps": alone.rps, "table": table, "results": rows}, f, indent=2)
-    print(f"\nresults: {out}")
+    res = {"started": started.isoformat(), "settings": vars(args), "receiver_alone_rps": alone.rps,
+           "table": table, "results": rows}
+    print(f"\nresults: {dodo.write_results(res, args.out, 'webhooks', started)}")
     return 0
 
 
