@@ -31,7 +31,9 @@ SERVERS = ["ceiling", "dododb-never", "dododb-always"]
 # Also accepted by --servers: DodoDB --fsync everysec; --fsync never without per-request metrics
 # recording (DODODB_BENCH_NO_REQUEST_METRICS), to measure what recording costs; and `naive`, the
 # ceiling binary's --naive-kv mode (axum + DashMap<String, Bytes>, docs/performance.md's naive KV: the bar).
-EXTRA_SERVERS = ["dododb-everysec", "dododb-never-nometrics", "naive"]
+# `base-never` / `base-always`: another DodoDB build (--base-bin), e.g. an older commit, to
+# compare before and after in one run.
+EXTRA_SERVERS = ["dododb-everysec", "dododb-never-nometrics", "naive", "base-never", "base-always"]
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -62,6 +64,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
                    help="where the temporary data dirs go (default $TMPDIR or /tmp; must be a real disk for --fsync always)")
     p.add_argument("--dododb-bin", default=dodo.DODODB_BIN)
     p.add_argument("--ceiling-bin", default=dodo.CEILING_BIN)
+    p.add_argument("--base-bin", default=None,
+                   help="the DodoDB binary of the base-never / base-always servers (an older build)")
     p.add_argument("--dododb-arg", action="append", default=[],
                    help="extra argument for `dododb serve` (repeatable), e.g. --dododb-arg=--snapshot-interval=0")
     p.add_argument("--fake-dododb", action="store_true",
@@ -80,6 +84,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     for s in a.scenarios:
         if s not in SCENARIOS:
             p.error(f"unknown scenario {s!r}")
+    if any(s.startswith("base-") for s in a.servers) and not a.base_bin:
+        p.error("base-never / base-always need --base-bin")
     for s in a.servers:
         if s not in SERVERS + EXTRA_SERVERS:
             p.error(f"unknown server {s!r}")
@@ -100,7 +106,8 @@ def start(a: argparse.Namespace, server: str, tag: str) -> dodo.Server:
     if a.fake_dododb:
         cmd = dodo.ceiling_cmd(a.ceiling_bin)
     else:
-        cmd = dodo.dododb_cmd(a.dododb_bin, data_dir, fsync, a.dododb_arg)
+        binary = a.base_bin if server.startswith("base-") else a.dododb_bin
+        cmd = dodo.dododb_cmd(binary, data_dir, fsync, a.dododb_arg)
     if server.endswith("-nometrics"):
         # `env` execs the server, so the pid we watch stays the server's.
         cmd = ["env", "DODODB_BENCH_NO_REQUEST_METRICS=1", *cmd]
