@@ -10,7 +10,7 @@ use std::process::{Child, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::Duration;
 
-use common::{TestServer, dododb_client, enc};
+use common::{Stop, TestServer, dododb_client, get, get_json, poll_until, put};
 
 /// What one run of the binary did.
 #[derive(Debug)]
@@ -53,20 +53,12 @@ fn ok(url: &str, args: &[&str]) -> String {
     run.stdout
 }
 
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
 fn json(text: &str) -> serde_json::Value {
     serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
 }
 
-#[test]
-fn put_get_del_round_trip_in_compact_json() {
+#[tokio::test]
+async fn put_get_del_round_trip_in_compact_json() {
     let server = TestServer::start(&["--in-memory"]);
     let url = &server.url;
     let put = ok(
@@ -80,10 +72,9 @@ fn put_get_del_round_trip_in_compact_json() {
         "{\"name\":\"Ada\",\"tags\":[1,2]}\n"
     );
     // The server still holds the bytes as written.
-    let stored = http().get(server.at("/kv/user:1")).send().expect("get");
     assert_eq!(
-        stored.text().expect("body"),
-        r#"{ "name": "Ada", "tags": [1, 2] }"#
+        get(&server, "user:1").await.as_deref(),
+        Some(r#"{ "name": "Ada", "tags": [1, 2] }"#)
     );
 
     let replaced = json(&ok(url, &["put", "user:1", "2"]));
@@ -94,11 +85,7 @@ fn put_get_del_round_trip_in_compact_json() {
     let odd = "a b/c%d?";
     ok(url, &["put", odd, "[1]"]);
     assert_eq!(ok(url, &["get", odd]), "[1]\n");
-    let direct = http()
-        .get(server.at(&format!("/kv/{}", enc(odd))))
-        .send()
-        .expect("get");
-    assert_eq!(direct.text().expect("body"), "[1]");
+    assert_eq!(get(&server, odd).await.as_deref(), Some("[1]"));
 
     let deleted = json(&ok(url, &["del", "user:1"]));
     assert_eq!(deleted["deleted"], true);
@@ -110,8 +97,8 @@ fn put_get_del_round_trip_in_compact_json() {
     assert_eq!(run(url, &["del", "user:1"]).code, Some(1));
 }
 
-#[test]
-fn put_takes_files_stdin_ttl_and_conditions() {
+#[tokio::test]
+async fn put_takes_files_stdin_ttl_and_conditions() {
     let server = TestServer::start(&["--in-memory"]);
     let url = &server.url;
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -128,11 +115,7 @@ fn put_takes_files_stdin_ttl_and_conditions() {
     assert_eq!(ok(url, &["get", "d"]), "[true]\n");
 
     ok(url, &["put", "t", "1", "--ttl", "300"]);
-    let meta: serde_json::Value = http()
-        .get(server.at("/kv/t/meta"))
-        .send()
-        .and_then(|r| r.json())
-        .expect("meta");
+    let meta: serde_json::Value = get_json(&server, "/kv/t/meta").await;
     assert!(meta["expires_at"].is_string(), "{meta}");
 
     let version = json(&ok(url, &["put", "c", "1"]))["version"]
@@ -201,26 +184,16 @@ fn failures_exit_two() {
     assert_eq!(refused.stderr.lines().count(), 1, "one line: {refused:?}");
 }
 
-#[test]
-fn ls_pages_through_every_key_and_count_counts() {
+#[tokio::test]
+async fn ls_pages_through_every_key_and_count_counts() {
     let server = TestServer::start(&["--in-memory"]);
-    let http = http();
     // More than one page of the server's default 1000.
     let mut expected: Vec<String> = (0..1100).map(|i| format!("k:{i:05}")).collect();
     for key in &expected {
-        let status = http
-            .put(server.at(&format!("/kv/{key}")))
-            .body("0")
-            .send()
-            .expect("put")
-            .status();
-        assert!(status.is_success(), "{key}: {status}");
+        put(&server, key, "0").await;
     }
     for key in ["other:1", "other:2"] {
-        http.put(server.at(&format!("/kv/{key}")))
-            .body("1")
-            .send()
-            .expect("put");
+        put(&server, key, "1").await;
     }
     let url = &server.url;
     let listed: Vec<String> = ok(url, &["ls", "--prefix", "k:"])
@@ -237,8 +210,8 @@ fn ls_pages_through_every_key_and_count_counts() {
     assert_eq!(ok(url, &["count", "--prefix", "other:"]), "2\n");
 }
 
-#[test]
-fn subscribe_registers_a_webhook() {
+#[tokio::test]
+async fn subscribe_registers_a_webhook() {
     let server = TestServer::start(&["--in-memory"]);
     let url = &server.url;
     let subscribe = |args: &[&str]| json(&ok(url, &[&["subscribe"], args].concat()));
@@ -259,11 +232,7 @@ fn subscribe_registers_a_webhook() {
     let again = subscribe(&["--key", "user:1", "--callback", "http://127.0.0.1:9/hook"]);
     assert_eq!(again["id"], id.as_str());
 
-    let listed: serde_json::Value = http()
-        .get(server.at("/pubsub/subscriptions"))
-        .send()
-        .and_then(|r| r.json())
-        .expect("subscriptions");
+    let listed: serde_json::Value = get_json(&server, "/pubsub/subscriptions").await;
     assert_eq!(
         listed["subscriptions"].as_array().map(Vec::len),
         Some(2),
@@ -295,8 +264,8 @@ fn subscribe_registers_a_webhook() {
     );
 }
 
-#[test]
-fn subs_lists_status_and_sub_recover_and_sub_enable_act() {
+#[tokio::test]
+async fn subs_lists_status_and_sub_recover_and_sub_enable_act() {
     // The callback refuses connections: with one attempt, events fail.
     let server = TestServer::start(&["--webhook-retry-schedule", ""]);
     let url = &server.url;
@@ -312,15 +281,11 @@ fn subs_lists_status_and_sub_recover_and_sub_enable_act() {
     ));
     let id = sub["id"].as_str().expect("id").to_string();
     ok(url, &["put", "k", "1"]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let listed = loop {
+    let listed = poll_until("`subs` shows the failed event", async || {
         let listed = json(&ok(url, &["subs"]));
-        if listed["subscriptions"][0]["failed"] == 1 {
-            break listed;
-        }
-        assert!(std::time::Instant::now() < deadline, "{listed}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+        (listed["subscriptions"][0]["failed"] == 1).then_some(listed)
+    })
+    .await;
     let shown = &listed["subscriptions"][0];
     assert_eq!(shown["id"], id.as_str());
     assert_eq!(shown["status"], "failing");
@@ -522,22 +487,17 @@ fn watch_since_replays_from_a_revision() {
 
 #[test]
 fn watch_resumes_after_the_server_restarts() {
-    let mut first = TestServer::start(&[]);
-    let tmp = first.take_tmp();
-    let (url, addr, dir) = (
-        first.url.clone(),
-        first.addr().to_string(),
-        first.dir.clone(),
-    );
+    let mut server = TestServer::start(&[]);
+    let (url, addr) = (server.url.clone(), server.addr().to_string());
     let watch = Watch::start(&url, &[]);
     watch.said("watching changes after revision 0");
     ok(&url, &["put", "a", "1"]);
     assert_eq!(watch.event()["version"], 1);
 
     // A clean stop closes the feed; the watch keeps trying to reconnect.
-    assert_eq!(first.terminate(), Some(0));
+    server.stop(Stop::Term);
     assert!(watch.said("reconnecting").contains("since=1"));
-    let second = TestServer::start_at(&dir, &addr, &[]);
+    server.start_again_at(&addr, &[]);
     // Written at once, racing the reconnect: `since=1` replays it either way.
     ok(&url, &["put", "b", "2"]);
     ok(&url, &["put", "c", "3"]);
@@ -553,8 +513,6 @@ fn watch_resumes_after_the_server_restarts() {
         (Some("c"), Some(3)),
         "{c}"
     );
-    drop(second);
-    drop(tmp);
 }
 
 #[test]

@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::{TestServer, client};
+use common::{TestServer, assert_error, client, put, stats};
+use reqwest::StatusCode;
 use serde_json::Value;
 
 /// The files `index.html` loads, with their content types.
@@ -63,9 +64,7 @@ async fn files_carry_an_etag_and_a_strict_policy() {
         .send()
         .await
         .expect("GET");
-    assert_eq!(missing.status(), 404);
-    let body: Value = missing.json().await.expect("envelope");
-    assert_eq!(body["error"]["code"], "not_found");
+    assert_error(missing, StatusCode::NOT_FOUND, "not_found").await;
 }
 
 #[tokio::test]
@@ -89,27 +88,11 @@ async fn the_files_need_no_token_but_the_api_does() {
 #[tokio::test]
 async fn stats_have_the_request_count_and_fsync_time() {
     let server = TestServer::start(&[]);
-    let http = client();
-    let stats = || async {
-        http.get(server.at("/system/stats"))
-            .send()
-            .await
-            .expect("GET")
-            .json::<Value>()
-            .await
-            .expect("JSON")
-    };
-    let before = stats().await;
+    let before = stats(&server).await;
     for i in 0..5 {
-        let r = http
-            .put(server.at(&format!("/kv/k{i}")))
-            .body("1")
-            .send()
-            .await
-            .expect("PUT");
-        assert!(r.status().is_success());
+        put(&server, &format!("k{i}"), "1").await;
     }
-    let after = stats().await;
+    let after = stats(&server).await;
     let requests = |s: &Value| s["http"]["requests"].as_u64().expect("http.requests");
     // The five PUTs and the first stats request were answered in between.
     assert!(

@@ -1,26 +1,18 @@
 //! Durability against real crashes: `kill -9` of a real server process,
 //! torn and damaged WAL files, crashes injected into the snapshot
-//! procedure, and restarts.
+//! procedure, snapshot retention, and restarts.
 
 mod common;
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::files::{name, segments, snapshots};
 use common::ledger::{self, Ledger, MustKeep, dump};
-use common::{TestServer, client};
+use common::{Stop, TestServer, client, get_json, put, put_ttl, stats};
 use serde_json::{Value, json};
-
-async fn put(server: &TestServer, key: &str, body: &Value) -> reqwest::StatusCode {
-    client()
-        .put(server.at(&format!("/kv/{key}")))
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("put")
-        .status()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_during_concurrent_writes_loses_no_acknowledged_write() {
@@ -42,13 +34,12 @@ async fn kill_9_under_fsync_never_loses_no_acknowledged_write() {
 /// process leaves the page cache behind, so under every policy each
 /// acknowledged write must survive (`MustKeep::All`).
 async fn crash_loop(fsync: &str, cycles: usize, seed: u64) {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("data");
+    let args = ["--fsync", fsync];
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut acked = 0;
+    let mut server = TestServer::start(&args);
     for cycle in 0..=cycles {
-        let mut server = TestServer::start_in(&dir, &["--fsync", fsync]);
         let seen = ledger::verify(&server, &ledger, MustKeep::All).await;
         if cycle > 0 {
             assert!(seen.acked > 0, "cycle {cycle} acknowledged no write");
@@ -58,31 +49,17 @@ async fn crash_loop(fsync: &str, cycles: usize, seed: u64) {
             break;
         }
         let writers = ledger::start_writers(&server.url, cycle, rng.u64(..), &ledger);
-        ledger::wait_for_acks(&ledger, &server).await;
+        ledger::wait_for_acks(&ledger).await;
         tokio::time::sleep(Duration::from_millis(rng.u64(0..200))).await;
-        server.kill9();
+        server.stop(Stop::Kill9);
         for w in writers {
             w.await.expect("writer");
         }
+        server.start_again(&args);
     }
     eprintln!(
         "{cycles} kill -9 cycles (--fsync {fsync}), {acked} acknowledged writes (overwrites and deletes) all present"
     );
-}
-
-/// The segment files in `dir`, oldest first.
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("wal-"))
-        })
-        .collect();
-    found.sort();
-    found
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -100,14 +77,10 @@ async fn wal_with_keys(dir: &Path, n: usize) -> (PathBuf, Vec<u64>) {
     let segment = segments(dir).pop().expect("a segment");
     let mut ends = Vec::new();
     for i in 0..n {
-        assert!(
-            put(&server, &format!("k{i}"), &json!({"i": i}))
-                .await
-                .is_success()
-        );
+        put(&server, &format!("k{i}"), &json!({"i": i}).to_string()).await;
         ends.push(std::fs::metadata(&segment).expect("meta").len());
     }
-    server.kill9();
+    server.stop(Stop::Kill9);
     (segment, ends)
 }
 
@@ -161,7 +134,7 @@ fn assert_start_refused(dir: &Path, segment: &Path, says: &str) {
         .err()
         .expect("start must be refused");
     assert_ne!(failure.code, Some(0));
-    let name = segment.file_name().and_then(|n| n.to_str()).expect("name");
+    let name = name(segment);
     assert!(
         failure.stderr.contains(name),
         "error names the file: {}",
@@ -272,22 +245,21 @@ async fn a_crash_at_each_snapshot_step_loses_nothing() {
         let dir = tmp.path().join("data");
         let step_text = step.to_string();
         let env = [("DODODB_TEST_CRASH_AT_SNAPSHOT_STEP", step_text.as_str())];
-        let server = TestServer::try_start_with_env(&dir, &[], &env).expect("start");
+        let mut server = TestServer::try_start_with_env(&dir, &[], &env).expect("start");
         for i in 0..50 {
-            assert!(
-                put(&server, &format!("k{i}"), &json!({"i": i, "step": step}))
-                    .await
-                    .is_success()
-            );
+            put(
+                &server,
+                &format!("k{i}"),
+                &json!({"i": i, "step": step}).to_string(),
+            )
+            .await;
         }
         let snapshot = client().post(server.at("/system/snapshot")).send().await;
         assert!(
             snapshot.is_err() || !snapshot.as_ref().is_ok_and(|r| r.status().is_success()),
             "step {step}: the hook must abort"
         );
-        drop(server);
-
-        let server = TestServer::start_in(&dir, &[]);
+        server.restart(Stop::Kill9, &[]);
         let entries = dump(&server).await;
         for i in 0..50 {
             assert_eq!(
@@ -314,23 +286,34 @@ async fn a_crash_at_each_snapshot_step_loses_nothing() {
             .await
             .expect("snapshot");
         assert_eq!(answer.status(), 200);
-        drop(server);
-        let server = TestServer::start_in(&dir, &[]);
+        server.restart(Stop::Kill9, &[]);
         assert_eq!(dump(&server).await.len(), 50, "step {step}");
     }
 }
 
+/// Each of 4 writers overwrites its own preloaded keys and creates new
+/// ones while a snapshot walks the map; the last value each writer had
+/// acknowledged for each key must be there after a `kill -9`.
+#[derive(Default)]
+struct UnderSnapshot {
+    /// key -> (value, version) of the last acknowledged write.
+    last: HashMap<String, (Value, u64)>,
+    /// When each write was sent and acknowledged.
+    spans: Vec<(Instant, Instant)>,
+    longest: Duration,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_snapshot_under_writes_loses_nothing() {
+    const PRELOAD: usize = 2_500;
     let mut server = TestServer::start(&["--fsync", "never"]);
-    let _tmp = server.take_tmp();
     let http = client();
     let mut preload = Vec::new();
     for w in 0..4 {
         let http = http.clone();
         let url = server.url.clone();
         preload.push(tokio::spawn(async move {
-            for i in 0..2_500 {
+            for i in 0..PRELOAD {
                 let r = http
                     .put(format!("{url}/kv/pre-{w}-{i}"))
                     .body(format!("{{\"i\":{i}}}"))
@@ -345,106 +328,120 @@ async fn a_snapshot_under_writes_loses_nothing() {
         p.await.expect("preload");
     }
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let acked = Arc::new(Mutex::new(Vec::new()));
-    let longest = Arc::new(Mutex::new(Duration::ZERO));
+    let seen = Arc::new(Mutex::new(UnderSnapshot::default()));
     let mut writers = Vec::new();
     for w in 0..4 {
-        let (http, url, stop, acked, longest) = (
-            http.clone(),
-            server.url.clone(),
-            stop.clone(),
-            acked.clone(),
-            longest.clone(),
-        );
+        let (http, url, stop, seen) =
+            (http.clone(), server.url.clone(), stop.clone(), seen.clone());
         writers.push(tokio::spawn(async move {
             let mut i = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let key = format!("live-{w}-{i}");
-                let started = Instant::now();
+                // Every other write overwrites a preloaded key the
+                // snapshot may be walking; the others create new keys.
+                let (key, value) = if i % 2 == 0 {
+                    (format!("pre-{w}-{}", (i / 2) % PRELOAD), json!({"live": i}))
+                } else {
+                    (format!("live-{w}-{i}"), json!([1, 2, 3]))
+                };
+                let sent = Instant::now();
                 let r = http
                     .put(format!("{url}/kv/{key}"))
-                    .body("[1,2,3]")
+                    .body(value.to_string())
                     .send()
                     .await
                     .expect("put");
-                let took = started.elapsed();
+                let acked = Instant::now();
                 assert!(r.status().is_success());
-                let mut l = longest.lock().expect("lock");
-                *l = (*l).max(took);
-                acked.lock().expect("lock").push(key);
+                let version = r.json::<Value>().await.expect("json")["version"]
+                    .as_u64()
+                    .expect("version");
+                let mut seen = seen.lock().expect("lock");
+                seen.last.insert(key, (value, version));
+                seen.spans.push((sent, acked));
+                seen.longest = seen.longest.max(acked - sent);
                 i += 1;
             }
         }));
     }
-    let snap = http
-        .post(server.at("/system/snapshot"))
-        .send()
-        .await
-        .expect("snapshot");
-    assert_eq!(snap.status(), 200);
-    let info: Value = snap.json().await.expect("json");
+    // Every writer is running before the snapshot starts.
+    common::poll_until("each writer's first acknowledgement", async || {
+        (seen.lock().expect("lock").spans.len() >= 8).then_some(())
+    })
+    .await;
+    // A snapshot with writes sent after it started and acknowledged before
+    // it finished; a snapshot so quick that none fit is taken again.
+    let mut overlapping = 0;
+    let mut info = Value::Null;
+    for _ in 0..20 {
+        let started = Instant::now();
+        let snap = http
+            .post(server.at("/system/snapshot"))
+            .send()
+            .await
+            .expect("snapshot");
+        let finished = Instant::now();
+        assert_eq!(snap.status(), 200);
+        info = snap.json().await.expect("json");
+        overlapping = seen
+            .lock()
+            .expect("lock")
+            .spans
+            .iter()
+            .filter(|(sent, acked)| *sent > started && *acked < finished)
+            .count();
+        if overlapping > 0 {
+            break;
+        }
+    }
+    assert!(
+        overlapping > 0,
+        "no write was both sent and acknowledged while one of 20 snapshots ran"
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in writers {
         w.await.expect("writer");
     }
     assert!(info["keys"].as_u64().expect("keys") >= 10_000);
-    server.kill9();
-    let server = TestServer::start_in(&server.dir.clone(), &[]);
+    server.restart(Stop::Kill9, &[]);
     let entries = dump(&server).await;
-    let acked = acked.lock().expect("lock");
-    for key in acked.iter() {
-        assert!(entries.contains_key(key), "{key} lost");
+    let seen = seen.lock().expect("lock");
+    for (key, (value, version)) in &seen.last {
+        assert_eq!(
+            entries.get(key),
+            Some(&(*version, value.clone())),
+            "{key}: the last acknowledged write"
+        );
     }
-    assert_eq!(entries.len(), 10_000 + acked.len());
+    let created = seen.last.keys().filter(|k| k.starts_with("live-")).count();
+    assert_eq!(entries.len(), 4 * PRELOAD + created);
     eprintln!(
-        "snapshot of {} keys under 4 writers: {} writes during it, longest PUT {:?}",
+        "snapshot of {} keys under 4 writers: {} writes in all, {overlapping} sent and acknowledged during it, longest PUT {:?}",
         info["keys"],
-        acked.len(),
-        longest.lock().expect("lock")
+        seen.spans.len(),
+        seen.longest
     );
 }
 
 #[tokio::test]
 async fn deletes_ttls_and_revisions_survive_restart() {
     let mut server = TestServer::start(&[]);
-    let tmp = server.take_tmp();
     let http = client();
-    assert!(put(&server, "keep", &json!(1)).await.is_success());
-    assert!(put(&server, "gone", &json!(2)).await.is_success());
+    put(&server, "keep", "1").await;
+    put(&server, "gone", "2").await;
     let del = http
         .delete(server.at("/kv/gone"))
         .send()
         .await
         .expect("delete");
     assert_eq!(del.status(), 200);
-    let short = http
-        .put(server.at("/kv/short?ttl=1"))
-        .body("3")
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(short.status(), 201);
-    let long = http
-        .put(server.at("/kv/long?ttl=3600"))
-        .body("4")
-        .send()
-        .await
-        .expect("put");
-    let long_version: Value = long.json().await.expect("json");
-    let stats: Value = http
-        .get(server.at("/system/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json");
-    let revision = stats["revision"].as_u64().expect("revision");
+    put_ttl(&server, "short", "3", 1).await;
+    let long_version = put_ttl(&server, "long", "4", 3600).await;
+    let revision = stats(&server).await["revision"].as_u64().expect("revision");
     assert_eq!(revision, 5);
-    server.kill9();
+    server.stop(Stop::Kill9);
     // Stay down past the short TTL.
     tokio::time::sleep(Duration::from_millis(1_200)).await;
-    let server = TestServer::start_in(&server.dir.clone(), &[]);
+    server.start_again(&[]);
     let get = |key: &str| http.get(server.at(&format!("/kv/{key}"))).send();
     assert_eq!(
         get("keep").await.expect("get").text().await.expect("body"),
@@ -456,92 +453,126 @@ async fn deletes_ttls_and_revisions_survive_restart() {
         404,
         "expired while down stays gone"
     );
-    let meta: Value = http
-        .get(server.at("/kv/long/meta"))
-        .send()
-        .await
-        .expect("meta")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(meta["version"], long_version["version"]);
+    let meta: Value = get_json(&server, "/kv/long/meta").await;
+    assert_eq!(meta["version"], long_version);
     assert!(
         meta["expires_at"]
             .as_str()
             .is_some_and(|s| s.ends_with('Z')),
         "{meta}"
     );
-    let next: Value = http
-        .put(server.at("/kv/next"))
-        .body("5")
-        .send()
-        .await
-        .expect("put")
-        .json()
-        .await
-        .expect("json");
     assert!(
-        next["version"].as_u64().expect("version") > revision,
+        put(&server, "next", "5").await > revision,
         "revisions keep growing"
     );
-    drop(tmp);
 }
 
 #[tokio::test]
 async fn sigterm_exits_cleanly_with_a_final_snapshot() {
     let mut server = TestServer::start(&[]);
-    let _tmp = server.take_tmp();
-    assert!(put(&server, "a", &json!({"x": 1})).await.is_success());
-    assert_eq!(server.terminate(), Some(0));
-    let snapshots = std::fs::read_dir(&server.dir)
-        .expect("dir")
-        .filter(|e| {
-            e.as_ref()
-                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("snapshot-"))
-        })
-        .count();
-    assert!(snapshots >= 1, "a final snapshot was written");
-    let server = TestServer::start_in(&server.dir.clone(), &[]);
+    put(&server, "a", &json!({"x": 1}).to_string()).await;
+    server.stop(Stop::Term);
+    assert!(
+        !snapshots(&server.dir).is_empty(),
+        "a final snapshot was written"
+    );
+    server.start_again(&[]);
     assert_eq!(
         dump(&server).await.get("a").map(|e| &e.1),
         Some(&json!({"x": 1}))
     );
 }
 
-#[tokio::test]
-async fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
-    let mut server = TestServer::start(&["--snapshot-retain", "2"]);
-    let _tmp = server.take_tmp();
-    let http = client();
-    assert!(put(&server, "a", &json!(1)).await.is_success());
-    assert_eq!(
-        http.post(server.at("/system/snapshot"))
-            .send()
-            .await
-            .expect("snap")
-            .status(),
-        200
-    );
-    assert!(put(&server, "b", &json!(2)).await.is_success());
-    let second: Value = http
+/// `POST /system/snapshot`, which must succeed; returns its answer.
+async fn snapshot(server: &TestServer) -> Value {
+    let answer = client()
         .post(server.at("/system/snapshot"))
         .send()
         .await
-        .expect("snap")
-        .json()
-        .await
-        .expect("json");
-    assert!(put(&server, "c", &json!(3)).await.is_success());
-    server.kill9();
+        .expect("snapshot");
+    assert_eq!(answer.status(), 200);
+    answer.json().await.expect("json")
+}
+
+#[tokio::test]
+async fn a_damaged_newest_snapshot_falls_back_to_the_previous_one() {
+    let mut server = TestServer::start(&["--snapshot-retain", "2"]);
+    put(&server, "a", "1").await;
+    snapshot(&server).await;
+    put(&server, "b", "2").await;
+    let second = snapshot(&server).await;
+    put(&server, "c", "3").await;
+    server.stop(Stop::Kill9);
     let newest = PathBuf::from(second["file"].as_str().expect("file"));
     let mut bytes = std::fs::read(&newest).expect("read");
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(&newest, bytes).expect("write");
-    let server = TestServer::start_in(&server.dir.clone(), &[]);
+    server.start_again(&[]);
     let entries = dump(&server).await;
     for (key, value) in [("a", 1), ("b", 2), ("c", 3)] {
         assert_eq!(entries.get(key).map(|e| &e.1), Some(&json!(value)), "{key}");
     }
     assert!(server.log().contains("damaged"), "the damage is logged");
+}
+
+/// The number in a `wal-<n>.log` or `snapshot-<n>.json` name.
+fn number(path: &Path) -> u64 {
+    let name = name(path);
+    name.trim_start_matches(|c: char| !c.is_ascii_digit())
+        .split('.')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {name}"))
+}
+
+/// Five snapshots with `--snapshot-retain 2`: after each, exactly the
+/// newest two (at most) are on disk, no WAL segment older than the oldest
+/// of them is, and the older of the two still restores everything once
+/// the newer is damaged (so no segment it needs was pruned).
+#[tokio::test]
+async fn snapshots_beyond_retain_are_pruned_with_the_segments_they_covered() {
+    let mut server = TestServer::start(&["--snapshot-retain", "2", "--snapshot-interval", "0"]);
+    let mut written = Vec::new();
+    for round in 1..=5u64 {
+        put(&server, &format!("k{round}"), &round.to_string()).await;
+        let answer = snapshot(&server).await;
+        written.push(PathBuf::from(answer["file"].as_str().expect("file")));
+        let kept = snapshots(&server.dir);
+        let newest: Vec<PathBuf> = written.iter().rev().take(2).rev().cloned().collect();
+        assert_eq!(kept, newest, "after snapshot {round}");
+        let oldest_kept = number(&kept[0]);
+        let wal = segments(&server.dir);
+        assert!(
+            wal.iter().all(|s| number(s) >= oldest_kept),
+            "after snapshot {round}: a segment older than snapshot {oldest_kept} is left: {wal:?}"
+        );
+        assert!(
+            wal.iter()
+                .any(|s| number(s) == number(&kept[kept.len() - 1])),
+            "after snapshot {round}: the newest snapshot's segment is there: {wal:?}"
+        );
+    }
+    for gone in &written[..3] {
+        assert!(!gone.exists(), "{} was pruned", gone.display());
+    }
+    // A write after the last snapshot, then a crash and a damaged newest
+    // snapshot: the older kept one and the segments after it hold it all.
+    put(&server, "k6", "6").await;
+    server.stop(Stop::Kill9);
+    let newest = &written[4];
+    let mut bytes = std::fs::read(newest).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(newest, bytes).expect("write");
+    server.start_again(&["--snapshot-retain", "2"]);
+    assert!(server.log().contains("damaged"), "{}", server.log());
+    let entries = dump(&server).await;
+    for round in 1..=6u64 {
+        assert_eq!(
+            entries.get(&format!("k{round}")).map(|e| &e.1),
+            Some(&json!(round)),
+            "k{round}"
+        );
+    }
 }

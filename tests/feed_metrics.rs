@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{TestServer, client};
+use common::{Stop, TestServer, assert_error, client, poll_until, put, stats};
 use futures_util::{SinkExt, Stream, StreamExt};
 use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
@@ -20,14 +20,6 @@ use tokio_tungstenite::tungstenite::Message;
 
 /// Longest wait for any one step; only a hang guard, never a timing assert.
 const STEP: Duration = Duration::from_secs(60);
-
-/// A client without the overall request timeout: streams stay open.
-fn stream_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client")
-}
 
 /// One SSE frame.
 #[derive(Debug, Clone)]
@@ -51,7 +43,7 @@ struct Sse {
 
 impl Sse {
     async fn open(server: &TestServer, query: &str) -> Sse {
-        let response = stream_client()
+        let response = client()
             .get(server.at(&format!("/events{query}")))
             .send()
             .await
@@ -120,25 +112,9 @@ impl Sse {
     }
 }
 
-async fn put(http: &reqwest::Client, server: &TestServer, key: &str, body: &str) -> u64 {
-    let response = http
-        .put(server.at(&format!("/kv/{key}")))
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("PUT");
-    assert!(
-        response.status().is_success(),
-        "PUT {key}: {}",
-        response.status()
-    );
-    response.json::<Value>().await.expect("PUT answer")["version"]
-        .as_u64()
-        .expect("version")
-}
-
-async fn delete(http: &reqwest::Client, server: &TestServer, key: &str) -> u64 {
-    let response = http
+async fn delete(server: &TestServer, key: &str) -> u64 {
+    let response = server
+        .http()
         .delete(server.at(&format!("/kv/{key}")))
         .send()
         .await
@@ -151,13 +127,13 @@ async fn delete(http: &reqwest::Client, server: &TestServer, key: &str) -> u64 {
 
 /// 4 concurrent writers × 250 PUTs of `value` over 200 keys: enough
 /// traffic to overrun a client that does not read its feed.
-async fn write_burst(http: &reqwest::Client, server: &Arc<TestServer>, value: &str) {
+async fn write_burst(server: &Arc<TestServer>, value: &str) {
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let (server, value, http) = (Arc::clone(server), value.to_string(), http.clone());
+            let (server, value) = (Arc::clone(server), value.to_string());
             tokio::spawn(async move {
                 for i in 0..250 {
-                    put(&http, &server, &format!("w{w}-{}", i % 50), &value).await;
+                    put(&server, &format!("w{w}-{}", i % 50), &value).await;
                 }
             })
         })
@@ -165,16 +141,6 @@ async fn write_burst(http: &reqwest::Client, server: &Arc<TestServer>, value: &s
     for writer in writers {
         writer.await.expect("every write succeeds");
     }
-}
-
-async fn stats(http: &reqwest::Client, server: &TestServer) -> Value {
-    http.get(server.at("/system/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("stats JSON")
 }
 
 fn ws_url(server: &TestServer, query: &str) -> String {
@@ -223,14 +189,13 @@ fn check_payload(doc: &Value, version: u64, key: &str, event: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_streams_ordered_changes_with_versions_as_ids() {
-    let http = client();
     let server = TestServer::start(&["--fsync", "never"]);
     let mut sse = Sse::open(&server, "?prefix=user:").await;
-    let v1 = put(&http, &server, "user:1", "{\"name\":\n  \"Ada\"}").await;
-    let other = put(&http, &server, "other:1", "1").await;
-    let v2 = put(&http, &server, "user:2", "[1, 2]").await;
-    let v3 = put(&http, &server, "user:1", "{\"name\": \"Grace\"}").await;
-    let v4 = delete(&http, &server, "user:2").await;
+    let v1 = put(&server, "user:1", "{\"name\":\n  \"Ada\"}").await;
+    let other = put(&server, "other:1", "1").await;
+    let v2 = put(&server, "user:2", "[1, 2]").await;
+    let v3 = put(&server, "user:1", "{\"name\": \"Grace\"}").await;
+    let v4 = delete(&server, "user:2").await;
     assert!(v1 < other && other < v2 && v2 < v3 && v3 < v4);
 
     let expected = [
@@ -268,9 +233,12 @@ async fn sse_streams_ordered_changes_with_versions_as_ids() {
             .send()
             .await
             .expect("GET");
-        assert_eq!(response.status(), 400, "{query}");
-        let doc: Value = response.json().await.expect("envelope");
-        assert_eq!(doc["error"]["code"], "invalid_request", "{query}");
+        assert_error(
+            response,
+            reqwest::StatusCode::BAD_REQUEST,
+            "invalid_request",
+        )
+        .await;
     }
     let response = client()
         .get(server.at("/events"))
@@ -278,17 +246,21 @@ async fn sse_streams_ordered_changes_with_versions_as_ids() {
         .send()
         .await
         .expect("GET");
-    assert_eq!(response.status(), 400);
+    assert_error(
+        response,
+        reqwest::StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_resumes_from_last_event_id() {
-    let http = client();
     let server = TestServer::start(&["--in-memory"]);
     for i in 0..5 {
-        put(&http, &server, &format!("k{i}"), "1").await;
+        put(&server, &format!("k{i}"), "1").await;
     }
-    let response = stream_client()
+    let response = client()
         .get(server.at("/events"))
         .header("last-event-id", "3")
         .send()
@@ -304,13 +276,12 @@ async fn sse_resumes_from_last_event_id() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_streams_the_same_payloads() {
-    let http = client();
     let server = TestServer::start(&["--fsync", "never"]);
     let mut ws = ws_connect(&server, "?prefix=a").await;
-    let v1 = put(&http, &server, "a1", "{\"n\": 1}").await;
-    put(&http, &server, "b1", "2").await;
-    let v3 = put(&http, &server, "a2", "3").await;
-    let v4 = delete(&http, &server, "a1").await;
+    let v1 = put(&server, "a1", "{\"n\": 1}").await;
+    put(&server, "b1", "2").await;
+    let v3 = put(&server, "a2", "3").await;
+    let v4 = delete(&server, "a1").await;
     let first = ws_next(&mut ws).await;
     check_payload(&first, v1, "a1", "update");
     assert_eq!(first["new_value"], json!({"n": 1}));
@@ -333,21 +304,23 @@ async fn websocket_streams_the_same_payloads() {
 
     // A plain GET is not a handshake.
     let response = client().get(server.at("/ws")).send().await.expect("GET");
-    assert_eq!(response.status(), 400);
-    let doc: Value = response.json().await.expect("envelope");
-    assert_eq!(doc["error"]["code"], "invalid_request");
+    assert_error(
+        response,
+        reqwest::StatusCode::BAD_REQUEST,
+        "invalid_request",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resume_across_the_seam_sees_every_revision_once() {
-    let http = client();
     let server = Arc::new(TestServer::start(&["--fsync", "never"]));
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let (server, http) = (Arc::clone(&server), http.clone());
+            let server = Arc::clone(&server);
             tokio::spawn(async move {
                 for i in 0..150 {
-                    put(&http, &server, &format!("w{w}-{}", i % 7), &i.to_string()).await;
+                    put(&server, &format!("w{w}-{}", i % 7), &i.to_string()).await;
                 }
             })
         })
@@ -378,7 +351,7 @@ async fn resume_across_the_seam_sees_every_revision_once() {
     for writer in writers {
         writer.await.expect("writer");
     }
-    let last = put(&http, &server, "end", "true").await;
+    let last = put(&server, "end", "true").await;
     let (seen, reconnects) = tokio::time::timeout(STEP * 5, reader)
         .await
         .expect("reader finished")
@@ -390,10 +363,9 @@ async fn resume_across_the_seam_sees_every_revision_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn since_older_than_retained_starts_with_a_reset() {
-    let http = client();
     let server = TestServer::start(&["--in-memory", "--feed-retained-events", "5"]);
     for i in 1..=20 {
-        assert_eq!(put(&http, &server, &format!("k{i}"), "1").await, i);
+        assert_eq!(put(&server, &format!("k{i}"), "1").await, i);
     }
     // 16..=20 are retained: resuming after 15 needs no reset.
     let mut sse = Sse::open(&server, "?since=15").await;
@@ -413,7 +385,7 @@ async fn since_older_than_retained_starts_with_a_reset() {
     assert_eq!(over_ws["event"], "reset");
     assert_eq!(over_ws["reason"], "not_retained");
     // Then live.
-    put(&http, &server, "k21", "1").await;
+    put(&server, "k21", "1").await;
     assert_eq!(sse.next_id().await, 21);
     assert_eq!(ws_next(&mut ws).await["version"], 21);
 
@@ -423,17 +395,16 @@ async fn since_older_than_retained_starts_with_a_reset() {
     assert_eq!(reset.event, "reset");
     assert_eq!(reset.json()["reason"], "ahead");
 
-    let stats = stats(&http, &server).await;
+    let stats = stats(&server).await;
     assert_eq!(stats["feed"]["retained"], 5);
     assert_eq!(stats["feed"]["oldest_retained"], 17);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_client_is_cut_off_while_a_fast_one_keeps_up() {
-    let http = client();
     let server = Arc::new(TestServer::start(&["--in-memory"]));
     // Opened but never read until the end.
-    let slow = stream_client()
+    let slow = client()
         .get(server.at("/events"))
         .send()
         .await
@@ -458,13 +429,13 @@ async fn a_slow_client_is_cut_off_while_a_fast_one_keeps_up() {
     while !cut_off.load(Ordering::Acquire) {
         rounds += 1;
         assert!(rounds <= 40, "the slow client was never cut off");
-        write_burst(&http, &server, &value).await;
-        let s = stats(&http, &server).await;
+        write_burst(&server, &value).await;
+        let s = stats(&server).await;
         cut_off.store(s["feed"]["cut_off"] == 1, Ordering::Release);
     }
-    let s = stats(&http, &server).await;
+    let s = stats(&server).await;
     assert_eq!(s["feed"]["clients"], 1, "only the fast client is left: {s}");
-    let last = put(&http, &server, "end", "true").await;
+    let last = put(&server, "end", "true").await;
     let seen = tokio::time::timeout(STEP, fast_reader)
         .await
         .expect("fast reader done")
@@ -497,7 +468,6 @@ async fn a_slow_client_is_cut_off_while_a_fast_one_keeps_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lagging_websocket_client_is_closed() {
-    let http = client();
     let server = Arc::new(TestServer::start(&["--in-memory"]));
     let mut slow = ws_connect(&server, "").await;
     let value = format!("\"{}\"", "y".repeat(1024));
@@ -505,8 +475,8 @@ async fn a_lagging_websocket_client_is_closed() {
     loop {
         rounds += 1;
         assert!(rounds <= 40, "the slow client was never cut off");
-        write_burst(&http, &server, &value).await;
-        if stats(&http, &server).await["feed"]["cut_off"] == 1 {
+        write_burst(&server, &value).await;
+        if stats(&server).await["feed"]["cut_off"] == 1 {
             break;
         }
     }
@@ -598,7 +568,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
     assert_eq!(metric(&before, "dododb_keys", &[]), 0.0);
 
     for i in 0..3 {
-        put(&http, &server, &format!("m{i}"), "{\"n\": 1}").await;
+        put(&server, &format!("m{i}"), "{\"n\": 1}").await;
     }
     for _ in 0..2 {
         let response = client().get(server.at("/kv/m0")).send().await.expect("GET");
@@ -697,20 +667,19 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_are_right_after_known_traffic() {
-    let http = client();
     let server = TestServer::start(&["--fsync", "always"]);
     let _feed = Sse::open(&server, "?prefix=s").await;
     let mut ws = ws_connect(&server, "").await;
     for i in 0..4 {
-        put(&http, &server, &format!("s{i}"), "1").await;
+        put(&server, &format!("s{i}"), "1").await;
     }
-    put(&http, &server, "s0", "2").await;
-    delete(&http, &server, "s1").await;
+    put(&server, "s0", "2").await;
+    delete(&server, "s1").await;
     // The WebSocket client has seen all six, so the feed has too.
     for version in 1..=6 {
         assert_eq!(ws_next(&mut ws).await["version"], version);
     }
-    let s = stats(&http, &server).await;
+    let s = stats(&server).await;
     assert_eq!(s["keys"], 3, "{s}");
     assert_eq!(s["revision"], 6);
     assert_eq!(s["wal"]["appends"], 6);
@@ -724,28 +693,22 @@ async fn stats_are_right_after_known_traffic() {
     ws.close(None).await.expect("close");
     while ws.next().await.is_some() {}
     // The server notices the close on its next read; wait for it by
-    // watching the count, with a bounded number of looks.
-    let mut clients = Value::Null;
-    for _ in 0..600 {
-        clients = stats(&http, &server).await["feed"]["clients"].clone();
-        if clients == 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(clients, 1);
+    // watching the count.
+    poll_until("the closed WebSocket leaves the client count", async || {
+        (stats(&server).await["feed"]["clients"] == 1).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn open_feeds_do_not_hold_up_a_graceful_shutdown() {
-    let http = client();
     let mut server = TestServer::start(&["--fsync", "always"]);
     let mut sse = Sse::open(&server, "").await;
     let mut ws = ws_connect(&server, "").await;
-    put(&http, &server, "a", "1").await;
+    put(&server, "a", "1").await;
     assert_eq!(sse.next_id().await, 1);
     assert_eq!(ws_next(&mut ws).await["version"], 1);
-    assert_eq!(server.terminate(), Some(0));
+    server.stop(Stop::Term);
     assert!(sse.next().await.is_none(), "the SSE stream ends");
     let close = loop {
         match ws.next().await {
@@ -789,14 +752,10 @@ async fn a_commit_slower_than_the_gap_timeout_is_still_streamed_in_order() {
         tokio::spawn(async move { http.post(url).json(&body).send().await })
     };
     // Once the stalled change holds revision 1, later writes take 2, 3, ...
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while stats(&http, &server).await["revision"] != 1 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stalled write never took a revision"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    poll_until("the stalled write takes a revision", async || {
+        (stats(&server).await["revision"] == 1).then_some(())
+    })
+    .await;
     let puts: Vec<_> = (0..8)
         .map(|i| {
             let http = http.clone();
@@ -804,13 +763,12 @@ async fn a_commit_slower_than_the_gap_timeout_is_still_streamed_in_order() {
             tokio::spawn(async move { http.put(url).body("1").send().await })
         })
         .collect();
-    while !puts.iter().any(tokio::task::JoinHandle::is_finished) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no later write committed"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    poll_until("a later write commits", async || {
+        puts.iter()
+            .any(tokio::task::JoinHandle::is_finished)
+            .then_some(())
+    })
+    .await;
     assert!(
         !stalled.is_finished(),
         "a later write committed only after the stalled one"

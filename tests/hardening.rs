@@ -10,40 +10,17 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use common::{TestServer, client};
+use common::tcp::{self, read_head};
+use common::{Reply, Stop, TestServer, assert_error, client, get_json, put};
+use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
 const TOKEN: &str = "t0ken-that-must-never-be-logged";
 
-fn addr(server: &TestServer) -> String {
-    server
-        .url
-        .strip_prefix("http://")
-        .expect("http url")
-        .to_string()
-}
-
 /// A connection with a generous read timeout, so a server bug fails the
 /// test instead of hanging it.
 fn connect(server: &TestServer) -> TcpStream {
-    let tcp = TcpStream::connect(addr(server)).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    tcp
-}
-
-/// Reads one response head (up to the blank line) from `tcp`.
-fn read_head(tcp: &mut TcpStream) -> String {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        match tcp.read(&mut byte) {
-            Ok(0) => break,
-            Ok(_) => head.push(byte[0]),
-            Err(e) => panic!("reading a response head: {e}"),
-        }
-    }
-    String::from_utf8_lossy(&head).into_owned()
+    tcp::connect(server, Duration::from_secs(30))
 }
 
 /// Sends `request` on a fresh connection and returns everything the server
@@ -70,17 +47,34 @@ fn status_of(answer: &str) -> u16 {
         .unwrap_or_else(|| panic!("no status line in {answer:?}"))
 }
 
-/// The `error.code` of an enveloped answer (head and body in one string).
-fn code_of(answer: &str) -> String {
-    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("");
-    let doc: Value =
-        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: not an envelope: {answer:?}"));
-    doc["error"]["code"].as_str().unwrap_or("").to_string()
+/// Asserts that a raw answer (head and body in one string) is the SPEC's
+/// error envelope with `status` and `code`.
+#[track_caller]
+fn assert_raw_error(answer: &str, status: StatusCode, code: &str) {
+    Reply::parse(answer.as_bytes()).assert_error(status, code);
 }
 
-async fn error_code(response: reqwest::Response) -> String {
-    let doc: Value = response.json().await.expect("envelope");
-    doc["error"]["code"].as_str().unwrap_or("").to_string()
+/// Routes a client may call without the token: the health check and the
+/// console's files (they hold no data). Every other route of
+/// `http::ROUTES`, and every path or method that is no route, is 401.
+const OPEN: [(&str, &str); 3] = [
+    ("GET", "/system/alive"),
+    ("GET", "/ui"),
+    ("GET", "/ui/{asset}"),
+];
+
+/// A concrete URL path for a route template: `{asset}` becomes a file the
+/// console has, any other parameter a plain segment.
+fn concrete(template: &str) -> String {
+    template
+        .split('/')
+        .map(|segment| match segment {
+            "{asset}" => "main.js",
+            s if s.starts_with('{') => "a",
+            s => s,
+        })
+        .collect::<Vec<_>>()
+        .join("/")
 }
 
 #[tokio::test]
@@ -95,30 +89,29 @@ async fn without_the_token_every_route_but_alive_is_401() {
     )
     .expect("start");
     let http = client();
-    let refused = [
-        ("GET", "/kv"),
-        ("GET", "/kv/a"),
-        ("PUT", "/kv/a"),
-        ("DELETE", "/kv/a"),
-        ("GET", "/kv/a/meta"),
-        ("GET", "/kv/count"),
-        ("POST", "/kv/clear"),
-        ("GET", "/pubsub/subscriptions"),
-        ("POST", "/pubsub/subscribe"),
-        ("GET", "/system/version"),
-        ("GET", "/system/stats"),
-        ("GET", "/system/export"),
-        ("POST", "/system/snapshot"),
-        ("GET", "/metrics"),
-        ("GET", "/events"),
-        ("GET", "/ws"),
-        ("GET", "/no/such/route"),
-        ("POST", "/system/alive"),
-    ];
+    let routed: Vec<(Method, &str)> = dododb::http::ROUTES
+        .iter()
+        .map(|r| (r.method().clone(), r.path()))
+        .collect();
+    for (method, path) in OPEN {
+        assert!(
+            routed.iter().any(|(m, p)| m == method && *p == path),
+            "{method} {path} is a route"
+        );
+    }
+    let mut refused: Vec<(Method, String)> = routed
+        .iter()
+        .filter(|(m, p)| !OPEN.contains(&(m.as_str(), *p)))
+        .map(|(m, p)| (m.clone(), concrete(p)))
+        .collect();
+    assert!(refused.len() >= 20, "{refused:?}");
+    // Neither a path nor a method that is no route gets past the token.
+    refused.push((Method::GET, "/no/such/route".to_string()));
+    refused.push((Method::POST, "/system/alive".to_string()));
+    refused.push((Method::PUT, "/ui/main.js".to_string()));
     for (method, path) in refused {
-        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         for auth in [None, Some("Bearer wrong"), Some("Basic dDBrZW4=")] {
-            let mut request = http.request(method.clone(), server.at(path)).body("1");
+            let mut request = http.request(method.clone(), server.at(&path)).body("1");
             if let Some(auth) = auth {
                 request = request.header("authorization", auth);
             }
@@ -129,10 +122,22 @@ async fn without_the_token_every_route_but_alive_is_401() {
                     .headers()
                     .get("www-authenticate")
                     .map(|v| v.as_bytes()),
-                Some(&b"Bearer"[..])
+                Some(&b"Bearer"[..]),
+                "{method} {path} {auth:?}"
             );
-            assert_eq!(error_code(response).await, "unauthorized");
+            if method != Method::HEAD {
+                assert_error(response, StatusCode::UNAUTHORIZED, "unauthorized").await;
+            }
         }
+    }
+    for (method, path) in OPEN {
+        let method = Method::from_bytes(method.as_bytes()).expect("method");
+        let response = http
+            .request(method.clone(), server.at(&concrete(path)))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(response.status(), 200, "{method} {path} needs no token");
     }
     let alive = http
         .get(server.at("/system/alive"))
@@ -159,7 +164,7 @@ async fn without_the_token_every_route_but_alive_is_401() {
     assert_eq!(got.status(), 200);
     assert_eq!(got.text().await.expect("body"), "{\"ok\":true}");
 
-    assert_eq!(server.terminate(), Some(0));
+    server.stop(Stop::Term);
     let log = server.log();
     assert!(
         log.contains("unauthorized"),
@@ -206,10 +211,7 @@ async fn a_request_that_runs_too_long_gets_503_but_streams_do_not() {
 
     // The live feed outlives the timeout: an event written after it still
     // arrives on a stream opened before it.
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
+    let http = client();
     let mut events = http.get(server.at("/events")).send().await.expect("events");
     assert_eq!(events.status(), 200);
     tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -269,7 +271,7 @@ async fn requests_beyond_the_limit_are_shed_at_once() {
         assert_eq!(status_of(&head), 503, "{head}");
     }
     let (mut slow, shed) = held_and_shed.expect("a request was shed while the slot was taken");
-    assert_eq!(error_code(shed).await, "unavailable");
+    assert_error(shed, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
 
     slow.write_all(b"1]").expect("finish the body");
     let head = read_head(&mut slow);
@@ -282,13 +284,15 @@ async fn requests_beyond_the_limit_are_shed_at_once() {
 async fn long_uris_and_large_headers_are_refused() {
     let server = TestServer::start(&[]);
     let answer = get(&server, &format!("/kv/{}", "a".repeat(9000)), "");
-    assert_eq!(status_of(&answer), 414, "{answer}");
-    assert_eq!(code_of(&answer), "uri_too_long");
+    assert_raw_error(&answer, StatusCode::URI_TOO_LONG, "uri_too_long");
 
     let big = format!("X-Big: {}\r\n", "b".repeat(20_000));
     let answer = get(&server, "/kv/a", &big);
-    assert_eq!(status_of(&answer), 431, "{answer}");
-    assert_eq!(code_of(&answer), "headers_too_large");
+    assert_raw_error(
+        &answer,
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+        "headers_too_large",
+    );
 
     // Past what the HTTP layer buffers at all: refused before routing.
     let huge = format!("X-Big: {}\r\n", "b".repeat(70_000));
@@ -335,18 +339,18 @@ async fn an_oversized_body_is_refused_without_being_read() {
     }
     request.push_str("0\r\n\r\n");
     let answer = raw(&server, request.as_bytes());
-    assert_eq!(status_of(&answer), 413, "{answer}");
-    assert_eq!(code_of(&answer), "payload_too_large");
+    assert_raw_error(&answer, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 }
 
 #[tokio::test]
 async fn a_client_that_never_finishes_its_head_is_disconnected() {
     let server = TestServer::start(&["--header-read-timeout-secs", "1"]);
-    let mut slow = connect(&server);
+    let mut slow = tcp::connect(&server, tcp::SHORT_OF_THE_DEFAULT_HEADER_TIMEOUT);
     slow.write_all(b"GET /kv/a HTTP/1.1\r\nHost: x\r\nX-Slow: ")
         .expect("write");
     let mut answer = Vec::new();
-    // Ends with the server closing; the 30 s read timeout would fail it.
+    // Ends with the server closing after the 1 s asked for; the read
+    // timeout, far below the server's default, fails it otherwise.
     let read = slow.read_to_end(&mut answer);
     assert!(read.is_ok(), "the server closed the connection: {read:?}");
     let text = String::from_utf8_lossy(&answer);
@@ -423,13 +427,8 @@ async fn large_lists_and_exports_are_gzipped_when_asked() {
     let server = TestServer::start(&[]);
     let http = client();
     for i in 0..100 {
-        let put = http
-            .put(server.at(&format!("/kv/key-number-{i:04}")))
-            .body(format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(100)))
-            .send()
-            .await
-            .expect("put");
-        assert!(put.status().is_success());
+        let body = format!("{{\"i\":{i},\"pad\":\"{}\"}}", "x".repeat(100));
+        put(&server, &format!("key-number-{i:04}"), &body).await;
     }
     for path in ["/kv", "/system/export"] {
         let zipped = http
@@ -474,14 +473,7 @@ async fn large_lists_and_exports_are_gzipped_when_asked() {
 }
 
 async fn version_of(server: &TestServer) -> String {
-    let doc: Value = client()
-        .get(server.at("/system/version"))
-        .send()
-        .await
-        .expect("version")
-        .json()
-        .await
-        .expect("json");
+    let doc: Value = get_json(server, "/system/version").await;
     doc["version"].as_str().unwrap_or("").to_string()
 }
 
@@ -549,7 +541,7 @@ fn a_bad_config_file_is_a_one_line_error_naming_the_key() {
 async fn when_the_disk_fills_up_writes_get_503_and_nothing_acknowledged_is_lost() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("data");
-    let server =
+    let mut server =
         TestServer::try_start_with_env(&dir, &[], &[("DODODB_TEST_WAL_SPACE_BYTES", "4000")])
             .expect("start");
     let http = client();
@@ -565,7 +557,7 @@ async fn when_the_disk_fills_up_writes_get_503_and_nothing_acknowledged_is_lost(
             .await
             .expect("put");
         if response.status() == 503 {
-            assert_eq!(error_code(response).await, "unavailable");
+            assert_error(response, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
             refused = Some(key);
             break;
         }
@@ -602,11 +594,9 @@ async fn when_the_disk_fills_up_writes_get_503_and_nothing_acknowledged_is_lost(
         .await
         .expect("delete");
     assert_eq!(delete.status(), 503);
-    drop(server);
-
     // Space is back: after a restart everything acknowledged is there, the
     // refused write is not, and the log needed no repair.
-    let server = TestServer::start_in(&dir, &[]);
+    server.restart(Stop::Kill9, &[]);
     for key in &acked {
         let got = http
             .get(server.at(&format!("/kv/{key}")))
@@ -652,17 +642,10 @@ async fn hundreds_of_idle_connections_do_not_stop_service_or_shutdown() {
             .expect("put");
         assert_eq!(put.status(), 201);
     }
-    let count: Value = http
-        .get(server.at("/kv/count"))
-        .send()
-        .await
-        .expect("count")
-        .json()
-        .await
-        .expect("json");
+    let count: Value = get_json(&server, "/kv/count").await;
     assert_eq!(count["count"], 50);
     // Idle connections do not hold up a graceful shutdown.
-    assert_eq!(server.terminate(), Some(0));
+    server.stop(Stop::Term);
     drop(idle);
 }
 
@@ -685,8 +668,7 @@ async fn values_simd_json_was_lax_about_are_refused_and_restarts_stay_possible()
             .send()
             .await
             .expect("put");
-        assert_eq!(put.status(), 400, "{body:?}");
-        assert_eq!(error_code(put).await, "invalid_json");
+        assert_error(put, StatusCode::BAD_REQUEST, "invalid_json").await;
     }
     let put = http
         .put(server.at("/kv/ok"))
@@ -695,10 +677,8 @@ async fn values_simd_json_was_lax_about_are_refused_and_restarts_stay_possible()
         .await
         .expect("put");
     assert_eq!(put.status(), 201);
-    assert_eq!(server.terminate(), Some(0), "final snapshot written");
-    let tmp = server.take_tmp();
-    let again = TestServer::start_in(&server.dir, &[]);
-    let got = http.get(again.at("/kv/ok")).send().await.expect("get");
+    // A clean stop writes a final snapshot, which the next start reads.
+    server.restart(Stop::Term, &[]);
+    let got = http.get(server.at("/kv/ok")).send().await.expect("get");
     assert_eq!(got.status(), 200);
-    drop(tmp);
 }

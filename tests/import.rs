@@ -8,61 +8,28 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
-use std::time::Duration;
 
-use common::{TestServer, dododb_client, enc};
+use common::{Stop, TestServer, assert_error, dododb_client, get_json, kv, put, put_ttl, stats};
+use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .expect("client")
-}
-
-fn put(server: &TestServer, key: &str, body: &str, query: &str) {
-    let response = http()
-        .put(server.at(&format!("/kv/{}{query}", enc(key))))
-        .body(body.to_string())
-        .send()
-        .expect("PUT");
-    assert!(
-        response.status().is_success(),
-        "{key}: {}",
-        response.status()
-    );
-}
-
-fn stats(server: &TestServer) -> Value {
-    http()
-        .get(server.at("/system/stats"))
-        .send()
-        .and_then(|r| r.json())
-        .expect("stats")
-}
 
 /// Every entry as `key -> (value bytes, expires_at)`, read with GET and
 /// `/meta` (so what a client sees, byte for byte).
-fn contents(server: &TestServer) -> BTreeMap<String, (Vec<u8>, Value)> {
-    let page: Value = http()
-        .get(server.at("/kv?limit=10000"))
-        .send()
-        .and_then(|r| r.json())
-        .expect("list");
+async fn contents(server: &TestServer) -> BTreeMap<String, (Vec<u8>, Value)> {
+    let http = server.http();
+    let page: Value = get_json(server, "/kv?limit=10000").await;
     let mut out = BTreeMap::new();
     for key in page["keys"].as_array().expect("keys") {
         let key = key.as_str().expect("key");
-        let value = http()
-            .get(server.at(&format!("/kv/{}", enc(key))))
+        let value = http
+            .get(server.at(&kv(key)))
             .send()
-            .and_then(|r| r.bytes())
+            .await
+            .expect("get")
+            .bytes()
+            .await
             .expect("get");
-        let meta: Value = http()
-            .get(server.at(&format!("/kv/{}/meta", enc(key))))
-            .send()
-            .and_then(|r| r.json())
-            .expect("meta");
+        let meta: Value = get_json(server, &format!("{}/meta", kv(key))).await;
         out.insert(
             key.to_string(),
             (value.to_vec(), meta["expires_at"].clone()),
@@ -71,8 +38,20 @@ fn contents(server: &TestServer) -> BTreeMap<String, (Vec<u8>, Value)> {
     out
 }
 
-/// Runs the client with `args`, stdin from `input`; returns (code, stdout, stderr).
-fn client(url: &str, args: &[&str]) -> (Option<i32>, Vec<u8>, String) {
+/// `GET /system/export`: the whole body.
+async fn export(server: &TestServer) -> Vec<u8> {
+    let response = server
+        .http()
+        .get(server.at("/system/export"))
+        .send()
+        .await
+        .expect("export");
+    assert_eq!(response.status(), 200);
+    response.bytes().await.expect("export").to_vec()
+}
+
+/// Runs the client with `args`; returns (code, stdout, stderr).
+fn run(url: &str, args: &[&str]) -> (Option<i32>, Vec<u8>, String) {
     let out = dododb_client(url)
         .args(args)
         .stdout(Stdio::piped())
@@ -97,39 +76,39 @@ const AWKWARD: [(&str, &str); 8] = [
     ("empty string", "\"\""),
 ];
 
-#[test]
-fn export_then_import_round_trips_awkward_values_byte_for_byte() {
+#[tokio::test]
+async fn export_then_import_round_trips_awkward_values_byte_for_byte() {
     let source = TestServer::start(&["--fsync", "never"]);
     for (key, body) in AWKWARD {
-        put(&source, key, body, "");
+        put(&source, key, body).await;
     }
-    put(&source, "with ttl", "{\"t\": 1}", "?ttl=3600");
-    let (code, export, stderr) = client(&source.url, &["export"]);
+    put_ttl(&source, "with ttl", "{\"t\": 1}", 3600).await;
+    let (code, export, stderr) = run(&source.url, &["export"]);
     assert_eq!(code, Some(0), "{stderr}");
     let file = tempfile::NamedTempFile::new().expect("temp file");
     std::fs::write(file.path(), &export).expect("write");
 
     let target = TestServer::start(&["--fsync", "always"]);
-    put(&target, "already there", "1", "");
-    let before = stats(&target)["revision"].as_u64().expect("revision");
+    put(&target, "already there", "1").await;
+    let before = stats(&target).await["revision"].as_u64().expect("revision");
     let path = file.path().to_str().expect("utf-8 path");
-    let (code, answer, stderr) = client(&target.url, &["import", path]);
+    let (code, answer, stderr) = run(&target.url, &["import", path]);
     assert_eq!(code, Some(0), "{stderr}");
     let answer: Value = serde_json::from_slice(&answer).expect("json");
     assert_eq!(answer["imported"], AWKWARD.len() + 1);
     assert_eq!(answer["revision"], before + AWKWARD.len() as u64 + 1);
 
-    let mut expected = contents(&source);
+    let mut expected = contents(&source).await;
     for (key, body) in AWKWARD {
         assert_eq!(expected[key].0, body.as_bytes(), "{key}");
     }
-    let got = contents(&target);
+    let got = contents(&target).await;
     assert_eq!(got["already there"].0, b"1", "merge keeps other keys");
     expected.insert("already there".into(), (b"1".to_vec(), Value::Null));
     assert_eq!(got, expected, "values and absolute expiry round-trip");
 
     // And back out: the entries of the second export equal the first's.
-    let (_, again, _) = client(&target.url, &["export"]);
+    let (_, again, _) = run(&target.url, &["export"]);
     let entries = |data: &[u8]| -> BTreeMap<String, Value> {
         String::from_utf8_lossy(data)
             .lines()
@@ -150,62 +129,60 @@ fn export_then_import_round_trips_awkward_values_byte_for_byte() {
     assert_eq!(entries(&again), first);
 }
 
-#[test]
-fn a_bad_line_anywhere_is_named_and_nothing_is_written() {
+#[tokio::test]
+async fn a_bad_line_anywhere_is_named_and_nothing_is_written() {
     let server = TestServer::start(&["--fsync", "never", "--max-value-bytes", "1000"]);
-    put(&server, "keep", "\"me\"", "");
-    let before = stats(&server);
+    put(&server, "keep", "\"me\"").await;
+    let before = stats(&server).await;
     let good =
         |i: usize| format!("{{\"key\":\"k{i}\",\"version\":1,\"expires_at_ms\":0,\"value\":{i}}}");
     let mut lines: Vec<String> = (0..5000).map(good).collect();
-    let check = |body: String, line: usize, mentions: &str| {
-        let response = http()
+    let check = async |body: String, line: usize, mentions: &str| {
+        let response = server
+            .http()
             .post(server.at("/system/import"))
             .body(body)
             .send()
+            .await
             .expect("import");
-        assert_eq!(response.status(), 400);
-        let doc: Value = response.json().expect("json");
+        let doc = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
         let message = doc["error"]["message"].as_str().expect("message");
         assert!(message.starts_with(&format!("line {line}: ")), "{message}");
         assert!(message.contains(mentions), "{message}");
     };
     lines[4321] = "{\"key\": \"k\", \"value\": {oops}".into();
-    check(lines.join("\n"), 4322, "not JSON");
+    check(lines.join("\n"), 4322, "not JSON").await;
     lines[4321] = good(4321);
     lines[17] = format!("{{\"key\":\"big\",\"value\":\"{}\"}}", "x".repeat(2000));
-    check(lines.join("\n"), 18, "larger than");
+    check(lines.join("\n"), 18, "larger than").await;
     lines[17] = "{\"key\":\"\",\"value\":1}".into();
-    check(lines.join("\n"), 18, "empty");
+    check(lines.join("\n"), 18, "empty").await;
     lines[17] = "{\"key\":\"clear\",\"value\":1}".into();
-    check(lines.join("\n"), 18, "reserved");
+    check(lines.join("\n"), 18, "reserved").await;
     lines[17] = "{\"surprise\":true}".into();
-    check(lines.join("\n"), 18, "neither an entry");
+    check(lines.join("\n"), 18, "neither an entry").await;
     lines[17] = good(17);
 
     // A real export, damaged in a value, cut short, or with a wrong count.
     let source = TestServer::start(&["--in-memory"]);
     for i in 0..50 {
-        put(&source, &format!("s{i}"), &format!("{{\"n\": {i}}}"), "");
+        put(&source, &format!("s{i}"), &format!("{{\"n\": {i}}}")).await;
     }
-    let export = http()
-        .get(source.at("/system/export"))
-        .send()
-        .and_then(|r| r.text())
-        .expect("export");
+    let export = String::from_utf8(export(&source).await).expect("UTF-8");
     let n_lines = export.lines().count();
     check(
         export.replacen("{\"n\": 7}", "{\"n\": 8}", 1),
         n_lines,
         "checksum",
-    );
+    )
+    .await;
     let cut: Vec<&str> = export.lines().take(30).collect();
-    check(cut.join("\n"), 30, "cut short");
+    check(cut.join("\n"), 30, "cut short").await;
     let mut dropped: Vec<&str> = export.lines().collect();
     dropped.remove(10);
-    check(dropped.join("\n"), n_lines - 1, "entries");
+    check(dropped.join("\n"), n_lines - 1, "entries").await;
 
-    let after = stats(&server);
+    let after = stats(&server).await;
     assert_eq!(after["revision"], before["revision"], "nothing was written");
     assert_eq!(after["keys"], 1);
     let leftovers: Vec<_> = std::fs::read_dir(&server.dir)
@@ -219,10 +196,10 @@ fn a_bad_line_anywhere_is_named_and_nothing_is_written() {
     );
 }
 
-#[test]
-fn replace_clears_first_and_expired_entries_are_left_out() {
+#[tokio::test]
+async fn replace_clears_first_and_expired_entries_are_left_out() {
     let server = TestServer::start(&["--fsync", "never"]);
-    put(&server, "old", "1", "");
+    put(&server, "old", "1").await;
     let far = 4_102_444_800_000u64; // 2100-01-01
     let body = [
         json!({"dododb_snapshot": 1, "wal_segment": 0, "revision": 9, "created_at": "x"}),
@@ -239,38 +216,38 @@ fn replace_clears_first_and_expired_entries_are_left_out() {
         "{body}{}\n",
         json!({"end": true, "revision": 9, "entries": 3, "crc32c": crc})
     );
-    let bad_mode = http()
+    let bad_mode = server
+        .http()
         .post(server.at("/system/import?mode=wipe"))
         .body(body.clone())
         .send()
+        .await
         .expect("import");
-    assert_eq!(bad_mode.status(), 400);
-    let response = http()
+    assert_error(bad_mode, StatusCode::BAD_REQUEST, "invalid_request").await;
+    let response = server
+        .http()
         .post(server.at("/system/import?mode=replace"))
         .body(body)
         .send()
+        .await
         .expect("import");
     assert_eq!(response.status(), 200);
-    let answer: Value = response.json().expect("json");
+    let answer: Value = response.json().await.expect("json");
     assert_eq!(answer["imported"], 2);
     assert_eq!(answer["expired"], 1);
     assert_eq!(answer["skipped_subscriptions"], 1);
-    let got = contents(&server);
+    let got = contents(&server).await;
     assert_eq!(got.keys().collect::<Vec<_>>(), ["fresh", "later"]);
     assert_eq!(got["later"].1, "2100-01-01T00:00:00Z");
 }
 
-#[test]
-fn restore_builds_a_data_dir_offline_and_refuses_a_non_empty_one() {
+#[tokio::test]
+async fn restore_builds_a_data_dir_offline_and_refuses_a_non_empty_one() {
     let source = TestServer::start(&["--in-memory"]);
     for (key, body) in AWKWARD {
-        put(&source, key, body, "");
+        put(&source, key, body).await;
     }
-    let export = http()
-        .get(source.at("/system/export"))
-        .send()
-        .and_then(|r| r.bytes())
-        .expect("export");
+    let export = export(&source).await;
     let tmp = tempfile::tempdir().expect("tempdir");
     let file = tmp.path().join("backup.jsonl");
     std::fs::write(&file, &export).expect("write");
@@ -291,19 +268,19 @@ fn restore_builds_a_data_dir_offline_and_refuses_a_non_empty_one() {
     assert_eq!(again.status.code(), Some(1), "{again:?}");
     assert!(String::from_utf8_lossy(&again.stderr).contains("not empty"));
 
-    let server = TestServer::start_in(&dir, &[]);
-    let got = contents(&server);
+    let mut server = TestServer::start_in(&dir, &[]);
+    let got = contents(&server).await;
     assert_eq!(got.len(), AWKWARD.len());
     for (key, body) in AWKWARD {
         assert_eq!(got[key].0, body.as_bytes(), "{key}");
     }
-    put(&server, "extra", "1", "");
-    drop(server);
+    put(&server, "extra", "1").await;
+    server.stop(Stop::Kill9);
 
     let forced = restore(&["--force"]);
     assert!(forced.status.success(), "{forced:?}");
-    let server = TestServer::start_in(&dir, &[]);
-    let got = contents(&server);
+    server.start_again(&[]);
+    let got = contents(&server).await;
     assert_eq!(got.len(), AWKWARD.len(), "--force replaced what was there");
     assert!(!got.contains_key("extra"));
 }

@@ -12,18 +12,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, tcp};
 use reqwest::Method;
 
 const TOKEN: &str = "keep-alive-token";
 
+/// A server bug fails the test instead of hanging it.
 fn connect(server: &TestServer) -> TcpStream {
-    let addr = server.url.strip_prefix("http://").expect("http url");
-    let tcp = TcpStream::connect(addr).expect("connect");
-    // A server bug fails the test instead of hanging it.
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("timeout");
-    tcp
+    tcp::connect(server, Duration::from_secs(30))
 }
 
 /// One response: status, lower-cased head, body.
@@ -164,7 +160,7 @@ fn an_unread_body_the_server_will_not_read_closes_the_connection_and_says_so() {
 #[test]
 fn a_client_that_never_sends_the_rest_is_disconnected() {
     let server = TestServer::start(&["--in-memory", "--header-read-timeout-secs", "1"]);
-    let mut tcp = connect(&server);
+    let mut tcp = tcp::connect(&server, tcp::SHORT_OF_THE_DEFAULT_HEADER_TIMEOUT);
     tcp.write_all(b"POST /nowhere HTTP/1.1\r\nhost: x\r\ncontent-length: 100\r\n\r\nhalf")
         .expect("write");
     let answer = read_answer(&mut tcp).expect("an answer");
@@ -190,12 +186,7 @@ async fn a_pooled_client_sees_no_connection_errors() {
         "--max-value-bytes",
         "200000",
     ]));
-    let http = reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(4)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client");
+    let http = server.http().clone();
     // Larger than a first read of the connection, so the server answers
     // before the body has arrived; within what the server reads and
     // discards, so it keeps the connection.

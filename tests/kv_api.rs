@@ -13,68 +13,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{TestServer, client, enc};
+use common::{Reply, TestServer, client, enc, kv, poll_until, put, stats};
 use futures_util::{StreamExt, stream};
-use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// How long background work (the expiry loop) may take before a test fails.
+/// How long a raw connection may wait for an answer before a test fails.
 const DEADLINE: Duration = Duration::from_secs(15);
-
-/// One answer of the server, fully read.
-#[derive(Debug)]
-struct Reply {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    /// Reads a whole response.
-    async fn read(response: reqwest::Response) -> Reply {
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response.bytes().await.expect("reply body").to_vec();
-        Reply {
-            status,
-            headers,
-            body,
-        }
-    }
-
-    /// The body parsed as JSON.
-    fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body of a {} reply is not JSON ({e}): {:?}",
-                self.status,
-                self.text()
-            )
-        })
-    }
-
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(name)
-            .map(|v| v.to_str().expect("ASCII header"))
-    }
-
-    /// The version in the `ETag` header (`"<version>"`).
-    fn etag_version(&self) -> u64 {
-        let tag = self.header("etag").expect("an ETag header");
-        tag.strip_prefix('"')
-            .and_then(|t| t.strip_suffix('"'))
-            .and_then(|t| t.parse().ok())
-            .unwrap_or_else(|| panic!("ETag is not a quoted version: {tag:?}"))
-    }
-}
 
 /// What a reader sees of one key: used to check that a refused request
 /// changed nothing.
@@ -86,17 +33,15 @@ struct Seen {
     meta: Value,
 }
 
-/// A running server and a client for it.
+/// A running server and the requests these tests make of it.
 struct Api {
     server: TestServer,
-    http: reqwest::Client,
 }
 
 impl Api {
     fn start(args: &[&str]) -> Api {
         Api {
             server: TestServer::start(args),
-            http: client(),
         }
     }
 
@@ -108,7 +53,10 @@ impl Api {
         headers: &[(&str, &str)],
         body: Option<Vec<u8>>,
     ) -> Reply {
-        let mut request = self.http.request(method.clone(), self.server.at(path));
+        let mut request = self
+            .server
+            .http()
+            .request(method.clone(), self.server.at(path));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -135,14 +83,7 @@ impl Api {
 
     /// `PUT /kv/{key}` that must succeed; returns the new version.
     async fn put_ok(&self, key: &str, body: &str) -> u64 {
-        let reply = self.put(key, body).await;
-        assert!(
-            reply.status == StatusCode::CREATED || reply.status == StatusCode::OK,
-            "PUT {key:?}: {} {}",
-            reply.status,
-            reply.text()
-        );
-        reply.json()["version"].as_u64().expect("version")
+        put(&self.server, key, body).await
     }
 
     /// `GET /kv/{key}`.
@@ -198,15 +139,9 @@ impl Api {
         }
     }
 
-    async fn stats(&self) -> Value {
-        let (status, stats) = self.get_json("/system/stats").await;
-        assert_eq!(status, StatusCode::OK, "{stats}");
-        stats
-    }
-
     /// The server's last revision.
     async fn revision(&self) -> u64 {
-        self.stats().await["revision"]
+        stats(&self.server).await["revision"]
             .as_u64()
             .expect("revision in stats")
     }
@@ -227,11 +162,6 @@ impl Api {
     }
 }
 
-/// The path of a key.
-fn kv(key: &str) -> String {
-    format!("/kv/{}", enc(key))
-}
-
 fn strings(array: &Value) -> Vec<String> {
     array
         .as_array()
@@ -239,37 +169,6 @@ fn strings(array: &Value) -> Vec<String> {
         .iter()
         .map(|k| k.as_str().expect("a string").to_string())
         .collect()
-}
-
-/// Asserts that `reply` is the SPEC's error envelope, exactly
-/// `{"error": {"code": code, "message": "<non-empty>"}}`, with `status`.
-#[track_caller]
-fn assert_error(reply: &Reply, status: StatusCode, code: &str) {
-    assert_eq!(reply.status, status, "body: {}", reply.text());
-    assert_eq!(reply.header("content-type"), Some("application/json"));
-    let doc = reply.json();
-    let outer = doc.as_object().expect("envelope is an object");
-    assert_eq!(outer.len(), 1, "only an `error` field: {doc}");
-    let error = doc["error"].as_object().expect("`error` is an object");
-    assert_eq!(error.len(), 2, "only `code` and `message`: {doc}");
-    assert_eq!(error["code"], json!(code), "{doc}");
-    let message = error["message"].as_str().expect("message is a string");
-    assert!(!message.is_empty(), "message says something: {doc}");
-}
-
-/// Polls `check` until it holds, failing after [`DEADLINE`].
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if check().await {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: still not true after {DEADLINE:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
 }
 
 fn now_ms() -> u64 {
@@ -311,16 +210,6 @@ fn rfc3339_ms(text: &str) -> u64 {
     let days = era * 146_097 + doe - 719_468;
     let ms = ((days * 24 + hh) * 60 + mm) * 60_000 + ss * 1000 + millis;
     u64::try_from(ms).expect("after 1970")
-}
-
-/// A client that opens a new connection for every request.
-fn one_shot_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
 }
 
 /// A JSON string document of exactly `n` bytes.
@@ -454,16 +343,12 @@ async fn delete_answers_200_with_a_version_then_404() {
         json!({"key": "doomed", "deleted": true, "version": version})
     );
     assert_eq!(api.get("doomed").await.status, StatusCode::NOT_FOUND);
-    assert_error(
-        &api.delete("doomed").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
-    assert_error(
-        &api.delete("never-was").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    api.delete("doomed")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
+    api.delete("never-was")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
 }
 
 #[tokio::test]
@@ -610,10 +495,10 @@ async fn listing_rejects_bad_limits_cursors_and_parameters() {
         "/kv/count?bogus=1",
     ] {
         let reply = api.call(Method::GET, path, &[], None).await;
-        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+        reply.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
     }
     let reply = api.call(Method::POST, "/kv/clear?bogus=1", &[], None).await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+    reply.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
     assert_eq!(api.count(None).await, 1, "a refused clear cleared nothing");
 }
 
@@ -672,12 +557,12 @@ async fn bad_bodies_are_invalid_json_and_change_nothing() {
             let reply = api
                 .call(Method::PUT, &kv(key), &[], Some(body.to_vec()))
                 .await;
-            assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_json");
+            reply.assert_error(StatusCode::BAD_REQUEST, "invalid_json");
         }
     }
     // A body-less PUT (no Content-Length at all) is an empty document too.
     let reply = api.call(Method::PUT, &kv("doc"), &[], None).await;
-    assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_json");
+    reply.assert_error(StatusCode::BAD_REQUEST, "invalid_json");
 
     assert_eq!(api.seen("doc").await, before);
     assert_eq!(api.get("fresh").await.status, StatusCode::NOT_FOUND);
@@ -700,13 +585,13 @@ async fn bad_keys_are_invalid_key() {
         for method in [Method::PUT, Method::GET, Method::DELETE] {
             let body = (method == Method::PUT).then(|| b"1".to_vec());
             let reply = api.call(method.clone(), path, &[], body).await;
-            assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_key");
+            reply.assert_error(StatusCode::BAD_REQUEST, "invalid_key");
         }
         for suffix in ["/exists", "/meta"] {
             let reply = api
                 .call(Method::GET, &format!("{path}{suffix}"), &[], None)
                 .await;
-            assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_key");
+            reply.assert_error(StatusCode::BAD_REQUEST, "invalid_key");
         }
     }
     assert_eq!(api.count(None).await, 2);
@@ -731,9 +616,9 @@ async fn bad_parameters_and_headers_are_invalid_request_and_change_nothing() {
         "ttl=5&bogus=1",
     ] {
         let reply = api.put_at(&format!("/kv/k?{query}"), &[], "2").await;
-        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+        reply.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
         let reply = api.put_at(&format!("/kv/new?{query}"), &[], "2").await;
-        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+        reply.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
     }
     let bad_headers: [&[(&str, &str)]; 10] = [
         &[("if-match", "abc")],
@@ -749,7 +634,7 @@ async fn bad_parameters_and_headers_are_invalid_request_and_change_nothing() {
     ];
     for headers in bad_headers {
         let reply = api.put_at("/kv/k", headers, "2").await;
-        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+        reply.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
     }
     for headers in [
         &[("if-match", "abc")][..],
@@ -757,7 +642,7 @@ async fn bad_parameters_and_headers_are_invalid_request_and_change_nothing() {
         &[("if-none-match", "*")][..], // only PUT takes If-None-Match
     ] {
         let reply = api.call(Method::DELETE, "/kv/k", headers, None).await;
-        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_request");
+        reply.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
     }
 
     assert_eq!(api.seen("k").await, before);
@@ -768,13 +653,11 @@ async fn bad_parameters_and_headers_are_invalid_request_and_change_nothing() {
 #[tokio::test]
 async fn missing_keys_and_unknown_routes_are_not_found() {
     let api = Api::start(&[]);
-    assert_error(
-        &api.get("missing").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    api.get("missing")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
     let reply = api.call(Method::GET, "/kv/missing/meta", &[], None).await;
-    assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
+    reply.assert_error(StatusCode::NOT_FOUND, "not_found");
     for (method, path) in [
         (Method::GET, "/"),
         (Method::GET, "/nope"),
@@ -785,7 +668,7 @@ async fn missing_keys_and_unknown_routes_are_not_found() {
         (Method::GET, "/kvx"),
     ] {
         let reply = api.call(method.clone(), path, &[], None).await;
-        assert_error(&reply, StatusCode::NOT_FOUND, "not_found");
+        reply.assert_error(StatusCode::NOT_FOUND, "not_found");
     }
     assert_eq!(api.count(None).await, 0);
 }
@@ -814,7 +697,7 @@ async fn wrong_methods_are_405_with_an_allow_header() {
     ] {
         let body = Some(br#"{"v":2}"#.to_vec());
         let reply = api.call(method.clone(), path, &[], body).await;
-        assert_error(&reply, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+        reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
         let allow = reply
             .header("allow")
             .unwrap_or_else(|| panic!("{method} {path}: no Allow header"));
@@ -852,28 +735,28 @@ async fn bodies_over_the_limit_are_payload_too_large() {
     // oversized request goes on a connection of its own.
     for n in [101, 200] {
         for key in ["edge", "fresh"] {
-            let response = one_shot_client()
+            let response = client()
                 .put(api.server.at(&kv(key)))
                 .body(doc_of_len(n))
                 .send()
                 .await
                 .expect("oversized put");
             let reply = Reply::read(response).await;
-            assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+            reply.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
         }
     }
     // Without a Content-Length (chunked), the limit holds all the same.
     let big = doc_of_len(200).into_bytes();
     let (under, over) = big.split_at(90);
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = vec![Ok(under.to_vec()), Ok(over.to_vec())];
-    let response = one_shot_client()
+    let response = client()
         .put(api.server.at("/kv/edge"))
         .body(reqwest::Body::wrap_stream(stream::iter(chunks)))
         .send()
         .await
         .expect("chunked put");
     let reply = Reply::read(response).await;
-    assert_error(&reply, StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
+    reply.assert_error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large");
 
     assert_eq!(api.seen("edge").await, before);
     assert_eq!(api.get("fresh").await.status, StatusCode::NOT_FOUND);
@@ -973,21 +856,13 @@ async fn every_change_takes_the_next_revision() {
     // Refused writes take none.
     let stale = format!("\"{a1}\"");
     let reply = api.put_at("/kv/a", &[("if-match", &stale)], "3").await;
-    assert_error(
-        &reply,
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
-    );
-    assert_error(
-        &api.put("a", "{").await,
-        StatusCode::BAD_REQUEST,
-        "invalid_json",
-    );
-    assert_error(
-        &api.delete("nope").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    reply.assert_error(StatusCode::PRECONDITION_FAILED, "precondition_failed");
+    api.put("a", "{")
+        .await
+        .assert_error(StatusCode::BAD_REQUEST, "invalid_json");
+    api.delete("nope")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
     let c1 = api.put_ok("c", "1").await;
     assert_eq!(c1, b2 + 1);
 
@@ -1128,7 +1003,7 @@ async fn nesting_up_to_128_levels_is_accepted_and_129_refused() {
         ("deeper", arrays(5000)),
     ] {
         let reply = api.put(name, &doc).await;
-        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_json");
+        reply.assert_error(StatusCode::BAD_REQUEST, "invalid_json");
     }
     assert_eq!(api.get("arrays").await.text(), arrays(128), "unchanged");
     assert_eq!(api.get("fresh").await.status, StatusCode::NOT_FOUND);
@@ -1239,9 +1114,9 @@ async fn reserved_names_belong_to_their_routes() {
     let revision = api.revision().await;
 
     let reply = api.put_at("/kv/count", &[], "1").await;
-    assert_error(&reply, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     let reply = api.put_at("/kv/clear", &[], "1").await;
-    assert_error(&reply, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    reply.assert_error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
     // Spelled with escapes they reach the key routes, which refuse them.
     for path in [
         "/kv/%63ount",
@@ -1250,10 +1125,10 @@ async fn reserved_names_belong_to_their_routes() {
         "/kv/%63%6C%65%61%72",
     ] {
         let reply = api.put_at(path, &[], "1").await;
-        assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_key");
+        reply.assert_error(StatusCode::BAD_REQUEST, "invalid_key");
         for method in [Method::GET, Method::DELETE] {
             let reply = api.call(method, path, &[], None).await;
-            assert_error(&reply, StatusCode::BAD_REQUEST, "invalid_key");
+            reply.assert_error(StatusCode::BAD_REQUEST, "invalid_key");
         }
     }
     assert_eq!(api.count(None).await, 2);
@@ -1261,14 +1136,6 @@ async fn reserved_names_belong_to_their_routes() {
 }
 
 // ---------------------------------------------------------------- listing
-
-/// A small deterministic generator (xorshift), so failures replay.
-fn next_random(seed: &mut u64) -> u64 {
-    *seed ^= *seed << 13;
-    *seed ^= *seed >> 7;
-    *seed ^= *seed << 17;
-    *seed
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_walk_sees_every_stable_key_once_while_others_churn() {
@@ -1293,15 +1160,16 @@ async fn a_cursor_walk_sees_every_stable_key_once_while_others_churn() {
     let stop = Arc::new(AtomicBool::new(false));
     let (progress_tx, mut progress) = tokio::sync::watch::channel(0u64);
     let churn = {
-        let http = api.http.clone();
+        let http = api.server.http().clone();
         let url = api.server.url.clone();
         let stop = Arc::clone(&stop);
         tokio::spawn(async move {
-            let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+            // Seeded, so failures replay.
+            let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
             let mut live: VecDeque<String> = VecDeque::new();
             let mut ops = 0u64;
             while !stop.load(Ordering::Acquire) {
-                let slot = next_random(&mut seed) % STABLE as u64;
+                let slot = rng.usize(0..STABLE);
                 let key = format!("key-{slot:05}-b-{ops}");
                 let status = http
                     .put(format!("{url}/kv/{key}"))
@@ -1388,8 +1256,8 @@ async fn an_expired_key_is_invisible_and_then_reaped() {
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.text());
     let last_write = api.revision().await;
 
-    eventually("the TTL-1 key is gone", async || {
-        api.get("brief").await.status == StatusCode::NOT_FOUND
+    poll_until("the TTL-1 key is gone", async || {
+        (api.get("brief").await.status == StatusCode::NOT_FOUND).then_some(())
     })
     .await;
     let head = api.call(Method::HEAD, "/kv/brief", &[], None).await;
@@ -1399,23 +1267,21 @@ async fn an_expired_key_is_invisible_and_then_reaped() {
         (StatusCode::OK, json!({"key": "brief", "exists": false}))
     );
     let meta = api.call(Method::GET, "/kv/brief/meta", &[], None).await;
-    assert_error(&meta, StatusCode::NOT_FOUND, "not_found");
+    meta.assert_error(StatusCode::NOT_FOUND, "not_found");
     assert_eq!(api.count(None).await, 2, "not counted");
     assert_eq!(api.count(Some("brief")).await, 0, "not counted by prefix");
     assert_eq!(api.list_all("").await, ["later", "stays"], "not listed");
 
     // The expiry loop removes it, and its removal takes one revision.
-    eventually("the expiry loop reaped the key", async || {
-        api.stats().await["expired_keys"].as_u64() >= Some(1)
+    poll_until("the expiry loop reaped the key", async || {
+        (stats(&api.server).await["expired_keys"].as_u64() >= Some(1)).then_some(())
     })
     .await;
-    assert_eq!(api.stats().await["expired_keys"], json!(1));
+    assert_eq!(stats(&api.server).await["expired_keys"], json!(1));
     assert_eq!(api.revision().await, last_write + 1);
-    assert_error(
-        &api.delete("brief").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
+    api.delete("brief")
+        .await
+        .assert_error(StatusCode::NOT_FOUND, "not_found");
 
     // The name is free again.
     let reply = api
@@ -1448,8 +1314,8 @@ async fn a_put_without_ttl_clears_an_earlier_expiry() {
     // passed; once the loop reaped it, it has run past that moment too.
     let reply = api.put_at("/kv/sentinel?ttl=1", &[], "0").await;
     assert_eq!(reply.status, StatusCode::CREATED);
-    eventually("the sentinel expired and was reaped", async || {
-        api.stats().await["expired_keys"].as_u64() >= Some(1)
+    poll_until("the sentinel expired and was reaped", async || {
+        (stats(&api.server).await["expired_keys"].as_u64() >= Some(1)).then_some(())
     })
     .await;
     assert_eq!(api.get("sentinel").await.status, StatusCode::NOT_FOUND);
@@ -1457,7 +1323,7 @@ async fn a_put_without_ttl_clears_an_earlier_expiry() {
     assert_eq!(api.get("kept").await.text(), r#""no ttl now""#);
     assert_eq!(api.get("extended").await.text(), "2");
     assert_eq!(api.count(None).await, 2);
-    assert_eq!(api.stats().await["expired_keys"], json!(1));
+    assert_eq!(stats(&api.server).await["expired_keys"], json!(1));
 }
 
 #[tokio::test]
@@ -1484,17 +1350,17 @@ async fn retention_expires_keys_without_their_own_ttl() {
             "expires_at {text} is 1 s after the write (between {before} and {after} ms)"
         );
     } else {
-        assert_error(&meta, StatusCode::NOT_FOUND, "not_found");
+        meta.assert_error(StatusCode::NOT_FOUND, "not_found");
     }
 
-    eventually("the retained key expired", async || {
-        api.get("retained").await.status == StatusCode::NOT_FOUND
+    poll_until("the retained key expired", async || {
+        (api.get("retained").await.status == StatusCode::NOT_FOUND).then_some(())
     })
     .await;
     assert_eq!(api.count(None).await, 1);
     assert_eq!(api.list_all("").await, ["own-ttl"]);
-    eventually("the expiry loop reaped it", async || {
-        api.stats().await["expired_keys"].as_u64() >= Some(1)
+    poll_until("the expiry loop reaped it", async || {
+        (stats(&api.server).await["expired_keys"].as_u64() >= Some(1)).then_some(())
     })
     .await;
     assert_eq!(api.get("own-ttl").await.status, StatusCode::OK);
@@ -1510,11 +1376,7 @@ async fn if_none_match_star_creates_only_absent_keys() {
     assert_eq!(reply.json()["created"], json!(true));
     let before = api.seen("once").await;
     let reply = api.put_at("/kv/once", &[("if-none-match", "*")], "2").await;
-    assert_error(
-        &reply,
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
-    );
+    reply.assert_error(StatusCode::PRECONDITION_FAILED, "precondition_failed");
     assert_eq!(api.seen("once").await, before);
 }
 
@@ -1527,11 +1389,7 @@ async fn assert_precondition_fails(
 ) {
     let body = (method == Method::PUT).then(|| b"3".to_vec());
     let reply = api.call(method, path, headers, body).await;
-    assert_error(
-        &reply,
-        StatusCode::PRECONDITION_FAILED,
-        "precondition_failed",
-    );
+    reply.assert_error(StatusCode::PRECONDITION_FAILED, "precondition_failed");
 }
 
 /// PUT and DELETE of `path` under `If-Match: if_match` are both `412`.
@@ -1611,7 +1469,7 @@ async fn if_match_takes_lists_and_weak_tags() {
     assert_eq!(api.revision().await, revision, "no revision was taken");
 
     // Two field lines are one list (RFC 9110 §5.3).
-    let mut request = api.http.delete(api.server.at("/kv/doc"));
+    let mut request = api.server.http().delete(api.server.at("/kv/doc"));
     request = request.header("if-match", format!("\"{v1}\""));
     request = request.header("if-match", format!("W/\"{v3}\""));
     let reply = Reply::read(request.send().await.expect("DELETE")).await;
@@ -1652,7 +1510,7 @@ async fn of_16_racing_conditional_writers_exactly_one_wins() {
     async fn race(api: &Api, round: usize, header: &str, value: &str) -> Vec<(usize, Reply)> {
         let tasks: Vec<_> = (0..WRITERS)
             .map(|w| {
-                let http = api.http.clone();
+                let http = api.server.http().clone();
                 let url = api.server.at("/kv/contested");
                 let (header, value) = (header.to_string(), value.to_string());
                 tokio::spawn(async move {
@@ -1686,11 +1544,7 @@ async fn of_16_racing_conditional_writers_exactly_one_wins() {
             replies.iter().map(|(_, r)| r.status).collect::<Vec<_>>()
         );
         for (_, reply) in replies.iter().filter(|(_, r)| r.status != won) {
-            assert_error(
-                reply,
-                StatusCode::PRECONDITION_FAILED,
-                "precondition_failed",
-            );
+            reply.assert_error(StatusCode::PRECONDITION_FAILED, "precondition_failed");
         }
         let (writer, reply) = winners[0];
         (*writer, reply.json()["version"].as_u64().expect("version"))

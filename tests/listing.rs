@@ -11,19 +11,19 @@ mod common;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{TestServer, client};
+use common::{TestServer, get, get_json, poll_until};
 use futures_util::{StreamExt, stream};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-/// How long expiry may take before a test fails.
+/// How long the walk waits for the other client before each page.
 const DEADLINE: Duration = Duration::from_secs(15);
 
+/// A server in memory and the listing requests these tests make of it.
 struct Api {
     server: TestServer,
-    http: reqwest::Client,
 }
 
 impl Api {
@@ -36,12 +36,14 @@ impl Api {
                     .copied()
                     .collect::<Vec<_>>(),
             ),
-            http: client(),
         }
     }
 
+    /// `PUT path` (a key path with its query): the status, which each
+    /// caller checks exactly (a new key must be `201 Created`).
     async fn put(&self, path: &str, body: &str) -> StatusCode {
-        self.http
+        self.server
+            .http()
             .put(self.server.at(path))
             .body(body.to_owned())
             .send()
@@ -51,14 +53,7 @@ impl Api {
     }
 
     async fn get_json(&self, path: &str) -> Value {
-        let reply = self
-            .http
-            .get(self.server.at(path))
-            .send()
-            .await
-            .expect("get");
-        assert_eq!(reply.status(), StatusCode::OK, "{path}");
-        reply.json().await.expect("json")
+        get_json(&self.server, path).await
     }
 
     async fn count(&self, prefix: &str) -> u64 {
@@ -129,7 +124,8 @@ async fn a_walk_under_concurrent_deletes_sees_every_survivor_once() {
     // Deleted before the walk: never seen.
     for i in (0..KEYS).step_by(50) {
         let reply = api
-            .http
+            .server
+            .http()
             .delete(api.server.at(&format!("/kv/p%2F{i:05}")))
             .send()
             .await
@@ -155,7 +151,8 @@ async fn a_walk_under_concurrent_deletes_sees_every_survivor_once() {
                     continue;
                 }
                 let reply = api
-                    .http
+                    .server
+                    .http()
                     .delete(api.server.at(&format!("/kv/p%2F{i:05}")))
                     .send()
                     .await
@@ -230,20 +227,10 @@ async fn expired_keys_are_neither_listed_nor_counted_before_they_are_reaped() {
         StatusCode::CREATED
     );
 
-    let started = Instant::now();
-    loop {
-        let reply = api
-            .http
-            .get(api.server.at("/kv/sentinel"))
-            .send()
-            .await
-            .expect("get");
-        if reply.status() == StatusCode::NOT_FOUND {
-            break;
-        }
-        assert!(started.elapsed() < DEADLINE, "the TTL never ran out");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("the sentinel's TTL runs out", async || {
+        get(&api.server, "sentinel").await.is_none().then_some(())
+    })
+    .await;
     // Every TTL key was written before the sentinel, with the same TTL:
     // all of them have expired by now.
     let kept: Vec<String> = (0..40).map(|i| format!("t/{i:02}-keep")).collect();

@@ -6,25 +6,20 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
-use common::TestServer;
+use common::{TestServer, put};
 use reqwest::Method;
-use reqwest::blocking::Client;
 use serde_json::Value;
 
 const METHODS: [&str; 7] = ["get", "put", "post", "delete", "head", "patch", "options"];
 
-fn http() -> Client {
-    Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
-fn served_document(server: &TestServer) -> Value {
-    let response = http().get(server.at("/openapi.json")).send().expect("GET");
+async fn served_document(server: &TestServer) -> Value {
+    let response = server
+        .http()
+        .get(server.at("/openapi.json"))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(response.status(), 200);
     assert_eq!(
         response
@@ -33,7 +28,7 @@ fn served_document(server: &TestServer) -> Value {
             .and_then(|v| v.to_str().ok()),
         Some("application/json")
     );
-    response.json().expect("the document is JSON")
+    response.json().await.expect("the document is JSON")
 }
 
 /// (METHOD, path) of every documented operation.
@@ -57,10 +52,10 @@ fn routed() -> BTreeSet<(String, String)> {
         .collect()
 }
 
-#[test]
-fn every_route_is_documented_and_every_documented_path_is_routed() {
+#[tokio::test]
+async fn every_route_is_documented_and_every_documented_path_is_routed() {
     let server = TestServer::start(&[]);
-    let doc = served_document(&server);
+    let doc = served_document(&server).await;
     assert!(
         doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.")),
         "{}",
@@ -89,21 +84,11 @@ fn concrete(path: &str) -> String {
     path.replace("{key}", "openapi-probe")
 }
 
-#[test]
-fn the_server_routes_exactly_the_documented_methods() {
+#[tokio::test]
+async fn the_server_routes_exactly_the_documented_methods() {
     let server = TestServer::start(&[]);
-    let doc = served_document(&server);
-    let http = http();
-    // `{key}` routes get a key that exists, so a 404 can only mean "no
-    // such route" (written again each time: `/kv/clear` removes it).
-    let probe = || {
-        let put = http
-            .put(server.at("/kv/openapi-probe"))
-            .body("1")
-            .send()
-            .expect("put");
-        assert!(put.status().is_success());
-    };
+    let doc = served_document(&server).await;
+    let http = server.http();
     let documented = documented(&doc);
     let paths: BTreeSet<&String> = documented.iter().map(|(_, p)| p).collect();
     for path in paths {
@@ -114,17 +99,21 @@ fn the_server_routes_exactly_the_documented_methods() {
                 // Deleting the probe would turn the other checks into 404s.
                 continue;
             }
-            probe();
+            // `{key}` routes get a key that exists, so a 404 can only mean
+            // "no such route" (written again each time: `/kv/clear`
+            // removes it).
+            put(&server, "openapi-probe", "1").await;
             let response = http
                 .request(Method::from_bytes(method.as_bytes()).expect("method"), &url)
                 .send()
+                .await
                 .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
             let status = response.status().as_u16();
             let body = if method == "GET" && (path == "/events" || path == "/ws") {
                 // Endless stream or failed upgrade: the status says enough.
                 String::new()
             } else {
-                response.text().unwrap_or_default()
+                response.text().await.unwrap_or_default()
             };
             if expected {
                 assert_ne!(status, 405, "{method} {path} is documented but not routed");
@@ -143,6 +132,7 @@ fn the_server_routes_exactly_the_documented_methods() {
     let deleted = http
         .delete(server.at("/kv/openapi-probe"))
         .send()
+        .await
         .expect("delete");
     assert_eq!(deleted.status(), 200, "DELETE /kv/{{key}} is routed");
 }

@@ -103,7 +103,7 @@ async fn power_loss_loop(fsync: &str, cuts: usize, seed: u64) -> Tally {
             break;
         }
         let writers = ledger::start_writers(&server.url, cycle, rng.u64(..), &ledger);
-        ledger::wait_for_acks(&ledger, &server).await;
+        ledger::wait_for_acks(&ledger).await;
         tokio::time::sleep(Duration::from_millis(rng.u64(0..1_000))).await;
         if rng.bool() {
             // Aim at a snapshot (and the segment rotation it starts).

@@ -14,7 +14,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::{TestServer, client};
+use common::{Stop, TestServer, assert_error, client, poll_until, put};
 use hmac::{Hmac, Mac};
 use serde_json::{Value, json};
 use sha2::Sha256;
@@ -74,16 +74,13 @@ impl Receiver {
         self.got.lock().expect("lock").clone()
     }
 
-    /// Waits (up to 20 s) until `n` requests arrived; returns them.
+    /// Waits until `n` requests arrived; returns them.
     async fn wait_for(&self, n: usize) -> Vec<Received> {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
+        poll_until(&format!("{n} deliveries"), async || {
             let got = self.got();
-            if got.len() >= n || Instant::now() > deadline {
-                return got;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+            (got.len() >= n).then_some(got)
+        })
+        .await
     }
 }
 
@@ -98,15 +95,16 @@ async fn subscribe(server: &TestServer, body: Value) -> (StatusCode, Value) {
     (status, r.json().await.expect("json"))
 }
 
-async fn put(server: &TestServer, key: &str, body: &str) -> Value {
+/// `GET /pubsub/subscriptions`: the listed subscriptions.
+async fn subscriptions(server: &TestServer) -> Vec<Value> {
     let r = client()
-        .put(server.at(&format!("/kv/{key}")))
-        .body(body.to_string())
+        .get(server.at("/pubsub/subscriptions"))
         .send()
         .await
-        .expect("put");
-    assert!(r.status().is_success(), "{}", r.status());
-    r.json().await.expect("json")
+        .expect("list");
+    assert_eq!(r.status(), 200);
+    let list: Value = r.json().await.expect("json");
+    list["subscriptions"].as_array().expect("array").clone()
 }
 
 fn header<'a>(r: &'a Received, name: &str) -> &'a str {
@@ -155,11 +153,10 @@ async fn payload_headers_and_signatures_follow_the_spec() {
     assert_eq!(status, 201, "`callback` is accepted for callback_url");
 
     put(&server, "demo_value", r#"{"stage": 2}"#).await;
-    let second = put(&server, "demo_value", r#"{"stage": 3}"#).await;
+    let version = put(&server, "demo_value", r#"{"stage": 3}"#).await;
     let got = plain.wait_for(2).await;
     assert_eq!(got.len(), 2);
     let event = &got[1];
-    let version = second["version"].as_u64().expect("version");
     assert_eq!(event.body["id"], format!("evt_{version}"));
     assert_eq!(event.body["key"], "demo_value");
     assert_eq!(event.body["event"], "update");
@@ -220,31 +217,11 @@ async fn failures_are_retried_with_growing_gaps_and_410_removes() {
     let (_gone, gone_url) = Receiver::start(&[410], false).await;
     subscribe(&server, json!({"prefix": "", "callback_url": gone_url})).await;
     put(&server, "x", "1").await;
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let list: Value = client()
-            .get(server.at("/pubsub/subscriptions"))
-            .send()
-            .await
-            .expect("list")
-            .json()
-            .await
-            .expect("json");
-        let urls: Vec<&str> = list["subscriptions"]
-            .as_array()
-            .expect("array")
-            .iter()
-            .filter_map(|s| s["callback_url"].as_str())
-            .collect();
-        if !urls.contains(&gone_url.as_str()) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "410 did not remove the subscription"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll_until("410 removes the subscription", async || {
+        let list = subscriptions(&server).await;
+        (!list.iter().any(|s| s["callback_url"] == gone_url.as_str())).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -252,15 +229,8 @@ async fn events_of_one_key_arrive_in_version_order() {
     let server = TestServer::start(&["--fsync", "never"]);
     let (receiver, url) = Receiver::start(&[], false).await;
     subscribe(&server, json!({"key": "hot", "callback_url": url})).await;
-    let http = client();
     for i in 0..1000 {
-        let r = http
-            .put(server.at("/kv/hot"))
-            .body(format!("{{\"i\":{i}}}"))
-            .send()
-            .await
-            .expect("put");
-        assert!(r.status().is_success());
+        put(&server, "hot", &format!("{{\"i\":{i}}}")).await;
     }
     let got = receiver.wait_for(1000).await;
     assert_eq!(got.len(), 1000);
@@ -321,13 +291,7 @@ async fn delete_clear_and_expire_events_and_prefix_filtering() {
         .await
         .expect("json");
     assert_eq!(cleared["cleared"], 2);
-    let r = http
-        .put(server.at("/kv/a:ttl?ttl=1"))
-        .body("\"soon\"")
-        .send()
-        .await
-        .expect("put");
-    assert_eq!(r.status(), 201);
+    common::put_ttl(&server, "a:ttl", "\"soon\"", 1).await;
     let got = receiver.wait_for(8).await;
     // Order is guaranteed per key (not across keys): compare per key.
     let mut per_key: std::collections::BTreeMap<String, Vec<(String, Value, Value)>> =
@@ -409,9 +373,13 @@ async fn subscribe_validation_idempotence_and_unsubscribe() {
             "invalid_request",
         ),
     ] {
-        let (status, answer) = subscribe(&server, body.clone()).await;
-        assert_eq!(status, 400, "{body}");
-        assert_eq!(answer["error"]["code"], code, "{body}");
+        let r = http
+            .post(server.at("/pubsub/subscribe"))
+            .json(&body)
+            .send()
+            .await
+            .expect("subscribe");
+        assert_error(r, StatusCode::BAD_REQUEST, code).await;
     }
     let r = http
         .post(server.at("/pubsub/subscribe"))
@@ -419,10 +387,10 @@ async fn subscribe_validation_idempotence_and_unsubscribe() {
         .send()
         .await
         .expect("post");
-    assert_eq!(r.status(), 400);
-    assert_eq!(
-        r.json::<Value>().await.expect("json")["error"]["code"],
-        "invalid_json"
+    assert_error(r, StatusCode::BAD_REQUEST, "invalid_json").await;
+    assert!(
+        subscriptions(&server).await.is_empty(),
+        "refused subscriptions changed nothing"
     );
 
     let url = "http://127.0.0.1:1/hook";
@@ -435,18 +403,11 @@ async fn subscribe_validation_idempotence_and_unsubscribe() {
         json!({"prefix": "p:", "callback_url": url, "secret": "x"}),
     )
     .await;
-    let list: Value = http
-        .get(server.at("/pubsub/subscriptions"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(list["subscriptions"].as_array().expect("array").len(), 2);
+    let list = subscriptions(&server).await;
+    assert_eq!(list.len(), 2);
     assert!(
-        !list.to_string().contains("\"secret\""),
-        "secrets never shown: {list}"
+        !list.iter().any(|s| s.to_string().contains("\"secret\"")),
+        "secrets never shown: {list:?}"
     );
 
     let unsub = |body: Value| {
@@ -488,7 +449,6 @@ async fn subscribe_validation_idempotence_and_unsubscribe() {
 #[tokio::test]
 async fn subscriptions_survive_restart() {
     let mut server = TestServer::start(&[]);
-    let tmp = server.take_tmp();
     let (receiver, url) = Receiver::start(&[], false).await;
     let (_, sub) = subscribe(
         &server,
@@ -503,23 +463,13 @@ async fn subscriptions_survive_restart() {
         .await
         .expect("unsub");
     assert_eq!(r.status(), 200);
-    server.kill9();
-    let mut server = TestServer::start_in(&server.dir.clone(), &[]);
-    let list: Value = client()
-        .get(server.at("/pubsub/subscriptions"))
-        .send()
+    server.restart(Stop::Kill9, &[]);
+    let ids: Vec<Value> = subscriptions(&server)
         .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
-    let ids: Vec<&Value> = list["subscriptions"]
-        .as_array()
-        .expect("array")
         .iter()
-        .map(|s| &s["id"])
+        .map(|s| s["id"].clone())
         .collect();
-    assert_eq!(ids, vec![&sub["id"]]);
+    assert_eq!(ids, vec![sub["id"].clone()]);
     put(&server, "k", "1").await;
     let got = receiver.wait_for(1).await;
     assert_eq!(got.len(), 1);
@@ -538,16 +488,6 @@ async fn subscriptions_survive_restart() {
             .status(),
         200
     );
-    assert_eq!(server.terminate(), Some(0));
-    let server = TestServer::start_in(&server.dir.clone(), &[]);
-    let list: Value = client()
-        .get(server.at("/pubsub/subscriptions"))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
-    assert_eq!(list["subscriptions"].as_array().expect("array").len(), 1);
-    drop(tmp);
+    server.restart(Stop::Term, &[]);
+    assert_eq!(subscriptions(&server).await.len(), 1);
 }

@@ -7,9 +7,8 @@ mod common;
 
 use std::io::Write;
 use std::process::Stdio;
-use std::time::Duration;
 
-use common::{TestServer, dododb_client};
+use common::{TestServer, dododb_client, get};
 
 fn shell(url: &str, script: &str) -> (Option<i32>, String, String) {
     let mut child = dododb_client(url)
@@ -33,20 +32,8 @@ fn shell(url: &str, script: &str) -> (Option<i32>, String, String) {
     )
 }
 
-fn stored(server: &TestServer, key: &str) -> String {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-        .get(server.at(&format!("/kv/{}", common::enc(key))))
-        .send()
-        .and_then(|r| r.text())
-        .expect("get")
-}
-
-#[test]
-fn a_session_through_stdin() {
+#[tokio::test]
+async fn a_session_through_stdin() {
     let server = TestServer::start(&["--in-memory"]);
     let script = r#"
 set user:1 "Alice Johnson"
@@ -89,9 +76,12 @@ get user:1
     // `get user:2` after the delete is an error on stderr, and the session
     // went on; nothing ran after `exit`.
     assert_eq!(stderr.matches("not_found").count(), 1, "{stderr}");
-    assert_eq!(stored(&server, "user:1"), r#""Alice Johnson""#);
-    assert!(stored(&server, "user:2").contains("not_found"));
-    assert_eq!(stored(&server, "n"), "42");
+    assert_eq!(
+        get(&server, "user:1").await.as_deref(),
+        Some(r#""Alice Johnson""#)
+    );
+    assert_eq!(get(&server, "user:2").await, None, "not stored");
+    assert_eq!(get(&server, "n").await.as_deref(), Some("42"));
 }
 
 #[test]
@@ -140,8 +130,8 @@ fn help_lists_the_commands() {
     );
 }
 
-#[test]
-fn json_with_double_quotes_needs_no_extra_quoting() {
+#[tokio::test]
+async fn json_with_double_quotes_needs_no_extra_quoting() {
     let server = TestServer::start(&["--in-memory"]);
     let script = "put doc {\"a\": [1, 2], \"b\": \"x y\"}\nset s \"42\"\nset n 42\nget doc\n";
     let (code, stdout, stderr) = shell(&server.url, script);
@@ -151,13 +141,16 @@ fn json_with_double_quotes_needs_no_extra_quoting() {
         Some(r#"{"a":[1,2],"b":"x y"}"#),
         "{stdout}"
     );
-    assert_eq!(stored(&server, "doc"), r#"{"a": [1, 2], "b": "x y"}"#);
-    assert_eq!(stored(&server, "s"), r#""42""#);
-    assert_eq!(stored(&server, "n"), "42");
+    assert_eq!(
+        get(&server, "doc").await.as_deref(),
+        Some(r#"{"a": [1, 2], "b": "x y"}"#)
+    );
+    assert_eq!(get(&server, "s").await.as_deref(), Some(r#""42""#));
+    assert_eq!(get(&server, "n").await.as_deref(), Some("42"));
 }
 
-#[test]
-fn mset_and_mget_go_through_one_transaction() {
+#[tokio::test]
+async fn mset_and_mget_go_through_one_transaction() {
     let server = TestServer::start(&["--in-memory"]);
     let script = r#"
 mset user:1 Alice user:2 '{"name": "Bob"}' n 42
@@ -166,9 +159,12 @@ mset odd
 "#;
     let (code, stdout, stderr) = shell(&server.url, script);
     assert_eq!(code, Some(0), "{stderr}");
-    assert_eq!(stored(&server, "user:1"), "\"Alice\"");
-    assert_eq!(stored(&server, "user:2"), "{\"name\": \"Bob\"}");
-    assert_eq!(stored(&server, "n"), "42");
+    assert_eq!(get(&server, "user:1").await.as_deref(), Some("\"Alice\""));
+    assert_eq!(
+        get(&server, "user:2").await.as_deref(),
+        Some("{\"name\": \"Bob\"}")
+    );
+    assert_eq!(get(&server, "n").await.as_deref(), Some("42"));
     assert!(
         stdout.contains(r#"{"user:1":"Alice","user:2":{"name":"Bob"},"n":42}"#),
         "{stdout}"

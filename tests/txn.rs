@@ -9,8 +9,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use common::files::segments;
 use common::ledger::revision;
-use common::{TestServer, client, enc};
+use common::{
+    Stop, TestServer, assert_error, client, enc, get, get_json, poll_until, put, put_ttl,
+};
 use serde_json::{Value, json};
 
 async fn txn(server: &TestServer, body: &Value) -> (u16, Value) {
@@ -30,37 +33,11 @@ async fn txn_text(server: &TestServer, body: &str) -> (u16, Value) {
     (status, doc)
 }
 
-async fn get_raw(server: &TestServer, key: &str) -> Option<String> {
-    let response = client()
-        .get(server.at(&format!("/kv/{}", enc(key))))
-        .send()
-        .await
-        .expect("GET");
-    if response.status() == 404 {
-        return None;
-    }
-    assert_eq!(response.status(), 200);
-    Some(response.text().await.expect("body"))
-}
-
-async fn put_raw(server: &TestServer, key: &str, body: &str) -> u64 {
-    let response = client()
-        .put(server.at(&format!("/kv/{}", enc(key))))
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("PUT");
-    assert!(response.status().is_success());
-    response.json::<Value>().await.expect("json")["version"]
-        .as_u64()
-        .expect("version")
-}
-
 #[tokio::test]
 async fn success_runs_when_compares_hold_and_each_write_takes_its_own_revision() {
     for mode in [&["--fsync", "always"][..], &["--in-memory"][..]] {
         let server = TestServer::start(mode);
-        let v_old = put_raw(&server, "old", "{\"gone\": true}").await;
+        let v_old = put(&server, "old", "{\"gone\": true}").await;
         let (status, doc) = txn(
             &server,
             &json!({
@@ -95,17 +72,10 @@ async fn success_runs_when_compares_hold_and_each_write_takes_its_own_revision()
         );
         assert_eq!(doc["revision"], v1 + 2);
         assert!(v1 > v_old);
-        assert_eq!(get_raw(&server, "a").await.as_deref(), Some("{\"x\":1}"));
-        assert_eq!(get_raw(&server, "b/c d").await.as_deref(), Some("[1,2]"));
-        assert_eq!(get_raw(&server, "old").await, None);
-        let meta: Value = client()
-            .get(server.at(&format!("/kv/{}/meta", enc("b/c d"))))
-            .send()
-            .await
-            .expect("meta")
-            .json()
-            .await
-            .expect("json");
+        assert_eq!(get(&server, "a").await.as_deref(), Some("{\"x\":1}"));
+        assert_eq!(get(&server, "b/c d").await.as_deref(), Some("[1,2]"));
+        assert_eq!(get(&server, "old").await, None);
+        let meta: Value = get_json(&server, &format!("/kv/{}/meta", enc("b/c d"))).await;
         assert!(meta["expires_at"].is_string(), "{meta}");
 
         // The same compare fails now: failure runs, nothing is written.
@@ -129,7 +99,7 @@ async fn success_runs_when_compares_hold_and_each_write_takes_its_own_revision()
 #[tokio::test]
 async fn compares_by_version_existence_and_json_value() {
     let server = TestServer::start(&["--fsync", "never"]);
-    let v = put_raw(
+    let v = put(
         &server,
         "doc",
         "{\"a\": 1, \"b\": [1.0, 123456789012345678901234567890]}",
@@ -187,7 +157,7 @@ async fn bad_transactions_are_refused_naming_the_operation_and_change_nothing() 
         "--fsync",
         "never",
     ]);
-    put_raw(&server, "k", "1").await;
+    put(&server, "k", "1").await;
     let before = revision(&server).await;
     let put = |key: &str| json!({"op": "put", "key": key, "value": 5});
     let cases: Vec<(String, u16, &str, &str)> = vec![
@@ -252,7 +222,7 @@ async fn bad_transactions_are_refused_naming_the_operation_and_change_nothing() 
     }
     assert_eq!(revision(&server).await, before, "nothing ran");
     for key in ["a", "b", "c", "d", "big"] {
-        assert_eq!(get_raw(&server, key).await, None, "{key}");
+        assert_eq!(get(&server, key).await, None, "{key}");
     }
 }
 
@@ -294,14 +264,7 @@ async fn readers_never_see_part_of_a_transaction() {
                         doc["results"][1]["value"].clone(),
                     )
                 } else {
-                    let doc: Value = http
-                        .get(server.at("/kv?values=true&prefix=pair/"))
-                        .send()
-                        .await
-                        .expect("list")
-                        .json()
-                        .await
-                        .expect("json");
+                    let doc: Value = get_json(&server, "/kv?values=true&prefix=pair/").await;
                     (
                         doc["items"][0]["value"].clone(),
                         doc["items"][1]["value"].clone(),
@@ -333,13 +296,13 @@ async fn readers_never_see_part_of_a_transaction() {
         let reads = reader.await.expect("reader");
         assert!(reads > 0);
     }
-    assert_eq!(get_raw(&server, "pair/a").await.as_deref(), Some("400"));
+    assert_eq!(get(&server, "pair/a").await.as_deref(), Some("400"));
 }
 
 #[tokio::test]
 async fn the_live_feed_carries_each_write_with_its_own_revision() {
     let server = TestServer::start(&["--fsync", "never"]);
-    put_raw(&server, "t/x", "1").await;
+    put(&server, "t/x", "1").await;
     let since = revision(&server).await;
     let (_, doc) = txn(
         &server,
@@ -401,14 +364,9 @@ async fn listing_with_values_embeds_the_stored_bytes() {
         ("v/3", "\"ünïcødé 🦤\""),
     ];
     for (key, body) in docs {
-        put_raw(&server, key, body).await;
+        put(&server, key, body).await;
     }
-    client()
-        .put(server.at("/kv/v%2F4?ttl=600"))
-        .body("null")
-        .send()
-        .await
-        .expect("put");
+    put_ttl(&server, "v/4", "null", 600).await;
     let text = client()
         .get(server.at("/kv?values=true&prefix=v/&limit=2"))
         .send()
@@ -425,16 +383,11 @@ async fn listing_with_values_embeds_the_stored_bytes() {
     assert_eq!(page["items"][0]["expires_at"], Value::Null);
     assert!(page["items"][0]["version"].is_u64());
     let cursor = page["next_cursor"].as_str().expect("a next page");
-    let page: Value = client()
-        .get(server.at(&format!(
-            "/kv?values=true&prefix=v/&limit=2&cursor={cursor}"
-        )))
-        .send()
-        .await
-        .expect("list")
-        .json()
-        .await
-        .expect("json");
+    let page: Value = get_json(
+        &server,
+        &format!("/kv?values=true&prefix=v/&limit=2&cursor={cursor}"),
+    )
+    .await;
     assert_eq!(page["items"][0]["value"], json!("ünïcødé 🦤"));
     assert_eq!(page["items"][1]["key"], "v/4");
     assert!(page["items"][1]["expires_at"].is_string());
@@ -444,17 +397,15 @@ async fn listing_with_values_embeds_the_stored_bytes() {
         .send()
         .await
         .expect("list");
-    assert_eq!(bad.status(), 400);
+    assert_error(bad, reqwest::StatusCode::BAD_REQUEST, "invalid_request").await;
 }
 
 /// A transaction is one WAL record: cutting the log inside the last one
 /// loses all of its writes and none of the earlier transaction's.
 #[tokio::test]
 async fn a_torn_transaction_record_is_lost_whole() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("data");
     let args = ["--fsync", "always", "--snapshot-interval", "0"];
-    let mut server = TestServer::start_in(&dir, &args);
+    let mut server = TestServer::start(&args);
     let batch = |tag: &str| {
         let ops: Vec<Value> = (0..50)
             .map(|i| json!({"op": "put", "key": format!("{tag}/{i}"), "value": {"tag": tag, "pad": "x".repeat(100)}}))
@@ -463,13 +414,8 @@ async fn a_torn_transaction_record_is_lost_whole() {
     };
     assert_eq!(txn(&server, &batch("first")).await.0, 200);
     assert_eq!(txn(&server, &batch("second")).await.0, 200);
-    server.kill9();
-    let mut segments: Vec<_> = std::fs::read_dir(&dir)
-        .expect("data dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "log"))
-        .collect();
-    segments.sort();
+    server.stop(Stop::Kill9);
+    let segments = segments(&server.dir);
     let last = segments.last().expect("a WAL segment");
     let len = std::fs::metadata(last).expect("meta").len();
     // The second record is over 50 × 100 bytes: cut 1000 bytes into it.
@@ -479,14 +425,14 @@ async fn a_torn_transaction_record_is_lost_whole() {
         .expect("open")
         .set_len(len - 1000)
         .expect("truncate");
-    let server = TestServer::start_in(&dir, &args);
+    server.start_again(&args);
     for i in 0..50 {
         assert!(
-            get_raw(&server, &format!("first/{i}")).await.is_some(),
+            get(&server, &format!("first/{i}")).await.is_some(),
             "first/{i}"
         );
         assert_eq!(
-            get_raw(&server, &format!("second/{i}")).await,
+            get(&server, &format!("second/{i}")).await,
             None,
             "second/{i}"
         );
@@ -498,10 +444,8 @@ async fn a_torn_transaction_record_is_lost_whole() {
 /// acknowledged one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_leaves_each_transaction_whole() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("data");
     let args = ["--fsync", "always"];
-    let mut server = TestServer::start_in(&dir, &args);
+    let mut server = TestServer::start(&args);
     let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let writer = {
         let url = server.url.clone();
@@ -524,16 +468,14 @@ async fn kill_9_leaves_each_transaction_whole() {
             }
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while acked.load(Ordering::Acquire) < 30 {
-        assert!(Instant::now() < deadline, "transactions are too slow");
-        tokio::task::yield_now().await;
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    server.kill9();
+    poll_until("30 acknowledged transactions", async || {
+        (acked.load(Ordering::Acquire) >= 30).then_some(())
+    })
+    .await;
+    server.stop(Stop::Kill9);
     let _ = writer.await;
     let last_acked = acked.load(Ordering::Acquire);
-    let server = TestServer::start_in(&dir, &args);
+    server.start_again(&args);
     let (_, doc) = txn(
         &server,
         &json!({"success": (0..20).map(|i| json!({"op": "get", "key": format!("k{i}")})).collect::<Vec<_>>()}),

@@ -18,7 +18,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{TestServer, client, enc};
+use common::tcp::free_port;
+use common::{TestServer, client, get, kv, poll_until, put};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -62,11 +63,6 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
-}
-
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
 }
 
 /// Starts chromedriver on a free port and a fresh Chromium profile,
@@ -141,7 +137,6 @@ async fn launch(width: u32, height: u32) -> Browser {
 struct Ui {
     c: Client,
     server: Arc<TestServer>,
-    http: reqwest::Client,
 }
 
 /// Runs `scenario` against a server started with `args` in a browser
@@ -161,7 +156,6 @@ where
             // Kept here too, so the server outlives a failed scenario
             // until its screenshot is taken.
             server: Arc::clone(&server),
-            http: client(),
         };
         let outcome = tokio::spawn(scenario(ui)).await;
         if let Err(e) = outcome {
@@ -347,31 +341,14 @@ impl Ui {
             .await;
     }
 
-    async fn put(&self, key: &str, body: &str) -> Value {
-        let r = self
-            .http
-            .put(self.server.at(&format!("/kv/{}", enc(key))))
-            .body(body.to_string())
-            .send()
-            .await
-            .expect("PUT");
-        assert!(r.status().is_success(), "PUT {key}: {}", r.status());
-        r.json().await.expect("JSON")
+    /// `PUT /kv/{key}` from outside the page, which must succeed.
+    async fn put(&self, key: &str, body: &str) {
+        put(&self.server, key, body).await;
     }
 
     /// The stored bytes of `key`, or None when it is absent.
     async fn get(&self, key: &str) -> Option<String> {
-        let r = self
-            .http
-            .get(self.server.at(&format!("/kv/{}", enc(key))))
-            .send()
-            .await
-            .expect("GET");
-        if r.status() == StatusCode::NOT_FOUND {
-            return None;
-        }
-        assert_eq!(r.status(), StatusCode::OK);
-        Some(r.text().await.expect("text"))
+        get(&self.server, key).await
     }
 
     async fn list_prefix(&self, prefix: &str) {
@@ -508,14 +485,11 @@ fn a_concurrent_change_during_an_edit_shows_the_conflict() {
             "return document.getElementById('conflict').hidden",
         )
         .await;
-        let started = Instant::now();
-        while compact(&ui.get("doc").await.expect("present")) != json!({"owner": "console"}) {
-            assert!(
-                started.elapsed() < DEADLINE,
-                "the chosen version was never saved"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        poll_until("the chosen version is saved", async || {
+            (compact(&ui.get("doc").await.expect("present")) == json!({"owner": "console"}))
+                .then_some(())
+        })
+        .await;
     });
 }
 
@@ -712,8 +686,9 @@ fn the_token_is_asked_for_and_kept_for_the_tab_only() {
 impl Ui {
     async fn put_with_token(&self, key: &str, body: &str, token: &str) {
         let r = self
-            .http
-            .put(self.server.at(&format!("/kv/{}", enc(key))))
+            .server
+            .http()
+            .put(self.server.at(&kv(key)))
             .bearer_auth(token)
             .body(body.to_string())
             .send()

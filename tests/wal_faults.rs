@@ -5,11 +5,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
+use common::files::{name, segments};
 use common::ledger::dump;
-use common::{TestServer, client};
-use serde_json::Value;
+use common::{Stop, TestServer, assert_error, client, stats};
+use reqwest::StatusCode;
 
 /// PUTs `keys` at once, so that they wait in one group-commit batch;
 /// returns each status.
@@ -25,8 +26,7 @@ async fn put_together(server: &TestServer, keys: &[String], value: &str) -> Vec<
         let answer = answer.expect("put");
         let status = answer.status().as_u16();
         if status == 503 {
-            let body: Value = answer.json().await.expect("envelope");
-            assert_eq!(body["error"]["code"], "unavailable", "{body}");
+            assert_error(answer, StatusCode::SERVICE_UNAVAILABLE, "unavailable").await;
         }
         statuses.push(status);
     }
@@ -35,17 +35,6 @@ async fn put_together(server: &TestServer, keys: &[String], value: &str) -> Vec<
 
 fn keys(prefix: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| format!("{prefix}{i}")).collect()
-}
-
-async fn stats(server: &TestServer) -> Value {
-    client()
-        .get(server.at("/system/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("json")
 }
 
 /// Starts a server with `faults`, commits one batch of `n` writers, then
@@ -57,7 +46,7 @@ async fn a_failing_batch(faults: &[(&str, &str)], n: usize, value: &str) {
     let n_text = n.to_string();
     let mut env = vec![("DODODB_TEST_WAL_BATCH_MIN", n_text.as_str())];
     env.extend_from_slice(faults);
-    let server = TestServer::try_start_with_env(&dir, &[], &env).expect("start");
+    let mut server = TestServer::try_start_with_env(&dir, &[], &env).expect("start");
     let good = keys("good", n);
     assert!(
         put_together(&server, &good, value)
@@ -86,9 +75,7 @@ async fn a_failing_batch(faults: &[(&str, &str)], n: usize, value: &str) {
         vec![503],
         "writes stay refused until restart"
     );
-    drop(server);
-
-    let server = TestServer::start_in(&dir, &[]);
+    server.restart(Stop::Kill9, &[]);
     let entries = dump(&server).await;
     let mut present: Vec<&String> = entries.keys().collect();
     present.sort();
@@ -126,29 +113,17 @@ async fn a_disk_that_fills_in_the_middle_of_a_batch_fails_all_of_it() {
     .await;
 }
 
-/// The segment files in `dir`, oldest first.
-fn segments(dir: &Path) -> Vec<PathBuf> {
-    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
-        .expect("read dir")
-        .map(|e| e.expect("entry").path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("wal-"))
-        })
-        .collect();
-    found.sort();
-    found
-}
-
 /// Runs the server `runs` times on `dir`, each time writing `per_run` keys
 /// and then `kill -9`: every start opens a new segment, so this leaves
 /// `runs` segments with records. Returns each segment's record end offsets.
 async fn segments_with_records(dir: &Path, runs: usize, per_run: usize) -> Vec<Vec<u64>> {
+    let args = ["--fsync", "always", "--snapshot-interval", "0"];
+    let mut server = TestServer::start_in(dir, &args);
     let mut ends = Vec::new();
     for run in 0..runs {
-        let mut server =
-            TestServer::start_in(dir, &["--fsync", "always", "--snapshot-interval", "0"]);
+        if run > 0 {
+            server.start_again(&args);
+        }
         let segment = segments(dir).pop().expect("a segment");
         let mut offsets = Vec::new();
         for i in 0..per_run {
@@ -156,14 +131,10 @@ async fn segments_with_records(dir: &Path, runs: usize, per_run: usize) -> Vec<V
             assert_eq!(status, vec![201]);
             offsets.push(std::fs::metadata(&segment).expect("meta").len());
         }
-        server.kill9();
+        server.stop(Stop::Kill9);
         ends.push(offsets);
     }
     ends
-}
-
-fn name(path: &Path) -> &str {
-    path.file_name().and_then(|n| n.to_str()).expect("name")
 }
 
 #[tokio::test]
@@ -228,15 +199,8 @@ async fn a_missing_segment_refuses_start_with_file_and_offset() {
 async fn a_zero_filled_or_garbage_tail_is_cut_then_writes_and_restarts_go_on() {
     // Space the file system allocated but never wrote (zeroes), and bytes
     // of an append that never completed (garbage: no valid record).
-    let mut x = 0x2545_F491_4F6C_DD1Du64;
-    let garbage: Vec<u8> = (0..4096)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 56) as u8 | 1
-        })
-        .collect();
+    let mut rng = fastrand::Rng::with_seed(0x2545_F491_4F6C_DD1D);
+    let garbage: Vec<u8> = (0..4096).map(|_| rng.u8(1..)).collect();
     for (what, tail) in [("zeroes", vec![0; 4096]), ("garbage", garbage)] {
         cut_then_write_and_restart_twice(what, &tail).await;
     }
@@ -262,9 +226,8 @@ async fn cut_then_write_and_restart_twice(what: &str, tail: &[u8]) {
         put_together(&server, &keys("after", 2), "[1]").await,
         vec![201; 2]
     );
-    server.kill9();
     for restart in 0..2 {
-        let mut server = TestServer::start_in(&dir, &[]);
+        server.restart(Stop::Kill9, &[]);
         let entries = dump(&server).await;
         let mut present: Vec<&str> = entries.keys().map(String::as_str).collect();
         present.sort_unstable();
@@ -278,6 +241,5 @@ async fn cut_then_write_and_restart_twice(what: &str, tail: &[u8]) {
             "{what}, restart {restart}: nothing left to cut: {}",
             server.log()
         );
-        server.kill9();
     }
 }

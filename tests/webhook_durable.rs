@@ -14,7 +14,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use common::{TestServer, client};
+use common::tcp::free_port;
+use common::{Stop, TestServer, client, get_json, poll_until, put};
 use serde_json::{Value, json};
 
 /// One delivery a receiver got: its webhook-id, key and version.
@@ -74,24 +75,6 @@ impl Receiver {
     }
 }
 
-/// A port nothing listens on now (a receiver that is down).
-fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
-}
-
-/// Polls `check` every 50 ms until it returns `Some`, for at most `secs`.
-async fn until<T>(secs: u64, what: &str, mut check: impl AsyncFnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn subscribe(server: &TestServer, body: Value) -> String {
     let response = client()
         .post(server.at("/pubsub/subscribe"))
@@ -105,13 +88,7 @@ async fn subscribe(server: &TestServer, body: Value) -> String {
 }
 
 async fn status(server: &TestServer, id: &str) -> Value {
-    let response = client()
-        .get(server.at(&format!("/pubsub/subscriptions/{id}")))
-        .send()
-        .await
-        .expect("status");
-    assert_eq!(response.status(), 200);
-    response.json().await.expect("json")
+    get_json(server, &format!("/pubsub/subscriptions/{id}")).await
 }
 
 /// Writes `keys × per_key` values with 8 concurrent writers; returns the
@@ -203,21 +180,17 @@ async fn acknowledged_changes_survive_a_dead_receiver_and_two_kill_9s() {
     let schedule = vec!["200ms"; 300].join(",");
     let args = ["--webhook-retry-schedule", &schedule];
     let mut server = TestServer::start(&args);
-    let tmp = server.take_tmp();
-    let dir = server.dir.clone();
     subscribe(&server, json!({"prefix": "k", "callback_url": url})).await;
     let mut acked = write(&server, 0, 50, 40).await;
-    server.kill9();
-    let mut server = TestServer::start_in(&dir, &args);
+    server.restart(Stop::Kill9, &args);
     acked.extend(write(&server, 1, 50, 40).await);
-    server.kill9();
-    let server = TestServer::start_in(&dir, &args);
+    server.restart(Stop::Kill9, &args);
     acked.extend(write(&server, 2, 50, 20).await);
     assert_eq!(acked.len(), 5000);
     let receiver = Receiver::new(200);
     receiver.serve(port).await;
     let unique = |got: &[Got]| got.iter().map(|g| &g.id).collect::<HashSet<_>>().len();
-    until(60, "every acknowledged change", async || {
+    poll_until("every acknowledged change", async || {
         (unique(&receiver.got()) >= acked.len()).then_some(())
     })
     .await;
@@ -228,7 +201,6 @@ async fn acknowledged_changes_survive_a_dead_receiver_and_two_kill_9s() {
         got.len(),
         acked.len()
     );
-    drop(tmp);
 }
 
 #[tokio::test]
@@ -239,7 +211,7 @@ async fn failed_events_are_listed_then_recovered() {
     let id = subscribe(&server, json!({"prefix": "k", "callback_url": url})).await;
     let acked = write(&server, 0, 8, 5).await;
     let http = client();
-    let failed = until(30, "the events to fail", async || {
+    let failed = poll_until("the events to fail", async || {
         let s = status(&server, &id).await;
         (s["failed"] == 40).then_some(s)
     })
@@ -310,7 +282,7 @@ async fn failed_events_are_listed_then_recovered() {
         .await
         .expect("json");
     assert_eq!(queued, json!({"queued": 20}));
-    let healed = until(30, "the recovered events", async || {
+    let healed = poll_until("the recovered events", async || {
         let s = status(&server, &id).await;
         (s["failed"] == 20).then_some(s)
     })
@@ -331,18 +303,16 @@ async fn a_dead_receiver_disables_and_enable_resumes_from_the_cursor() {
         "1s",
     ];
     let mut server = TestServer::start(&args);
-    let tmp = server.take_tmp();
     let id = subscribe(&server, json!({"key": "d", "callback_url": url})).await;
     let acked = write_key(&server, "d", 5).await;
-    let disabled = until(30, "disabled", async || {
+    let disabled = poll_until("disabled", async || {
         let s = status(&server, &id).await;
         (s["status"] == "disabled").then_some(s)
     })
     .await;
     assert_eq!(disabled["cursor"].as_u64(), Some(acked[0] - 1));
     // Disabled survives a restart, and nothing is attempted meanwhile.
-    server.kill9();
-    let server = TestServer::start_in(&server.dir.clone(), &args);
+    server.restart(Stop::Kill9, &args);
     assert_eq!(status(&server, &id).await["status"], "disabled");
     let attempts = receiver.got().len();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -356,7 +326,7 @@ async fn a_dead_receiver_disables_and_enable_resumes_from_the_cursor() {
     assert_eq!(r.status(), 200);
     let enabled: Value = r.json().await.expect("json");
     assert_eq!(enabled["status"], "active");
-    let done = until(30, "delivery from the cursor", async || {
+    let done = poll_until("delivery from the cursor", async || {
         let s = status(&server, &id).await;
         (s["cursor"].as_u64() >= acked.last().copied()).then_some(s)
     })
@@ -367,24 +337,13 @@ async fn a_dead_receiver_disables_and_enable_resumes_from_the_cursor() {
         .map(|g| g.version)
         .collect();
     assert_eq!(delivered, acked, "in order, from the cursor on");
-    drop(tmp);
 }
 
 /// Writes `n` values to `key` one after another; returns their versions.
 async fn write_key(server: &TestServer, key: &str, n: usize) -> Vec<u64> {
-    let http = client();
     let mut versions = Vec::new();
     for i in 0..n {
-        let r: Value = http
-            .put(server.at(&format!("/kv/{key}")))
-            .body(format!("{i}"))
-            .send()
-            .await
-            .expect("put")
-            .json()
-            .await
-            .expect("json");
-        versions.push(r["version"].as_u64().expect("version"));
+        versions.push(put(server, key, &i.to_string()).await);
     }
     versions
 }
@@ -417,7 +376,7 @@ async fn events_beyond_the_retained_log_are_counted_lost_never_skipped_silently(
         write_key(&server, "other", 5).await;
     }
     let http = client();
-    let s = until(30, "segments dropped", async || {
+    let s = poll_until("segments dropped", async || {
         let _ = http.post(server.at("/system/snapshot")).send().await;
         let s = status(&server, &id).await;
         (s["lost_events"].as_u64() > Some(0)).then_some(s)
@@ -428,7 +387,7 @@ async fn events_beyond_the_retained_log_are_counted_lost_never_skipped_silently(
     let receiver = Receiver::new(200);
     receiver.serve(port).await;
     let expected = acked.len() as u64 - lost;
-    until(60, "the retained events", async || {
+    poll_until("the retained events", async || {
         let unique: HashSet<u64> = receiver.got().iter().map(|g| g.version).collect();
         (unique.len() as u64 >= expected).then_some(())
     })
@@ -479,13 +438,8 @@ async fn the_feed_replays_from_disk_beyond_the_ring_then_goes_live() {
         .unwrap_or(6_000);
     let server = TestServer::start(&["--fsync", "never", "--feed-retained-events", "500"]);
     write(&server, 0, 500, n / 500).await;
-    // A stream is read for longer than the shared client's timeout.
-    let streaming = reqwest::Client::builder()
-        .no_proxy()
-        .build()
-        .expect("client");
     let started = Instant::now();
-    let mut response = streaming
+    let mut response = client()
         .get(server.at("/events?since=1"))
         .send()
         .await
@@ -510,13 +464,7 @@ async fn the_feed_replays_from_disk_beyond_the_ring_then_goes_live() {
         }
         if versions.len() >= n - 1 && !live_written {
             live_written = true;
-            let r = client()
-                .put(server.at("/kv/live"))
-                .body("1")
-                .send()
-                .await
-                .expect("put");
-            assert!(r.status().is_success());
+            put(&server, "live", "1").await;
         }
     }
     println!("replayed {n} changes from disk in {:?}", started.elapsed());
@@ -572,32 +520,28 @@ async fn kill_9_cycles_under_writers_deliver_every_acknowledged_change() {
     let mut rng = fastrand::Rng::with_seed(seed);
     let receiver = Receiver::new(200);
     let url = receiver.serve(0).await;
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("data");
     let args = [
         "--webhook-retry-schedule",
         "100ms,200ms,400ms,800ms,1s,1s,1s,1s,1s,1s",
     ];
     let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let mut server = TestServer::start(&args);
+    subscribe(&server, json!({"prefix": "c", "callback_url": url})).await;
     for cycle in 0..cycles {
-        let mut server = TestServer::start_in(&dir, &args);
-        if cycle == 0 {
-            subscribe(&server, json!({"prefix": "c", "callback_url": url})).await;
-        }
         let writers = write_until_killed(&server, cycle, &ledger);
         tokio::time::sleep(Duration::from_millis(20 + rng.u64(0..200))).await;
-        server.kill9();
+        server.stop(Stop::Kill9);
         for w in writers {
             w.await.expect("writer");
         }
+        server.start_again(&args);
     }
-    let server = TestServer::start_in(&dir, &args);
     let ledger = Arc::into_inner(ledger)
         .expect("one owner")
         .into_inner()
         .expect("lock");
     assert!(ledger.acked.len() > cycles, "the writers got work done");
-    until(120, "every acknowledged change", async || {
+    poll_until("every acknowledged change", async || {
         let got: HashSet<String> = receiver.got().into_iter().map(|g| g.key).collect();
         ledger.acked.is_subset(&got).then_some(())
     })
@@ -618,5 +562,4 @@ async fn kill_9_cycles_under_writers_deliver_every_acknowledged_change() {
         got.len(),
         got.len() - unique.len()
     );
-    drop(server);
 }

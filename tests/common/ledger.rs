@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{TestServer, client};
+use super::{TestServer, client, poll_until, stats};
 
 /// Keys per writer: few enough that writes overwrite and delete often.
 const KEYS_PER_WRITER: usize = 12;
@@ -237,15 +237,7 @@ pub async fn dump(server: &TestServer) -> HashMap<String, (u64, Value)> {
 
 /// The server's revision, from `/system/stats`.
 pub async fn revision(server: &TestServer) -> u64 {
-    let stats: Value = client()
-        .get(server.at("/system/stats"))
-        .send()
-        .await
-        .expect("stats")
-        .json()
-        .await
-        .expect("stats json");
-    stats["revision"].as_u64().expect("revision")
+    stats(server).await["revision"].as_u64().expect("revision")
 }
 
 /// Checks a freshly started server against the ledger.
@@ -260,16 +252,11 @@ pub async fn verify(server: &TestServer, ledger: &Mutex<Ledger>, must_keep: Must
 
 /// Waits until the writers got at least one acknowledgement: a cycle that
 /// acknowledged nothing proves nothing.
-pub async fn wait_for_acks(ledger: &Mutex<Ledger>, server: &TestServer) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while ledger.lock().expect("ledger").acked_this_cycle() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no write acknowledged in 30 s: {}",
-            server.log()
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+pub async fn wait_for_acks(ledger: &Mutex<Ledger>) {
+    poll_until("a write acknowledged in this cycle", async || {
+        (ledger.lock().expect("ledger").acked_this_cycle() > 0).then_some(())
+    })
+    .await;
 }
 
 /// Starts the writers: each overwrites and deletes its own keys until a

@@ -1,20 +1,45 @@
 //! The one way tests start a real `dododb` server: the real binary, bound
-//! to 127.0.0.1:0, with its own temporary data directory.
+//! to 127.0.0.1:0, with its own temporary data directory, stopped with
+//! `kill -9` or SIGTERM and restarted on the same directory. The helpers
+//! every test file shares live beside it: `http` (the one client, `put`,
+//! the envelope check), `poll` (`poll_until`), `tcp` (raw connections),
+//! `files` (data-dir listings), `ledger` (the crash ledger), `powerfail`
+//! (the power-cut mount), and `cluster`, `partition`, `chaos` and
+//! `linearizable` for the replicated tests.
 
 #![allow(dead_code)]
 
 pub mod chaos;
 pub mod cluster;
+pub mod files;
+pub mod http;
 pub mod ledger;
 pub mod linearizable;
 pub mod partition;
+pub mod poll;
 pub mod powerfail;
+pub mod tcp;
+
+// Each test file uses some of these.
+#[allow(unused_imports)]
+pub use http::{Reply, assert_error, client, enc, get, get_json, kv, put, put_ttl, stats};
+#[allow(unused_imports)]
+pub use poll::poll_until;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+/// How a test stops a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// SIGKILL (`kill -9`): a crash; nothing runs on the way out.
+    Kill9,
+    /// SIGTERM: a graceful shutdown, which must exit with code 0.
+    Term,
+}
 
 /// A running server process.
 pub struct TestServer {
@@ -24,6 +49,8 @@ pub struct TestServer {
     pub dir: PathBuf,
     child: Child,
     log: PathBuf,
+    /// A pooled client for this server's requests (see [`TestServer::http`]).
+    http: reqwest::Client,
     _tmp: Option<tempfile::TempDir>,
 }
 
@@ -66,15 +93,6 @@ impl TestServer {
         env: &[(&str, &str)],
     ) -> Result<TestServer, StartFailure> {
         TestServer::try_start_full(dir, "127.0.0.1:0", args, env)
-    }
-
-    /// A server on `dir` listening on `listen` (for a restart on the port
-    /// an earlier server had).
-    pub fn start_at(dir: &Path, listen: &str, args: &[&str]) -> TestServer {
-        match TestServer::try_start_full(dir, listen, args, &[]) {
-            Ok(server) => server,
-            Err(failure) => panic!("server did not start on {listen}: {failure:?}"),
-        }
     }
 
     fn try_start_full(
@@ -121,6 +139,7 @@ impl TestServer {
                     dir: dir.to_path_buf(),
                     child,
                     log,
+                    http: client(),
                     _tmp: None,
                 })
             }
@@ -135,6 +154,12 @@ impl TestServer {
         }
     }
 
+    /// A client kept with this server, so that a test's requests share
+    /// pooled connections (a fresh [`client()`] opens new ones).
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// The `host:port` it listens on.
     pub fn addr(&self) -> &str {
         self.url.trim_start_matches("http://")
@@ -146,26 +171,64 @@ impl TestServer {
     }
 
     /// Kills the process with SIGKILL (`kill -9`) and waits for it.
-    pub fn kill9(&mut self) {
+    fn kill9(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
-    /// Sends SIGTERM and waits for a clean exit; returns the exit code.
-    pub fn terminate(&mut self) -> Option<i32> {
+    /// Sends SIGTERM and waits for the exit; returns the exit code.
+    fn terminate(&mut self) -> Option<i32> {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-TERM", &pid]).status();
         self.child.wait().ok().and_then(|s| s.code())
     }
 
+    /// Stops the server as `how` says; with [`Stop::Term`] asserts that it
+    /// exited cleanly (code 0).
+    pub fn stop(&mut self, how: Stop) {
+        match how {
+            Stop::Kill9 => self.kill9(),
+            Stop::Term => assert_eq!(self.terminate(), Some(0), "a clean exit: {}", self.log()),
+        }
+    }
+
+    /// Starts a new server on this one's data directory (after [`stop`],
+    /// and after the test changed files there), on a new port; the
+    /// temporary directory stays with it.
+    ///
+    /// [`stop`]: TestServer::stop
+    pub fn start_again(&mut self, args: &[&str]) {
+        self.start_again_at("127.0.0.1:0", args);
+    }
+
+    /// [`start_again`], listening on `listen` (for a restart on the port
+    /// the stopped server had, which clients keep calling).
+    ///
+    /// [`start_again`]: TestServer::start_again
+    pub fn start_again_at(&mut self, listen: &str, args: &[&str]) {
+        assert!(
+            self.child.try_wait().ok().flatten().is_some(),
+            "start_again while the server still runs"
+        );
+        let new = match TestServer::try_start_full(&self.dir, listen, args, &[]) {
+            Ok(server) => server,
+            Err(failure) => panic!("server did not start again on {listen}: {failure:?}"),
+        };
+        let tmp = self._tmp.take();
+        *self = new;
+        self._tmp = tmp;
+    }
+
+    /// Stops the server as `how` says and starts it again on the same data
+    /// directory with `args`.
+    pub fn restart(&mut self, how: Stop, args: &[&str]) {
+        self.stop(how);
+        self.start_again(args);
+    }
+
     /// What the server wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// Keeps the temporary directory alive beyond this server (for restarts).
-    pub fn take_tmp(&mut self) -> Option<tempfile::TempDir> {
-        self._tmp.take()
     }
 }
 
@@ -189,28 +252,6 @@ pub fn dododb_client(url: &str) -> Command {
         )
         .stdin(Stdio::null());
     command
-}
-
-/// A client with no proxy and sane timeouts.
-pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("client")
-}
-
-/// Percent-encodes a key for use as one path segment.
-pub fn enc(key: &str) -> String {
-    let mut out = String::new();
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 /// The seed and cycle count of a `kill -9` loop: `DODODB_CRASH_SEED` and
