@@ -527,12 +527,21 @@ fn number(path: &Path) -> u64 {
 }
 
 /// Five snapshots with `--snapshot-retain 2`: after each, exactly the
-/// newest two (at most) are on disk, no WAL segment older than the oldest
-/// of them is, and the older of the two still restores everything once
-/// the newer is damaged (so no segment it needs was pruned).
+/// newest two (at most) are on disk and, with no log kept for the feed
+/// beyond them (`--event-retention-bytes 1`), no WAL segment older than
+/// the oldest of them is; the older of the two still restores everything
+/// once the newer is damaged (so no segment it needs was pruned).
 #[tokio::test]
 async fn snapshots_beyond_retain_are_pruned_with_the_segments_they_covered() {
-    let mut server = TestServer::start(&["--snapshot-retain", "2", "--snapshot-interval", "0"]);
+    let args = [
+        "--snapshot-retain",
+        "2",
+        "--snapshot-interval",
+        "0",
+        "--event-retention-bytes",
+        "1",
+    ];
+    let mut server = TestServer::start(&args);
     let mut written = Vec::new();
     for round in 1..=5u64 {
         put(&server, &format!("k{round}"), &round.to_string()).await;
@@ -565,7 +574,7 @@ async fn snapshots_beyond_retain_are_pruned_with_the_segments_they_covered() {
     let middle = bytes.len() / 2;
     bytes[middle] ^= 0x01;
     std::fs::write(newest, bytes).expect("write");
-    server.start_again(&["--snapshot-retain", "2"]);
+    server.start_again(&args);
     assert!(server.log().contains("damaged"), "{}", server.log());
     let entries = dump(&server).await;
     for round in 1..=6u64 {

@@ -5,17 +5,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
 use common::tcp::free_port;
-use common::{Stop, TestServer, client, get_json, poll_until, put};
+use common::webhook::{Answer, Receiver, subscribe, subscription};
+use common::{Stop, TestServer, client, poll_until, put};
 use serde_json::{Value, json};
 
 /// One delivery a receiver got: its webhook-id, key and version.
@@ -26,69 +21,20 @@ struct Got {
     version: u64,
 }
 
-/// A receiver answering `status` to every request (200 by default).
-#[derive(Clone)]
-struct Receiver {
-    got: Arc<Mutex<Vec<Got>>>,
-    status: Arc<AtomicU16>,
-}
-
-async fn receive(State(r): State<Receiver>, headers: HeaderMap, raw: Bytes) -> StatusCode {
-    let body: Value = serde_json::from_slice(&raw).expect("payload is JSON");
-    let id = headers
-        .get("webhook-id")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string();
-    assert_eq!(id, body["id"], "webhook-id is the event's id");
-    r.got.lock().expect("lock").push(Got {
-        id,
-        key: body["key"].as_str().expect("key").to_string(),
-        version: body["version"].as_u64().expect("version"),
-    });
-    StatusCode::from_u16(r.status.load(Ordering::Relaxed)).expect("status")
-}
-
-impl Receiver {
-    fn new(status: u16) -> Receiver {
-        Receiver {
-            got: Arc::default(),
-            status: Arc::new(AtomicU16::new(status)),
-        }
-    }
-
-    /// Serves on `port` (0: any); returns the URL.
-    async fn serve(&self, port: u16) -> String {
-        let app = Router::new()
-            .route("/hook", post(receive))
-            .with_state(self.clone());
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-            .await
-            .expect("bind");
-        let url = format!("http://{}/hook", listener.local_addr().expect("addr"));
-        tokio::spawn(async move { axum::serve(listener, app).await });
-        url
-    }
-
-    fn got(&self) -> Vec<Got> {
-        self.got.lock().expect("lock").clone()
-    }
-}
-
-async fn subscribe(server: &TestServer, body: Value) -> String {
-    let response = client()
-        .post(server.at("/pubsub/subscribe"))
-        .json(&body)
-        .send()
-        .await
-        .expect("subscribe");
-    assert_eq!(response.status(), 201);
-    let sub: Value = response.json().await.expect("json");
-    sub["id"].as_str().expect("id").to_string()
-}
-
-async fn status(server: &TestServer, id: &str) -> Value {
-    get_json(server, &format!("/pubsub/subscriptions/{id}")).await
+/// What `receiver` got so far; each request's webhook-id is its event's id.
+fn got(receiver: &Receiver) -> Vec<Got> {
+    receiver
+        .got()
+        .iter()
+        .map(|r| {
+            assert_eq!(r.id(), r.body["id"], "webhook-id is the event's id");
+            Got {
+                id: r.id().to_string(),
+                key: r.key().to_string(),
+                version: r.version(),
+            }
+        })
+        .collect()
 }
 
 /// Writes `keys × per_key` values with 8 concurrent writers; returns the
@@ -180,21 +126,20 @@ async fn acknowledged_changes_survive_a_dead_receiver_and_two_kill_9s() {
     let schedule = vec!["200ms"; 300].join(",");
     let args = ["--webhook-retry-schedule", &schedule];
     let mut server = TestServer::start(&args);
-    subscribe(&server, json!({"prefix": "k", "callback_url": url})).await;
+    subscribe(&server, &json!({"prefix": "k", "callback_url": url})).await;
     let mut acked = write(&server, 0, 50, 40).await;
     server.restart(Stop::Kill9, &args);
     acked.extend(write(&server, 1, 50, 40).await);
     server.restart(Stop::Kill9, &args);
     acked.extend(write(&server, 2, 50, 20).await);
     assert_eq!(acked.len(), 5000);
-    let receiver = Receiver::new(200);
-    receiver.serve(port).await;
+    let receiver = Receiver::start_on(port, &[], Answer::Status(200)).await;
     let unique = |got: &[Got]| got.iter().map(|g| &g.id).collect::<HashSet<_>>().len();
     poll_until("every acknowledged change", async || {
-        (unique(&receiver.got()) >= acked.len()).then_some(())
+        (unique(&got(&receiver)) >= acked.len()).then_some(())
     })
     .await;
-    let got = receiver.got();
+    let got = got(&receiver);
     let duplicates = check_deliveries(&got, &acked);
     println!(
         "{} deliveries of {} acknowledged changes: {duplicates} duplicates",
@@ -205,14 +150,14 @@ async fn acknowledged_changes_survive_a_dead_receiver_and_two_kill_9s() {
 
 #[tokio::test]
 async fn failed_events_are_listed_then_recovered() {
-    let receiver = Receiver::new(500);
-    let url = receiver.serve(0).await;
+    let receiver = Receiver::start_on(0, &[], Answer::Status(500)).await;
+    let url = receiver.url();
     let server = TestServer::start(&["--webhook-retry-schedule", "100ms,200ms"]);
-    let id = subscribe(&server, json!({"prefix": "k", "callback_url": url})).await;
+    let id = subscribe(&server, &json!({"prefix": "k", "callback_url": url})).await;
     let acked = write(&server, 0, 8, 5).await;
     let http = client();
     let failed = poll_until("the events to fail", async || {
-        let s = status(&server, &id).await;
+        let s = subscription(&server, &id).await;
         (s["failed"] == 40).then_some(s)
     })
     .await;
@@ -222,7 +167,7 @@ async fn failed_events_are_listed_then_recovered() {
             .as_str()
             .is_some_and(|e| e.contains("500"))
     );
-    assert_eq!(receiver.got().len(), 120, "three attempts each");
+    assert_eq!(got(&receiver).len(), 120, "three attempts each");
     // Paged like /kv.
     let mut listed = Vec::new();
     let mut cursor: Option<String> = None;
@@ -270,7 +215,7 @@ async fn failed_events_are_listed_then_recovered() {
         .expect("recover");
     assert_eq!(missing.status(), 404);
     // The receiver heals; recover from the 21st event on.
-    receiver.status.store(200, Ordering::Relaxed);
+    receiver.answer_from_now(Answer::Status(200));
     let since = versions[20];
     let queued: Value = http
         .post(server.at(&format!("/pubsub/subscriptions/{id}/recover")))
@@ -283,19 +228,19 @@ async fn failed_events_are_listed_then_recovered() {
         .expect("json");
     assert_eq!(queued, json!({"queued": 20}));
     let healed = poll_until("the recovered events", async || {
-        let s = status(&server, &id).await;
+        let s = subscription(&server, &id).await;
         (s["failed"] == 20).then_some(s)
     })
     .await;
     assert_eq!(healed["status"], "active");
-    let delivered: HashSet<u64> = receiver.got()[120..].iter().map(|g| g.version).collect();
+    let delivered: HashSet<u64> = got(&receiver)[120..].iter().map(|g| g.version).collect();
     assert_eq!(delivered, versions[20..].iter().copied().collect());
 }
 
 #[tokio::test]
 async fn a_dead_receiver_disables_and_enable_resumes_from_the_cursor() {
-    let receiver = Receiver::new(503);
-    let url = receiver.serve(0).await;
+    let receiver = Receiver::start_on(0, &[], Answer::Status(503)).await;
+    let url = receiver.url();
     let args = [
         "--webhook-retry-schedule",
         "100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms,100ms",
@@ -303,21 +248,21 @@ async fn a_dead_receiver_disables_and_enable_resumes_from_the_cursor() {
         "1s",
     ];
     let mut server = TestServer::start(&args);
-    let id = subscribe(&server, json!({"key": "d", "callback_url": url})).await;
+    let id = subscribe(&server, &json!({"key": "d", "callback_url": url})).await;
     let acked = write_key(&server, "d", 5).await;
     let disabled = poll_until("disabled", async || {
-        let s = status(&server, &id).await;
+        let s = subscription(&server, &id).await;
         (s["status"] == "disabled").then_some(s)
     })
     .await;
     assert_eq!(disabled["cursor"].as_u64(), Some(acked[0] - 1));
     // Disabled survives a restart, and nothing is attempted meanwhile.
     server.restart(Stop::Kill9, &args);
-    assert_eq!(status(&server, &id).await["status"], "disabled");
-    let attempts = receiver.got().len();
+    assert_eq!(subscription(&server, &id).await["status"], "disabled");
+    let attempts = got(&receiver).len();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(receiver.got().len(), attempts, "no attempts while disabled");
-    receiver.status.store(200, Ordering::Relaxed);
+    assert_eq!(got(&receiver).len(), attempts, "no attempts while disabled");
+    receiver.answer_from_now(Answer::Status(200));
     let r = client()
         .post(server.at(&format!("/pubsub/subscriptions/{id}/enable")))
         .send()
@@ -327,12 +272,12 @@ async fn a_dead_receiver_disables_and_enable_resumes_from_the_cursor() {
     let enabled: Value = r.json().await.expect("json");
     assert_eq!(enabled["status"], "active");
     let done = poll_until("delivery from the cursor", async || {
-        let s = status(&server, &id).await;
+        let s = subscription(&server, &id).await;
         (s["cursor"].as_u64() >= acked.last().copied()).then_some(s)
     })
     .await;
     assert_eq!(done["status"], "active");
-    let delivered: Vec<u64> = receiver.got()[attempts..]
+    let delivered: Vec<u64> = got(&receiver)[attempts..]
         .iter()
         .map(|g| g.version)
         .collect();
@@ -366,7 +311,7 @@ async fn events_beyond_the_retained_log_are_counted_lost_never_skipped_silently(
         "--webhook-retry-schedule",
         &vec!["1s"; 300].join(","),
     ]);
-    let id = subscribe(&server, json!({"prefix": "r", "callback_url": url})).await;
+    let id = subscribe(&server, &json!({"prefix": "r", "callback_url": url})).await;
     // More events than a delivery task holds in memory (100 here), so the
     // oldest it has not read yet go with the log. Other keys' changes share
     // the log but are not this subscription's.
@@ -378,21 +323,20 @@ async fn events_beyond_the_retained_log_are_counted_lost_never_skipped_silently(
     let http = client();
     let s = poll_until("segments dropped", async || {
         let _ = http.post(server.at("/system/snapshot")).send().await;
-        let s = status(&server, &id).await;
+        let s = subscription(&server, &id).await;
         (s["lost_events"].as_u64() > Some(0)).then_some(s)
     })
     .await;
     let lost = s["lost_events"].as_u64().expect("lost");
     assert!(lost < acked.len() as u64, "not everything was dropped");
-    let receiver = Receiver::new(200);
-    receiver.serve(port).await;
+    let receiver = Receiver::start_on(port, &[], Answer::Status(200)).await;
     let expected = acked.len() as u64 - lost;
     poll_until("the retained events", async || {
-        let unique: HashSet<u64> = receiver.got().iter().map(|g| g.version).collect();
+        let unique: HashSet<u64> = got(&receiver).iter().map(|g| g.version).collect();
         (unique.len() as u64 >= expected).then_some(())
     })
     .await;
-    let unique: HashSet<u64> = receiver.got().iter().map(|g| g.version).collect();
+    let unique: HashSet<u64> = got(&receiver).iter().map(|g| g.version).collect();
     assert_eq!(
         unique.len() as u64,
         expected,
@@ -411,7 +355,7 @@ async fn events_beyond_the_retained_log_are_counted_lost_never_skipped_silently(
         "the lost events are one contiguous block"
     );
     assert_eq!(
-        status(&server, &id).await["lost_events"].as_u64(),
+        subscription(&server, &id).await["lost_events"].as_u64(),
         Some(lost)
     );
     let metrics = http
@@ -518,15 +462,15 @@ async fn kill_9_cycles_under_writers_deliver_every_acknowledged_change() {
     // `CRASH_MODE=webhook scripts/crash-loop N` runs this for N cycles.
     let (seed, cycles) = common::crash_loop_settings(5);
     let mut rng = fastrand::Rng::with_seed(seed);
-    let receiver = Receiver::new(200);
-    let url = receiver.serve(0).await;
+    let receiver = Receiver::start_on(0, &[], Answer::Status(200)).await;
+    let url = receiver.url();
     let args = [
         "--webhook-retry-schedule",
         "100ms,200ms,400ms,800ms,1s,1s,1s,1s,1s,1s",
     ];
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut server = TestServer::start(&args);
-    subscribe(&server, json!({"prefix": "c", "callback_url": url})).await;
+    subscribe(&server, &json!({"prefix": "c", "callback_url": url})).await;
     for cycle in 0..cycles {
         let writers = write_until_killed(&server, cycle, &ledger);
         tokio::time::sleep(Duration::from_millis(20 + rng.u64(0..200))).await;
@@ -542,11 +486,11 @@ async fn kill_9_cycles_under_writers_deliver_every_acknowledged_change() {
         .expect("lock");
     assert!(ledger.acked.len() > cycles, "the writers got work done");
     poll_until("every acknowledged change", async || {
-        let got: HashSet<String> = receiver.got().into_iter().map(|g| g.key).collect();
+        let got: HashSet<String> = got(&receiver).into_iter().map(|g| g.key).collect();
         ledger.acked.is_subset(&got).then_some(())
     })
     .await;
-    let got = receiver.got();
+    let got = got(&receiver);
     for g in &got {
         assert!(
             ledger.acked.contains(&g.key) || ledger.in_flight.contains(&g.key),

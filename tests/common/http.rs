@@ -118,6 +118,28 @@ pub async fn stats(server: &TestServer) -> Value {
     get_json(server, "/system/stats").await
 }
 
+/// The value of the unlabelled series `name` in `/metrics` (a counter's
+/// `…_total`), or 0 when it is not there yet.
+pub async fn metric(server: &TestServer, name: &str) -> f64 {
+    let response = server
+        .http()
+        .get(server.at("/metrics"))
+        .send()
+        .await
+        .expect("GET /metrics");
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.expect("metrics");
+    text.lines()
+        .find_map(|line| {
+            line.strip_prefix(name)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 /// One answer of the server, fully read.
 #[derive(Debug)]
 pub struct Reply {

@@ -19,10 +19,11 @@ pub mod partition;
 pub mod poll;
 pub mod powerfail;
 pub mod tcp;
+pub mod webhook;
 
 // Each test file uses some of these.
 #[allow(unused_imports)]
-pub use http::{Reply, assert_error, client, enc, get, get_json, kv, put, put_ttl, stats};
+pub use http::{Reply, assert_error, client, enc, get, get_json, kv, metric, put, put_ttl, stats};
 #[allow(unused_imports)]
 pub use poll::poll_until;
 
