@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
-use common::webhook::{Answer, Received, Receiver, subscribe, subscription, subscriptions};
+use common::webhook::{
+    Answer, Received, Receiver, subscribe, subscription, subscription_ids, subscriptions,
+};
 use common::{Stop, TestServer, assert_error, client, get_json, metric, poll_until, put};
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
@@ -120,6 +122,15 @@ async fn moved(server: &TestServer, before: [f64; 5]) -> [f64; 5] {
     std::array::from_fn(|n| after[n] - before[n])
 }
 
+/// Subscribes `receiver` to the key `k` and writes `k` once: the
+/// subscription's id, the webhook counters before the write, and its
+/// version.
+async fn subscribe_and_write(server: &TestServer, receiver: &Receiver) -> (String, [f64; 5], u64) {
+    let id = subscribe(server, &json!({"key": "k", "callback_url": receiver.url()})).await;
+    let before = webhook_counters(server).await;
+    (id, before, put(server, "k", "1").await)
+}
+
 /// `--webhook-max-attempts 8` (the old flag): attempts doubling from half
 /// a second, the same `webhook-id` on each, and none after the 2xx, watched
 /// for longer than the next retry could be due (2 s, +20% jitter).
@@ -127,13 +138,7 @@ async fn moved(server: &TestServer, before: [f64; 5]) -> [f64; 5] {
 async fn failures_are_retried_with_growing_gaps_and_none_after_the_2xx() {
     let server = TestServer::start(&["--webhook-max-attempts", "8"]);
     let retrying = Receiver::start(&[Answer::Status(500), Answer::Status(500)]).await;
-    let id = subscribe(
-        &server,
-        &json!({"key": "k", "callback_url": retrying.url()}),
-    )
-    .await;
-    let before = webhook_counters(&server).await;
-    let version = put(&server, "k", "1").await;
+    let (id, before, version) = subscribe_and_write(&server, &retrying).await;
     let got = retrying.wait_for(3).await;
     assert_eq!(got.len(), 3, "three attempts");
     assert!(
@@ -163,13 +168,7 @@ async fn failures_are_retried_with_growing_gaps_and_none_after_the_2xx() {
 async fn retry_after_on_429_and_503_is_honoured() {
     let server = TestServer::start(&["--webhook-retry-schedule", "100ms,100ms,100ms,100ms"]);
     let receiver = Receiver::start(&[Answer::RetryAfter(429, 2), Answer::RetryAfter(503, 1)]).await;
-    let id = subscribe(
-        &server,
-        &json!({"key": "k", "callback_url": receiver.url()}),
-    )
-    .await;
-    let before = webhook_counters(&server).await;
-    let version = put(&server, "k", "1").await;
+    let (id, before, version) = subscribe_and_write(&server, &receiver).await;
     let got = receiver.wait_for(3).await;
     let gap1 = got[1].at - got[0].at;
     let gap2 = got[2].at - got[1].at;
@@ -196,13 +195,7 @@ async fn retry_after_on_429_and_503_is_honoured() {
 async fn an_event_is_given_up_after_the_last_attempt() {
     let server = TestServer::start(&["--webhook-retry-schedule", "100ms,200ms"]);
     let receiver = Receiver::start_on(0, &[], Answer::Status(500)).await;
-    let id = subscribe(
-        &server,
-        &json!({"key": "k", "callback_url": receiver.url()}),
-    )
-    .await;
-    let before = webhook_counters(&server).await;
-    let version = put(&server, "k", "1").await;
+    let (id, before, version) = subscribe_and_write(&server, &receiver).await;
     let state = poll_until("the event is given up", async || {
         let state = subscription(&server, &id).await;
         (state["failed"] == 1).then_some(state)
@@ -249,13 +242,7 @@ async fn a_timed_out_attempt_is_retried() {
         "100ms,100ms",
     ]);
     let receiver = Receiver::start(&[Answer::Hang]).await;
-    let id = subscribe(
-        &server,
-        &json!({"key": "k", "callback_url": receiver.url()}),
-    )
-    .await;
-    let before = webhook_counters(&server).await;
-    let version = put(&server, "k", "1").await;
+    let (id, before, version) = subscribe_and_write(&server, &receiver).await;
     let got = receiver.wait_for(2).await;
     assert_eq!(got[0].id(), got[1].id());
     assert_eq!(got[1].version(), version);
@@ -315,12 +302,8 @@ async fn a_410_removes_the_subscription_for_good() {
         .await;
     // The removal is durable.
     server.restart(Stop::Kill9, &[]);
-    let ids: Vec<Value> = subscriptions(&server)
-        .await
-        .iter()
-        .map(|s| s["id"].clone())
-        .collect();
-    assert_eq!(ids, vec![json!(control_id)], "after the restart");
+    let ids = subscription_ids(&server).await;
+    assert_eq!(ids, vec![control_id], "after the restart");
     put(&server, "g4", "4").await;
     let got = control.wait_for(4).await;
     assert_eq!(got[3].key(), "g4");
@@ -579,12 +562,8 @@ async fn subscriptions_survive_restart() {
         .expect("unsub");
     assert_eq!(r.status(), 200);
     server.restart(Stop::Kill9, &[]);
-    let ids: Vec<Value> = subscriptions(&server)
-        .await
-        .iter()
-        .map(|s| s["id"].clone())
-        .collect();
-    assert_eq!(ids, vec![json!(sub)]);
+    let ids = subscription_ids(&server).await;
+    assert_eq!(ids, vec![sub]);
     put(&server, "k", "1").await;
     let got = receiver.wait_for(1).await;
     assert_eq!(got.len(), 1);

@@ -194,3 +194,12 @@ pub async fn subscriptions(server: &TestServer) -> Vec<Value> {
         .expect("array")
         .clone()
 }
+
+/// The ids of the listed subscriptions, in the order listed.
+pub async fn subscription_ids(server: &TestServer) -> Vec<String> {
+    subscriptions(server)
+        .await
+        .iter()
+        .map(|s| s["id"].as_str().expect("an id").to_string())
+        .collect()
+}
