@@ -19,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use common::tcp::free_port;
-use common::{TestServer, client, get, kv, poll_until, put};
+use common::webhook::subscribe;
+use common::{TestServer, client, get, get_json, kv, put};
 use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
@@ -485,11 +486,16 @@ fn a_concurrent_change_during_an_edit_shows_the_conflict() {
             "return document.getElementById('conflict').hidden",
         )
         .await;
-        poll_until("the chosen version is saved", async || {
-            (compact(&ui.get("doc").await.expect("present")) == json!({"owner": "console"}))
-                .then_some(())
-        })
-        .await;
+        // Not `poll_until`: its async closure makes this future not `Send`
+        // enough for the spawned scenario.
+        let started = Instant::now();
+        while compact(&ui.get("doc").await.expect("present")) != json!({"owner": "console"}) {
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the chosen version was never saved"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     });
 }
 
@@ -777,16 +783,7 @@ fn charts_draw_the_polled_figures() {
             ui.put(&format!("c/{n}"), "1").await;
             n += 1;
         }
-        let keys = ui
-            .http
-            .get(ui.server.at("/kv/count"))
-            .send()
-            .await
-            .expect("count")
-            .json::<Value>()
-            .await
-            .expect("JSON")["count"]
-            .clone();
+        let keys = get_json(&ui.server, "/kv/count").await["count"].clone();
         ui.wait_js(
             "the keys chart shows the count",
             &format!(
@@ -839,14 +836,7 @@ async fn take_screenshots(ui: &Ui, out: &Path) {
         ui.put(key, value).await;
     }
     let (url, _) = failing_receiver().await;
-    let subscribed = ui
-        .http
-        .post(ui.server.at("/pubsub/subscribe"))
-        .json(&json!({"prefix": "jobs/", "callback_url": url}))
-        .send()
-        .await
-        .expect("subscribe");
-    assert!(subscribed.status().is_success());
+    subscribe(&ui.server, &json!({"prefix": "jobs/", "callback_url": url})).await;
     ui.open().await;
     ui.list_prefix("app/").await;
     ui.wait_listed("the folders", |l| l.len() >= 3).await;
