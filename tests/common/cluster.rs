@@ -90,7 +90,7 @@ impl Node {
     /// Kills the process with SIGKILL.
     pub fn kill9(&mut self) {
         if let Some(mut server) = self.server.take() {
-            server.kill9();
+            server.stop(super::Stop::Kill9);
         }
     }
 

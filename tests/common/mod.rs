@@ -96,6 +96,15 @@ impl TestServer {
         TestServer::try_start_full(dir, "127.0.0.1:0", args, env)
     }
 
+    /// A server on `dir` listening on `listen` (a given address: cluster
+    /// members on their own loopback IPs).
+    pub fn start_at(dir: &Path, listen: &str, args: &[&str]) -> TestServer {
+        match TestServer::try_start_full(dir, listen, args, &[]) {
+            Ok(server) => server,
+            Err(failure) => panic!("server did not start on {listen}: {failure:?}"),
+        }
+    }
+
     fn try_start_full(
         dir: &Path,
         listen: &str,
@@ -211,10 +220,7 @@ impl TestServer {
             self.child.try_wait().ok().flatten().is_some(),
             "start_again while the server still runs"
         );
-        let new = match TestServer::try_start_full(&self.dir, listen, args, &[]) {
-            Ok(server) => server,
-            Err(failure) => panic!("server did not start again on {listen}: {failure:?}"),
-        };
+        let new = TestServer::start_at(&self.dir, listen, args);
         let tmp = self._tmp.take();
         *self = new;
         self._tmp = tmp;
