@@ -14,7 +14,10 @@ use bytes::Bytes;
 use common::{Stop, TestServer, assert_error, client, poll_until, put, stats};
 use futures_util::{SinkExt, Stream, StreamExt};
 use openmetrics_parser::openmetrics::parse_openmetrics;
-use openmetrics_parser::{MetricsExposition, OpenMetricsType, OpenMetricsValue};
+use openmetrics_parser::prometheus::parse_prometheus;
+use openmetrics_parser::{
+    MetricsExposition, OpenMetricsType, OpenMetricsValue, PrometheusType, PrometheusValue,
+};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
@@ -509,11 +512,15 @@ async fn a_lagging_websocket_client_is_closed() {
 
 type Exposition = MetricsExposition<OpenMetricsType, OpenMetricsValue>;
 
-/// Scrapes `/metrics` and parses it with a strict OpenMetrics parser (the
-/// text format Prometheus scrapes by default).
+/// Scrapes `/metrics` asking for OpenMetrics, as Prometheus does, and
+/// parses it with a strict OpenMetrics parser.
 async fn scrape(http: &reqwest::Client, server: &TestServer) -> Exposition {
     let response = http
         .get(server.at("/metrics"))
+        .header(
+            "accept",
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+        )
         .send()
         .await
         .expect("GET /metrics");
@@ -553,6 +560,53 @@ fn metric(scrape: &Exposition, name: &str, labels: &[(&str, &str)]) -> f64 {
         .collect();
     assert!(found.len() <= 1, "{name} {labels:?} matches {found:?}");
     found.first().copied().unwrap_or(0.0)
+}
+
+/// Without an `Accept` that asks for OpenMetrics, `/metrics` is Prometheus
+/// text 0.0.4: a strict parser of that format reads it, with the same
+/// families and values as the OpenMetrics answer.
+#[tokio::test]
+async fn metrics_are_prometheus_text_unless_openmetrics_is_asked_for() {
+    let http = client();
+    let server = TestServer::start(&["--in-memory"]);
+    for i in 0..3 {
+        put(&http, &server, &format!("k{i}"), "1").await;
+    }
+    for accept in [None, Some("*/*"), Some("text/plain")] {
+        let mut request = http.get(server.at("/metrics"));
+        if let Some(accept) = accept {
+            request = request.header("accept", accept);
+        }
+        let response = request.send().await.expect("GET /metrics");
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            response.headers()["content-type"],
+            "text/plain; version=0.0.4; charset=utf-8",
+            "{accept:?}"
+        );
+        let text = response.text().await.expect("body");
+        assert!(!text.contains("# EOF"), "{text}");
+        let parsed = parse_prometheus(&text)
+            .unwrap_or_else(|e| panic!("not Prometheus text ({e:?}):\n{text}"));
+        let keys = parsed.families.get("dododb_keys").expect("dododb_keys");
+        let values: Vec<f64> = keys
+            .iter_samples()
+            .map(|sample| match &sample.value {
+                PrometheusValue::Gauge(v) | PrometheusValue::Unknown(v) => v.as_f64(),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(values, [3.0]);
+        let requests = parsed
+            .families
+            .get("dododb_http_requests_total")
+            .expect("counters are named after their samples");
+        assert!(matches!(requests.family_type, PrometheusType::Counter));
+    }
+    // The same families as OpenMetrics, where counters drop `_total`.
+    let openmetrics = scrape(&http, &server).await;
+    assert_eq!(metric(&openmetrics, "dododb_keys", &[]), 3.0);
+    assert!(openmetrics.families.contains_key("dododb_http_requests"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -476,6 +476,50 @@ async fn listing_pages_through_keys_in_byte_order() {
     }
 }
 
+/// A cursor is a position in byte order, base64url-encoded: also one that
+/// is no key's bytes starts the page at the first key that sorts after it.
+#[tokio::test]
+async fn any_base64url_cursor_is_a_position() {
+    let api = Api::start(&[]);
+    for key in ["a", "a\u{80}", "a\u{7ff}", "ab", "b"] {
+        api.put_ok(key, "1").await;
+    }
+    let page_of = |cursor: &[u8], values: bool| {
+        use base64::Engine;
+        let cursor = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(cursor);
+        let api = &api;
+        async move {
+            api.get_json(&format!("/kv?limit=2&cursor={cursor}&values={values}"))
+                .await
+        }
+    };
+    let page = |cursor: &'static [u8]| page_of(cursor, false);
+    // After "a" and a lone continuation byte: "a\u{80}" (C2 80) is first.
+    let (status, body) = page(b"a\x80").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        body,
+        json!({"keys": ["a\u{80}", "a\u{7ff}"], "next_cursor": "Yd-_"})
+    );
+    // Past every "a…" key.
+    let (_, body) = page(b"a\xff").await;
+    assert_eq!(body, json!({"keys": ["b"], "next_cursor": null}));
+    let (status, body) = page_of(b"a\xff", true).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["items"][0]["key"], "b", "{body}");
+    assert_eq!(body["items"].as_array().map(Vec::len), Some(1), "{body}");
+    // Past every key there can be.
+    let (_, body) = page(b"\xff").await;
+    assert_eq!(body, json!({"keys": [], "next_cursor": null}));
+    // The cursor of a key's own bytes starts after that key ("ab" sorts
+    // before "a\u{80}": 0x62 < 0xC2).
+    let (_, body) = page(b"a").await;
+    assert_eq!(
+        body,
+        json!({"keys": ["ab", "a\u{80}"], "next_cursor": "YcKA"})
+    );
+}
+
 #[tokio::test]
 async fn listing_rejects_bad_limits_cursors_and_parameters() {
     let api = Api::start(&[]);
@@ -488,8 +532,10 @@ async fn listing_rejects_bad_limits_cursors_and_parameters() {
         "/kv?limit=",
         "/kv?limit=1.5",
         "/kv?cursor=!!!",
-        "/kv?cursor=_w",    // base64url of the byte 0xFF: not UTF-8
         "/kv?cursor=a%20b", // a space is not base64url
+        "/kv?cursor=a",     // no whole byte
+        "/kv?cursor=_x",    // bits past the last byte
+        "/kv?cursor=YQ==",  // padded
         "/kv?bogus=1",
         "/kv?prefix=k&bogus=1",
         "/kv/count?bogus=1",
@@ -612,6 +658,7 @@ async fn bad_parameters_and_headers_are_invalid_request_and_change_nothing() {
         "ttl=1.5",
         "ttl=",
         "ttl=1s",
+        "ttl=18446744073709551616", // past u64
         "bogus=1",
         "ttl=5&bogus=1",
     ] {

@@ -469,6 +469,15 @@ async fn subscribe_validation_idempotence_and_unsubscribe() {
             json!({"key": "k", "callback_url": "http://127.0.0.1:1/h", "extra": 1}),
             "invalid_request",
         ),
+        // A field that is there is a string: null is no way to leave it out.
+        (
+            json!({"key": null, "prefix": "p", "callback_url": "http://127.0.0.1:1/h"}),
+            "invalid_request",
+        ),
+        (
+            json!({"key": "k", "callback_url": "http://127.0.0.1:1/h", "secret": null}),
+            "invalid_request",
+        ),
     ] {
         let r = http
             .post(server.at("/pubsub/subscribe"))

@@ -519,15 +519,16 @@ impl Db {
         Ok(outcome.version)
     }
 
-    /// Up to `limit` keys under `prefix` after the key `after`, in
-    /// ascending byte order.
-    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize) -> ListPage {
+    /// Up to `limit` keys under `prefix` that sort after `after` (the
+    /// bytes of the last key of the previous page, or any position in byte
+    /// order), in ascending byte order.
+    pub fn list(&self, prefix: &str, after: Option<&[u8]>, limit: usize) -> ListPage {
         self.inner.store.list(prefix, after, limit, now_ms())
     }
 
     /// [`Db::list`] with each key's entry, read as one consistent page:
     /// no write lands between two of its entries.
-    pub fn list_entries(&self, prefix: &str, after: Option<&str>, limit: usize) -> EntryPage {
+    pub fn list_entries(&self, prefix: &str, after: Option<&[u8]>, limit: usize) -> EntryPage {
         self.inner
             .store
             .list_entries(prefix, after, limit, now_ms())

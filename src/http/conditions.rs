@@ -25,10 +25,12 @@ pub(super) enum Conditions {
 /// # Errors
 ///
 /// `invalid_request` for a header that is not `*` or a list of version
-/// ETags (an `If-None-Match` other than `*`, or on a route without it);
-/// `precondition_failed` when `If-Match` and `If-None-Match: *` come
-/// together: the first needs the key to exist and the second needs it
-/// absent, so whatever the key's state, one of them fails.
+/// ETags (an `If-None-Match` other than `*`, or on a route without it).
+///
+/// `If-Match` with `If-None-Match: *` is a condition that never holds: the
+/// first needs the key to exist and the second needs it absent, so
+/// whatever the key's state, one of them fails (`412`). It goes to the
+/// store like any other, so the body is still checked first.
 pub(super) fn precondition(
     headers: &HeaderMap,
     conditions: Conditions,
@@ -36,11 +38,7 @@ pub(super) fn precondition(
     let if_match = if_match(headers)?;
     let if_none_match = if_none_match(headers, conditions)?;
     match (if_match, if_none_match) {
-        (Some(_), true) => Err(ApiError::PreconditionFailed(
-            "If-Match needs the key to exist and If-None-Match: * needs it absent; \
-             both cannot hold"
-                .into(),
-        )),
+        (Some(_), true) => Ok(Some(Precondition::IfVersionIn(Box::new([])))),
         (Some(pre), false) => Ok(Some(pre)),
         (None, true) => Ok(Some(Precondition::IfAbsent)),
         (None, false) => Ok(None),
@@ -266,10 +264,10 @@ mod tests {
     }
 
     #[test]
-    fn both_headers_fail_whatever_the_state_and_malformed_ones_come_first() {
-        check(&["*"], &["*"], Err(412));
-        check(&["\"3\""], &["*"], Err(412));
-        check(&["\"3\", \"5\""], &["*"], Err(412));
+    fn both_headers_never_hold_and_malformed_ones_come_first() {
+        check(&["*"], &["*"], versions(&[]));
+        check(&["\"3\""], &["*"], versions(&[]));
+        check(&["\"3\", \"5\""], &["*"], versions(&[]));
         check(&["abc"], &["*"], Err(400));
         check(&["*"], &["\"1\""], Err(400));
         check(&[""], &[""], Err(400));

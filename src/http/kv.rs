@@ -8,11 +8,10 @@ use axum::extract::rejection::{BytesRejection, QueryRejection};
 use axum::extract::{FromRequest, Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::{Deserialize, Serialize};
 
 use super::conditions::{Conditions, precondition};
+use super::cursor;
 use super::error::ApiError;
 use super::{AppState, json, json_bytes};
 use crate::db::PutOptions;
@@ -335,7 +334,7 @@ pub(super) async fn list(
             )));
         }
     };
-    let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    let after = q.cursor.as_deref().map(cursor::decode).transpose()?;
     let prefix = q.prefix.unwrap_or_default();
     // The walk is O(keys): keep it off the async workers.
     let db = state.db.clone();
@@ -346,7 +345,7 @@ pub(super) async fn list(
             let page = db.list(&prefix, after.as_deref(), limit);
             serde_json::to_vec(&ListAnswer {
                 keys: page.keys,
-                next_cursor: page.next_after.as_deref().map(encode_cursor),
+                next_cursor: page.next_after.as_deref().map(cursor::encode),
             })
             .unwrap_or_default()
         }
@@ -393,29 +392,13 @@ fn entries_answer(page: &crate::store::EntryPage) -> Vec<u8> {
     match page.next_after.as_deref() {
         Some(key) => {
             out.push(b'"');
-            out.extend_from_slice(encode_cursor(key).as_bytes());
+            out.extend_from_slice(cursor::encode(key).as_bytes());
             out.push(b'"');
         }
         None => out.extend_from_slice(b"null"),
     }
     out.push(b'}');
     out
-}
-
-fn encode_cursor(after: &str) -> String {
-    URL_SAFE_NO_PAD.encode(after.as_bytes())
-}
-
-/// A cursor is the last key of the previous page, base64url-encoded so it
-/// travels safely in a query string.
-fn decode_cursor(cursor: &str) -> Result<String, ApiError> {
-    URL_SAFE_NO_PAD
-        .decode(cursor)
-        .ok()
-        .and_then(|bytes| String::from_utf8(bytes).ok())
-        .ok_or_else(|| {
-            ApiError::InvalidRequest(format!("cursor {cursor:?} is not one this server issued"))
-        })
 }
 
 #[derive(Deserialize)]

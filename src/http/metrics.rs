@@ -19,7 +19,7 @@ use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use axum::extract::Request;
-use axum::http::{HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use pin_project_lite::pin_project;
 use prometheus_client::collector::Collector;
@@ -34,6 +34,7 @@ use prometheus_client::registry::Registry;
 
 use super::ROUTES;
 use super::error::ApiError;
+use super::exposition::{Format, to_prometheus_text};
 use crate::db::Db;
 
 /// Upper bounds of the request latency buckets, in seconds: 100 µs to 5 s.
@@ -88,17 +89,19 @@ impl Metrics {
             .sum()
     }
 
-    /// The scrape answer.
-    pub(super) fn render(&self) -> Response {
+    /// The scrape answer, in `format`.
+    pub(super) fn render(&self, format: Format) -> Response {
         let mut text = String::with_capacity(16 * 1024);
         if let Err(e) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
             return ApiError::Internal(format!("cannot encode metrics: {e}")).into_response();
         }
+        if format == Format::PrometheusText {
+            text = to_prometheus_text(&text);
+        }
         let mut response = text.into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, format.content_type());
         response
     }
 }

@@ -4,7 +4,9 @@
 mod admission;
 mod cluster;
 mod conditions;
+mod cursor;
 mod error;
+mod exposition;
 mod feed;
 #[doc(hidden)]
 pub mod fuzz;

@@ -12,24 +12,37 @@ use super::{AppState, json};
 use crate::db::{DbError, SubscriptionStatus, Unsubscribe};
 use crate::events::subscriptions::{Subscription, Target};
 
+// Every field may be left out, but one that is there is a string: `null`
+// is refused like any other wrong type, as the OpenAPI document says.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SubscribeBody {
+    #[serde(default, deserialize_with = "string")]
     key: Option<String>,
+    #[serde(default, deserialize_with = "string")]
     prefix: Option<String>,
-    #[serde(alias = "callback")]
+    #[serde(default, deserialize_with = "string", alias = "callback")]
     callback_url: Option<String>,
+    #[serde(default, deserialize_with = "string")]
     secret: Option<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct UnsubscribeBody {
+    #[serde(default, deserialize_with = "string")]
     id: Option<String>,
+    #[serde(default, deserialize_with = "string")]
     key: Option<String>,
+    #[serde(default, deserialize_with = "string")]
     prefix: Option<String>,
-    #[serde(alias = "callback")]
+    #[serde(default, deserialize_with = "string", alias = "callback")]
     callback_url: Option<String>,
+}
+
+/// A field that is present: a string, never `null`.
+fn string<'de, D: serde::Deserializer<'de>>(field: D) -> Result<Option<String>, D::Error> {
+    String::deserialize(field).map(Some)
 }
 
 /// A subscription as the API shows it: never with its secret.

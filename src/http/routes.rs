@@ -5,10 +5,11 @@
 
 use axum::Router;
 use axum::extract::State;
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodFilter, MethodRouter, on};
 
+use super::exposition::Format;
 use super::{AppState, cluster, feed, kv, pubsub, system, txn, ui};
 
 /// The OpenAPI 3 document of this API, served at `GET /openapi.json`.
@@ -133,8 +134,8 @@ fn filter(method: &Method) -> MethodFilter {
     MethodFilter::try_from(method.clone()).expect("the route table uses routable methods")
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    state.metrics.render()
+async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    state.metrics.render(Format::negotiate(&headers))
 }
 
 async fn openapi() -> Response {

@@ -70,10 +70,9 @@ impl Ordered {
     /// The first position whose key is under `prefix` or past it, and
     /// after `after`: where a walk of `prefix` from the cursor `after`
     /// starts. With a `hint`, the search starts there.
-    fn start(&self, prefix: &str, after: Option<&str>, hint: Option<usize>) -> usize {
+    fn start(&self, prefix: &str, after: Option<&[u8]>, hint: Option<usize>) -> usize {
         match after {
-            Some(after) if after >= prefix => {
-                let after = after.as_bytes();
+            Some(after) if after >= prefix.as_bytes() => {
                 self.partition_from(hint, |k| k <= after)
             }
             _ => {
@@ -132,8 +131,9 @@ impl Ordered {
         }
     }
 
-    /// The positions of the keys under `prefix` that sort after `after`.
-    fn range(&self, prefix: &str, after: Option<&str>) -> std::ops::Range<usize> {
+    /// The positions of the keys under `prefix` that sort after the bytes
+    /// `after`.
+    fn range(&self, prefix: &str, after: Option<&[u8]>) -> std::ops::Range<usize> {
         let start = self.start(prefix, after, None);
         let end = match prefix_end(prefix.as_bytes()) {
             Some(end) => self.first_not_below(&end),
@@ -203,7 +203,7 @@ impl Ordered {
     pub(super) fn copy_out(
         &mut self,
         prefix: &str,
-        after: Option<&str>,
+        after: Option<&[u8]>,
         chunk: usize,
         keep: impl Fn(&KeyRef) -> bool,
         out: &mut VecDeque<CompactString>,
@@ -247,9 +247,9 @@ impl Ordered {
 /// one added or removed meanwhile may or may not be.
 pub(super) fn walk(
     parts: usize,
-    after: Option<&str>,
+    after: Option<&[u8]>,
     expected: usize,
-    mut fill: impl FnMut(usize, Option<&str>, usize, &mut VecDeque<CompactString>) -> bool,
+    mut fill: impl FnMut(usize, Option<&[u8]>, usize, &mut VecDeque<CompactString>) -> bool,
     mut visit: impl FnMut(&str) -> bool,
 ) {
     // Enough that most parts need no second visit for one page.
@@ -272,7 +272,7 @@ pub(super) fn walk(
         if buffer.is_empty() && !*exhausted {
             // Every key of this part up to `key` has been merged: go on
             // right after it.
-            *exhausted = fill(part, Some(&key), chunk, buffer);
+            *exhausted = fill(part, Some(key.as_bytes()), chunk, buffer);
         }
         if let Some(next) = buffer.pop_front() {
             heads.push(Reverse((next, part)));
@@ -345,7 +345,7 @@ mod tests {
             let mut seen = Vec::new();
             walk(
                 PARTS,
-                after,
+                after.map(str::as_bytes),
                 take,
                 |part, after, chunk, out| {
                     self.parts[part].copy_out(prefix, after, chunk, |_| true, out)

@@ -39,8 +39,9 @@ pub(super) struct Page<T> {
 }
 
 impl Store {
-    /// Up to `limit` visible keys under `prefix` that sort after `after`.
-    pub fn list(&self, prefix: &str, after: Option<&str>, limit: usize, now_ms: u64) -> ListPage {
+    /// Up to `limit` visible keys under `prefix` that sort after the bytes
+    /// `after` (a key, or any position in byte order).
+    pub fn list(&self, prefix: &str, after: Option<&[u8]>, limit: usize, now_ms: u64) -> ListPage {
         let Page { items, next_after } =
             self.page(prefix, after, limit, now_ms, |key| Some(Box::from(key)));
         ListPage {
@@ -59,7 +60,7 @@ impl Store {
     pub fn list_entries(
         &self,
         prefix: &str,
-        after: Option<&str>,
+        after: Option<&[u8]>,
         limit: usize,
         now_ms: u64,
     ) -> EntryPage {
@@ -80,7 +81,7 @@ impl Store {
         &self,
         shard: usize,
         prefix: &str,
-        after: Option<&str>,
+        after: Option<&[u8]>,
         chunk: usize,
         now_ms: u64,
         out: &mut VecDeque<CompactString>,
@@ -99,7 +100,7 @@ impl Store {
     pub(super) fn page<T>(
         &self,
         prefix: &str,
-        after: Option<&str>,
+        after: Option<&[u8]>,
         limit: usize,
         now_ms: u64,
         mut take: impl FnMut(&str) -> Option<T>,
@@ -108,7 +109,7 @@ impl Store {
         let mut items: Vec<T> = Vec::with_capacity(limit.min(1024));
         let mut last: Option<Box<str>> = None;
         let mut more = false;
-        let fill = |shard, after: Option<&str>, chunk, out: &mut VecDeque<CompactString>| {
+        let fill = |shard, after: Option<&[u8]>, chunk, out: &mut VecDeque<CompactString>| {
             self.copy_keys(shard, prefix, after, chunk, now_ms, out)
         };
         index::walk(self.sides.len(), after, limit + 1, fill, |key| {

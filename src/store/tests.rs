@@ -175,7 +175,7 @@ fn listing_pages_in_byte_order() {
     }
     let check =
         |prefix: &str, after: Option<&str>, limit: usize, keys: &[&str], next: Option<&str>| {
-            let page = store.list(prefix, after, limit, NOW);
+            let page = store.list(prefix, after.map(str::as_bytes), limit, NOW);
             let got: Vec<&str> = page.keys.iter().map(|k| &**k).collect();
             assert_eq!(got, keys, "prefix {prefix:?} after {after:?}");
             assert_eq!(page.next_after.as_deref(), next);
@@ -187,6 +187,15 @@ fn listing_pages_in_byte_order() {
     check("a", None, 10, &["a", "a/b", "ab"], None);
     check("a", Some("a"), 1, &["a/b"], Some("a/b"));
     check("zzz", None, 10, &[], None);
+    // A position need not be a key, nor UTF-8: the keys after its bytes.
+    let after = |position: &[u8], prefix: &str| -> Vec<String> {
+        let page = store.list(prefix, Some(position), 10, NOW);
+        page.keys.iter().map(|k| k.to_string()).collect()
+    };
+    assert_eq!(after(b"a\xff", ""), ["b", "c", "é"]);
+    assert_eq!(after(b"a\xff", "a"), Vec::<String>::new());
+    assert_eq!(after(b"\xc3", ""), ["é"]);
+    assert_eq!(after(b"\xff", ""), Vec::<String>::new());
 }
 
 /// A model test of listing and counting through the whole store: random
@@ -270,7 +279,7 @@ fn listing_and_counting_agree_with_a_btreemap_model() {
         let mut walked: Vec<String> = Vec::new();
         let mut after: Option<Box<str>> = None;
         loop {
-            let page = store.list(prefix, after.as_deref(), limit, now);
+            let page = store.list(prefix, after.as_deref().map(str::as_bytes), limit, now);
             assert!(page.keys.len() <= limit);
             walked.extend(page.keys.iter().map(|k| k.to_string()));
             match page.next_after {
