@@ -196,3 +196,44 @@ fn every_ref_resolves_and_errors_use_the_envelope() {
         }
     }
 }
+
+/// `/ui/{asset}` names exactly the console's files (those under `ui/`), and
+/// each is served with a content type the document lists.
+#[test]
+fn the_console_assets_are_exactly_the_documented_names() {
+    let doc: Value = serde_json::from_str(dododb::http::OPENAPI_JSON).expect("JSON");
+    let op = &doc["paths"]["/ui/{asset}"]["get"];
+    let documented: BTreeSet<String> = op["parameters"][0]["schema"]["enum"]
+        .as_array()
+        .expect("an enum of names")
+        .iter()
+        .map(|v| v.as_str().expect("a name").to_string())
+        .collect();
+    let files: BTreeSet<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/ui"))
+        .expect("ui/")
+        .map(|e| e.expect("entry").file_name().into_string().expect("UTF-8"))
+        .collect();
+    assert_eq!(documented, files);
+    let types = op["responses"]["200"]["content"]
+        .as_object()
+        .expect("content");
+    let server = TestServer::start(&[]);
+    let http = http();
+    for name in &documented {
+        let response = http
+            .get(server.at(&format!("/ui/{name}")))
+            .send()
+            .expect("GET");
+        assert_eq!(response.status(), 200, "{name}");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .unwrap_or_default()
+            .to_string();
+        assert!(types.contains_key(&content_type), "{name}: {content_type}");
+    }
+    let response = http.get(server.at("/ui/nope.js")).send().expect("GET");
+    assert_eq!(response.status(), 404);
+}

@@ -143,6 +143,26 @@ async fn compares_by_version_existence_and_json_value() {
         "a big number differs in its last digit"
     );
     check(json!({"key": "absent", "value": null}), false).await;
+    // A version and a TTL are whole numbers however written (JSON Schema's
+    // integer): 3.0 and 3e0 are 3.
+    let (status, doc) = txn_text(
+        &server,
+        &format!(
+            r#"{{"compare": [{{"key": "doc", "version": {v}.0}}, {{"key": "absent", "version": 0e0}}],
+                "success": [{{"op": "put", "key": "t", "value": 1, "ttl": 6e1}}]}}"#
+        ),
+    )
+    .await;
+    assert_eq!((status, &doc["succeeded"]), (200, &json!(true)), "{doc}");
+    let meta: Value = client()
+        .get(server.at("/kv/t/meta"))
+        .send()
+        .await
+        .expect("meta")
+        .json()
+        .await
+        .expect("json");
+    assert!(meta["expires_at"].is_string(), "{meta}");
 }
 
 #[tokio::test]
