@@ -19,6 +19,7 @@ mod system;
 mod txn;
 mod ui;
 mod unread_body;
+mod whole;
 
 use std::future::Future;
 use std::time::{Duration, UNIX_EPOCH};

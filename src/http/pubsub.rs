@@ -254,6 +254,7 @@ pub(super) async fn failed(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RecoverBody {
+    #[serde(default, deserialize_with = "super::whole::optional")]
     since: Option<u64>,
 }
 
