@@ -539,10 +539,31 @@ async fn listing_rejects_bad_limits_cursors_and_parameters() {
         "/kv?bogus=1",
         "/kv?prefix=k&bogus=1",
         "/kv/count?bogus=1",
+        // A server that runs alone reads linearizably and stale at once,
+        // but still refuses what is neither.
+        "/kv?consistency=sometimes",
+        "/kv/count?consistency=",
+        "/kv/k?consistency=AAA",
+        "/kv/k/exists?consistency=Stale",
+        "/kv/k/meta?consistency=1",
+        "/kv/k?prefix=k&consistency=x",
     ] {
         let reply = api.call(Method::GET, path, &[], None).await;
         reply.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
     }
+    for path in [
+        "/kv?consistency=stale",
+        "/kv/count?consistency=linearizable",
+        "/kv/k?consistency=stale",
+        "/kv/k/exists?consistency=linearizable",
+    ] {
+        let reply = api.call(Method::GET, path, &[], None).await;
+        assert_eq!(reply.status, StatusCode::OK, "{path}");
+    }
+    let reply = api
+        .call(Method::HEAD, "/kv/k?consistency=x", &[], None)
+        .await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST);
     let reply = api.call(Method::POST, "/kv/clear?bogus=1", &[], None).await;
     reply.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
     assert_eq!(api.count(None).await, 1, "a refused clear cleared nothing");

@@ -90,13 +90,30 @@ fn is_stale(uri: &Uri) -> Result<bool, ApiError> {
     Ok(false)
 }
 
+/// Checks a read's `consistency` on a server that runs alone, where every
+/// read is both linearizable and stale.
+///
+/// # Errors
+///
+/// `invalid_request` for a value other than `linearizable` or `stale`.
+pub(super) fn check_consistency(uri: &Uri) -> Result<(), ApiError> {
+    is_stale(uri).map(drop)
+}
+
 /// Before a read on a cluster member: waits for the read index unless the
-/// read is stale. Returns nothing on a server that runs alone.
+/// read is stale. On a server that runs alone it only checks
+/// `consistency` ([`check_consistency`]).
+///
+/// # Errors
+///
+/// `invalid_request` for a `consistency` other than `linearizable` or
+/// `stale` (on any server); what the cluster answers otherwise.
 pub(super) async fn before_read(state: &AppState, uri: &Uri) -> Result<(), ApiError> {
+    let stale = is_stale(uri)?;
     let Some(cluster) = &state.cluster else {
         return Ok(());
     };
-    if !is_stale(uri)? {
+    if !stale {
         cluster
             .read_barrier()
             .await

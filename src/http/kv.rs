@@ -143,6 +143,7 @@ pub(super) async fn get(State(state): State<AppState>, uri: Uri) -> Result<Respo
     if state.cluster.is_some() {
         return replicated_read(&state, &uri, get_entry(&state, &key)).await;
     }
+    super::cluster::check_consistency(&uri)?;
     get_entry(&state, &key)()
 }
 
@@ -180,6 +181,9 @@ pub(super) async fn head(State(state): State<AppState>, uri: Uri) -> Response {
     if state.cluster.is_some() {
         let answer = replicated_read(&state, &uri, || Ok(head_entry(&state, &uri))).await;
         return answer.unwrap_or_else(|e| e.status().into_response());
+    }
+    if let Err(e) = super::cluster::check_consistency(&uri) {
+        return e.status().into_response();
     }
     head_entry(&state, &uri)
 }
@@ -223,6 +227,7 @@ pub(super) async fn exists(State(state): State<AppState>, uri: Uri) -> Result<Re
     if state.cluster.is_some() {
         return replicated_read(&state, &uri, read).await;
     }
+    super::cluster::check_consistency(&uri)?;
     read()
 }
 
@@ -240,6 +245,7 @@ pub(super) async fn meta(State(state): State<AppState>, uri: Uri) -> Result<Resp
     if state.cluster.is_some() {
         return replicated_read(&state, &uri, read).await;
     }
+    super::cluster::check_consistency(&uri)?;
     read()
 }
 
