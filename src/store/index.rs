@@ -72,9 +72,7 @@ impl Ordered {
     /// starts. With a `hint`, the search starts there.
     fn start(&self, prefix: &str, after: Option<&[u8]>, hint: Option<usize>) -> usize {
         match after {
-            Some(after) if after >= prefix.as_bytes() => {
-                self.partition_from(hint, |k| k <= after)
-            }
+            Some(after) if after >= prefix.as_bytes() => self.partition_from(hint, |k| k <= after),
             _ => {
                 let prefix = prefix.as_bytes();
                 self.partition_from(hint, |k| k < prefix)
