@@ -570,7 +570,7 @@ async fn metrics_are_prometheus_text_unless_openmetrics_is_asked_for() {
     let http = client();
     let server = TestServer::start(&["--in-memory"]);
     for i in 0..3 {
-        put(&http, &server, &format!("k{i}"), "1").await;
+        put(&server, &format!("k{i}"), "1").await;
     }
     for accept in [None, Some("*/*"), Some("text/plain")] {
         let mut request = http.get(server.at("/metrics"));

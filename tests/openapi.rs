@@ -199,8 +199,8 @@ fn every_ref_resolves_and_errors_use_the_envelope() {
 
 /// `/ui/{asset}` names exactly the console's files (those under `ui/`), and
 /// each is served with a content type the document lists.
-#[test]
-fn the_console_assets_are_exactly_the_documented_names() {
+#[tokio::test]
+async fn the_console_assets_are_exactly_the_documented_names() {
     let doc: Value = serde_json::from_str(dododb::http::OPENAPI_JSON).expect("JSON");
     let op = &doc["paths"]["/ui/{asset}"]["get"];
     let documented: BTreeSet<String> = op["parameters"][0]["schema"]["enum"]
@@ -218,11 +218,12 @@ fn the_console_assets_are_exactly_the_documented_names() {
         .as_object()
         .expect("content");
     let server = TestServer::start(&[]);
-    let http = http();
+    let http = server.http();
     for name in &documented {
         let response = http
             .get(server.at(&format!("/ui/{name}")))
             .send()
+            .await
             .expect("GET");
         assert_eq!(response.status(), 200, "{name}");
         let content_type = response
@@ -234,6 +235,10 @@ fn the_console_assets_are_exactly_the_documented_names() {
             .to_string();
         assert!(types.contains_key(&content_type), "{name}: {content_type}");
     }
-    let response = http.get(server.at("/ui/nope.js")).send().expect("GET");
+    let response = http
+        .get(server.at("/ui/nope.js"))
+        .send()
+        .await
+        .expect("GET");
     assert_eq!(response.status(), 404);
 }
