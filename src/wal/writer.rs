@@ -389,7 +389,19 @@ impl WalWriter {
         if let Some(stall) = self.shared.faults.stall
             && keys.any(|key| key.starts_with("stall"))
         {
-            std::thread::sleep(stall);
+            // On a runtime worker, hand its queued tasks to another worker
+            // first: a plain sleep would also hold up the tasks parked
+            // behind it (the accept loop among them), which no slow disk
+            // does to writes that do not share the stalled shard.
+            let sleep = || std::thread::sleep(stall);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime)
+                    if runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread =>
+                {
+                    tokio::task::block_in_place(sleep)
+                }
+                _ => sleep(),
+            }
         }
     }
 
