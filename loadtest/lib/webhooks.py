@@ -61,11 +61,13 @@ def webhook_stats(url: str) -> dict:
     return json.loads(body)["webhooks"]
 
 
-def subscribe(url: str, callback: str) -> None:
+def subscribe(url: str, callback: str) -> str:
+    """Subscribes `callback` to the keys the load writes; returns the subscription's id."""
     body = json.dumps({"prefix": "k", "callback_url": callback})
     status, answer = dodo.http_request(url, "POST", "/pubsub/subscribe", body)
     if status not in (200, 201):
         raise RuntimeError(f"subscribe answered {status}: {answer[:200]!r}")
+    return json.loads(answer)["id"]
 
 
 class HangingReceiver:
@@ -148,19 +150,11 @@ def run_case(args, case: str, receiver_url: str, hanging, cpu_db, cpu_load) -> d
 
 
 def dead_rss(args, cpu_db, cpu_load) -> int:
-    data_dir = dodo.make_data_dir(None, "webhooks-dead-rss")
-    server = dodo.start_server(
-        "dododb-webhooks-dead-rss",
-        dodo.dododb_cmd(args.dododb_bin, data_dir, "never", ["--snapshot-interval", "0"]),
-        data_dir=data_dir, cpu=cpu_db)
+    server = dodo.start_dododb(args.dododb_bin, "never", tag="dododb-webhooks-dead-rss",
+                               extra=["--snapshot-interval", "0"], cpu=cpu_db)
     wrk = None
     try:
-        callback = callbacks_for("dead", "", None)[0]
-        status, answer = dodo.http_request(server.url, "POST", "/pubsub/subscribe",
-                                           json.dumps({"prefix": "k", "callback_url": callback}))
-        if status not in (200, 201):
-            raise RuntimeError(f"subscribe answered {status}: {answer[:200]!r}")
-        sub = json.loads(answer)["id"]
+        sub = subscribe(server.url, callbacks_for("dead", "", None)[0])
 
         def revision() -> int:
             _, body = dodo.http_request(server.url, path="/system/stats")
@@ -201,8 +195,7 @@ def dead_rss(args, cpu_db, cpu_load) -> int:
     finally:
         if wrk is not None:
             wrk.kill()
-        server.stop()
-        dodo.remove_dir(data_dir)
+        server.discard()
 
 
 def main(argv: list[str]) -> int:
