@@ -182,12 +182,14 @@ pub struct ServeArgs {
     /// Build a Raft snapshot every this many log entries.
     #[arg(long, default_value_t = 100_000, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_snapshot_logs: u64,
-    /// Raft heartbeat interval, in milliseconds.
-    #[arg(long, default_value_t = 100, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Raft heartbeat interval, in milliseconds (the leader's heartbeats,
+    /// and the deadline of a read-index round).
+    #[arg(long, env = "DODODB_RAFT_HEARTBEAT_MS", default_value_t = 50, requires = "node_id", value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_heartbeat_ms: u64,
-    /// Lower end of the Raft election timeout, in milliseconds (the upper
-    /// end is twice it).
-    #[arg(long, default_value_t = 500, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
+    /// A follower that hears no heartbeat for a random time between this
+    /// many milliseconds and twice it starts an election (must be more
+    /// than --raft-heartbeat-ms).
+    #[arg(long, env = "DODODB_RAFT_ELECTION_MS", default_value_t = 150, requires = "node_id", value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_election_ms: u64,
 }
 

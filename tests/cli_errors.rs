@@ -65,6 +65,39 @@ fn an_unusable_data_dir_is_one_line() {
 }
 
 #[test]
+fn raft_timing_that_cannot_work_is_one_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("d");
+    let dir = dir.to_str().expect("utf8");
+    let member = [
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir,
+        "--node-id",
+        "1",
+    ];
+    let mut args = member.to_vec();
+    args.extend(["--raft-heartbeat-ms", "200", "--raft-election-ms", "200"]);
+    assert_one_line_error(&args, "--raft-election-ms (200 ms) must be more than");
+    let mut args = member.to_vec();
+    args.extend(["--raft-heartbeat-ms", "0"]);
+    assert_one_line_error(&args, "raft-heartbeat-ms");
+    // Timing flags only make sense on a member.
+    assert_one_line_error(
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            dir,
+            "--raft-election-ms",
+            "300",
+        ],
+        "--node-id",
+    );
+}
+
+#[test]
 fn help_and_version_exit_zero() {
     assert_eq!(run(&["--version"]).0, Some(0));
     assert_eq!(run(&["--help"]).0, Some(0));

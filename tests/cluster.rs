@@ -6,15 +6,16 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{TestCluster, eventually, http, read as read_retrying, redirect_target};
 use serde_json::{Value, json};
 
-/// The default timing, spelled out: heartbeats every 100 ms, elections
-/// after 500–1000 ms of silence.
+/// Slower than the default (50 ms, 150–300 ms), so that the suite's
+/// parallel load causes no needless elections: heartbeats every 100 ms,
+/// elections after 500–1000 ms of silence.
 const FAST: [&str; 4] = ["--raft-heartbeat-ms", "100", "--raft-election-ms", "500"];
 
 fn put(url: &str, body: &Value) -> reqwest::blocking::Response {
@@ -131,6 +132,69 @@ fn concurrent_linearizable_reads_on_the_leader_all_answer() {
         let statuses = reader.join().expect("reader");
         assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
     }
+}
+
+#[test]
+fn concurrent_linearizable_reads_see_every_write_acknowledged_before_them() {
+    // Many reads at once share read-index rounds; each must still see the
+    // last write acknowledged before it was sent, on the leader and on the
+    // followers (which ask the leader for the index).
+    let cluster = TestCluster::start(3, &FAST);
+    assert_eq!(cluster.init().status(), 200);
+    let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url()).collect();
+    let leader = urls[cluster.leader()].clone();
+    assert_eq!(
+        put(&format!("{leader}/kv/counter"), &json!(0)).status(),
+        201
+    );
+    let acked = Arc::new(AtomicU64::new(0));
+    let done = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (acked, done) = (Arc::clone(&acked), Arc::clone(&done));
+        std::thread::spawn(move || {
+            let client = http();
+            for n in 1..=150u64 {
+                let answer = client
+                    .put(format!("{leader}/kv/counter"))
+                    .json(&json!(n))
+                    .send()
+                    .expect("PUT");
+                assert_eq!(answer.status(), 200, "write {n}");
+                acked.store(n, Ordering::SeqCst);
+            }
+            done.store(true, Ordering::SeqCst);
+        })
+    };
+    let readers: Vec<_> = (0..48)
+        .map(|i| {
+            let url = format!("{}/kv/counter", urls[i % urls.len()]);
+            let (acked, done) = (Arc::clone(&acked), Arc::clone(&done));
+            std::thread::spawn(move || {
+                let client = http();
+                let mut reads = 0u64;
+                while !done.load(Ordering::SeqCst) || reads < 5 {
+                    let floor = acked.load(Ordering::SeqCst);
+                    let answer = client.get(&url).send().expect("GET");
+                    assert_eq!(answer.status(), 200, "{url}");
+                    assert!(answer.headers().contains_key("dododb-revision"));
+                    let seen = answer
+                        .json::<Value>()
+                        .expect("JSON")
+                        .as_u64()
+                        .expect("a number");
+                    assert!(
+                        seen >= floor,
+                        "{url} answered {seen} after write {floor} was acknowledged"
+                    );
+                    reads += 1;
+                }
+                reads
+            })
+        })
+        .collect();
+    writer.join().expect("writer");
+    let reads: u64 = readers.into_iter().map(|r| r.join().expect("reader")).sum();
+    assert!(reads >= 48 * 5, "{reads} reads");
 }
 
 #[test]

@@ -35,6 +35,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--keys", type=int, default=100_000, help="keys preloaded and addressed (default 100000)")
     p.add_argument("--wrk-threads", type=int, default=2)
     p.add_argument("--tmp-dir", default=None, help="parent of the data dirs (a real disk for --fsync always)")
+    p.add_argument("--member-args", default="",
+                   help='more flags for each member, e.g. "--raft-heartbeat-ms 100 --raft-election-ms 500"')
     p.add_argument("--dododb-bin", default=dodo.DODODB_BIN)
     p.add_argument("--out", default=None, help="results JSON (default loadtest/results/cluster-<timestamp>.json)")
     p.add_argument("--no-build", action="store_true", help=argparse.SUPPRESS)  # read by the wrapper
@@ -83,7 +85,7 @@ def cluster(a: argparse.Namespace) -> dict:
         for node in (1, 2, 3):
             data_dir = dodo.make_data_dir(a.tmp_dir, f"member{node}")
             dirs.append(data_dir)
-            cmd = dodo.dododb_cmd(a.dododb_bin, data_dir, a.fsync, ["--node-id", str(node)])
+            cmd = dodo.dododb_cmd(a.dododb_bin, data_dir, a.fsync, ["--node-id", str(node), *a.member_args.split()])
             members.append(dodo.start_server(f"dododb-member{node}", cmd, data_dir=data_dir))
         body = json.dumps({"members": {str(i + 1): {"url": m.url} for i, m in enumerate(members)}})
         code, answer = dodo.http_request(members[0].url, "POST", "/cluster/init", body, timeout=60)
@@ -99,12 +101,19 @@ def cluster(a: argparse.Namespace) -> dict:
             time.sleep(0.1)
         leader = members[leader_id - 1]
         follower = members[leader_id % 3]
+        term = status(leader.url)["term"]
         dodo.preload_wrk(leader.url, a.keys, threads=a.wrk_threads)
-        return {"leader": leader_id,
-                "put": measure(a, leader.url, "put.lua", leader.pid),
-                "get_leader": measure(a, leader.url, "get_random.lua", leader.pid),
-                "get_stale_follower": measure(a, follower.url, "get_random.lua", follower.pid,
-                                              "?consistency=stale")}
+        result = {"leader": leader_id,
+                  "put": measure(a, leader.url, "put.lua", leader.pid),
+                  "get_leader": measure(a, leader.url, "get_random.lua", leader.pid),
+                  "get_stale_follower": measure(a, follower.url, "get_random.lua", follower.pid,
+                                                "?consistency=stale")}
+        # A term that moved under load means a follower started an election (the
+        # timing flags are too tight for this machine's load): say so with the figures.
+        after = status(leader.url)
+        result["elections"] = after["term"] - term
+        result["leader_after"] = after.get("leader_id")
+        return result
     finally:
         for m in members:
             m.stop()
@@ -122,7 +131,8 @@ def main(argv: list[str]) -> int:
         rounds.append({"round": n, "single": one, "cluster": three})
         print(f"  round {n}: single PUT {one['put']['rps']:,.0f} GET {one['get']['rps']:,.0f}; "
               f"cluster PUT {three['put']['rps']:,.0f} GET leader {three['get_leader']['rps']:,.0f} "
-              f"GET stale follower {three['get_stale_follower']['rps']:,.0f} req/s", flush=True)
+              f"GET stale follower {three['get_stale_follower']['rps']:,.0f} req/s; "
+              f"elections during the load {three['elections']}", flush=True)
     rows = []
     for label, mine, theirs in (("PUT on the leader", "put", "put"),
                                 ("GET (linearizable) on the leader", "get_leader", "get"),
@@ -136,6 +146,8 @@ def main(argv: list[str]) -> int:
     print(f"\n--fsync {a.fsync}, {a.conns} connections, {a.keys} keys, wrk -t{a.wrk_threads}, "
           f"nothing pinned (3 members + wrk on this machine's cores)\n")
     print(table)
+    elections = [r["cluster"]["elections"] for r in rounds]
+    print(f"\nelections while the cluster was under load (term changes), per round: {elections}")
     out = a.out or os.path.join(dodo.LOADTEST, "results",
                                 f"cluster-{started.strftime('%Y%m%d-%H%M%S')}.json")
     with open(out, "w") as f:

@@ -20,6 +20,7 @@
 
 mod log_store;
 pub mod network;
+mod read_batch;
 mod state_machine;
 pub mod txn;
 pub mod types;
@@ -76,9 +77,10 @@ pub struct ClusterSettings {
     pub raft_url: Option<String>,
     /// A snapshot is built every this many log entries.
     pub snapshot_logs: u64,
-    /// Raft heartbeat interval.
+    /// Raft heartbeat interval (`--raft-heartbeat-ms`).
     pub heartbeat: Duration,
-    /// The election timeout range's lower end (the upper is twice it).
+    /// The election timeout range's lower end (the upper is twice it;
+    /// `--raft-election-ms`).
     pub election_timeout: Duration,
     /// The address Raft calls to other members leave from (the HTTP
     /// listener's IP when it is a specific one).
@@ -122,7 +124,10 @@ pub struct Cluster {
     db: Db,
     log: log_store::LogStore,
     machine: state_machine::StateMachine,
-    network: network::Network,
+    /// Read-index rounds on this node as the leader (quorum heartbeats).
+    leader_reads: Arc<read_batch::ReadBatch>,
+    /// Read-index rounds on this node as a follower (a call to the leader).
+    follower_reads: Arc<read_batch::ReadBatch>,
 }
 
 impl Cluster {
@@ -138,6 +143,13 @@ impl Cluster {
         config: Config,
         settings: ClusterSettings,
     ) -> Result<(Db, Arc<Cluster>), ClusterError> {
+        if settings.election_timeout <= settings.heartbeat {
+            return Err(ClusterError::Invalid(format!(
+                "--raft-election-ms ({} ms) must be more than --raft-heartbeat-ms ({} ms)",
+                settings.election_timeout.as_millis(),
+                settings.heartbeat.as_millis()
+            )));
+        }
         let Storage::Dir(data_dir) = &config.storage else {
             return Err(ClusterError::Invalid(
                 "a cluster member needs a data directory (not --in-memory)".into(),
@@ -195,13 +207,26 @@ impl Cluster {
         )
         .await
         .map_err(|e| ClusterError::Unavailable(e.to_string()))?;
+        let leader_reads = {
+            let raft = raft.clone();
+            let node_id = settings.node_id;
+            read_batch::ReadBatch::new(move || leader_read_index(raft.clone(), node_id))
+        };
+        let follower_reads = {
+            let (raft, network) = (raft.clone(), network.clone());
+            let node_id = settings.node_id;
+            read_batch::ReadBatch::new(move || {
+                remote_read_index(raft.clone(), network.clone(), node_id)
+            })
+        };
         let cluster = Arc::new(Cluster {
             raft,
             node_id: settings.node_id,
             db: db.clone(),
             log,
             machine,
-            network,
+            leader_reads,
+            follower_reads,
         });
         db.set_meta_log(Arc::new(MetaProposer {
             cluster: Arc::downgrade(&cluster),
@@ -219,23 +244,11 @@ impl Cluster {
 
     /// The leader's id and member record, if there is one.
     pub fn leader(&self) -> Option<(u64, Member)> {
-        let metrics = self.raft.metrics().borrow().clone();
-        let id = metrics.current_leader?;
-        let member = metrics
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .cloned()?;
-        Some((id, member))
+        leader_of(&self.raft)
     }
 
     fn not_leader(&self) -> ClusterError {
-        match self.leader() {
-            Some((id, member)) if id != self.node_id => ClusterError::NotLeader {
-                leader_url: member.url,
-            },
-            _ => ClusterError::NoLeader,
-        }
+        not_leader(&self.raft, self.node_id)
     }
 
     fn write_error(&self, e: RaftError<u64, ClientWriteError<u64, Member>>) -> ClusterError {
@@ -273,19 +286,30 @@ impl Cluster {
 
     /// Returns once this node's database reflects every write acknowledged
     /// before the call (read index: the leader confirms its leadership
-    /// with a quorum; a follower asks the leader for that index and waits
-    /// until it has applied it).
+    /// with a quorum; a follower asks the leader for that index; either
+    /// waits until it has applied it). Concurrent reads share one round
+    /// ([`read_batch`]).
     ///
     /// # Errors
     ///
     /// [`ClusterError::NoLeader`] or [`ClusterError::Unavailable`] when
     /// the leader cannot be confirmed in time.
     pub async fn read_barrier(&self) -> Result<(), ClusterError> {
-        let index = match self.leader() {
-            Some((id, _)) if id == self.node_id => self.read_index().await?,
-            Some((id, member)) => self.remote_read_index(id, &member).await?,
+        let leader = self.raft.metrics().borrow().current_leader;
+        let index = match leader {
+            Some(id) if id == self.node_id => self.leader_reads.index().await?,
+            Some(_) => self.follower_reads.index().await?,
             None => return Err(ClusterError::NoLeader),
         };
+        if self
+            .raft
+            .metrics()
+            .borrow()
+            .last_applied
+            .is_some_and(|l| l.index >= index)
+        {
+            return Ok(());
+        }
         self.raft
             .wait(Some(Duration::from_secs(5)))
             .applied_index_at_least(Some(index), "read barrier")
@@ -294,59 +318,16 @@ impl Cluster {
             .map_err(|e| ClusterError::Unavailable(format!("this node did not catch up: {e}")))
     }
 
-    /// On the leader: the log index a linearizable read must wait for.
+    /// On the leader: the log index a linearizable read must wait for
+    /// (`POST /raft/read-index` from a follower). Concurrent calls share
+    /// one round.
     ///
     /// # Errors
     ///
     /// [`ClusterError::NotLeader`] / [`ClusterError::NoLeader`] when this
     /// node cannot confirm it leads.
     pub async fn read_index(&self) -> Result<u64, ClusterError> {
-        // openraft confirms leadership with one heartbeat round whose
-        // answers must come within the heartbeat interval. On a loaded
-        // machine a round can miss that, which says nothing about who
-        // leads: each try is a fresh confirmation, so trying again is safe.
-        let mut tries = 1;
-        loop {
-            match self.raft.get_read_log_id().await {
-                Ok((read, _applied)) => return Ok(read.map_or(0, |l| l.index)),
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
-                    if tries == READ_INDEX_TRIES {
-                        return Err(ClusterError::Unavailable(format!(
-                            "could not confirm leadership with a quorum ({tries} tries): {e}"
-                        )));
-                    }
-                    tries += 1;
-                }
-                Err(RaftError::APIError(_)) => return Err(self.not_leader()),
-                Err(RaftError::Fatal(e)) => return Err(ClusterError::Unavailable(e.to_string())),
-            }
-        }
-    }
-
-    async fn remote_read_index(&self, leader: u64, member: &Member) -> Result<u64, ClusterError> {
-        let url = format!(
-            "{}/raft/read-index",
-            member.raft_base().trim_end_matches('/')
-        );
-        let mut request = self
-            .network
-            .client()
-            .post(&url)
-            .timeout(Duration::from_secs(5))
-            .header(network::TARGET_HEADER, leader.to_string());
-        if let Some(bearer) = self.network.bearer() {
-            request = request.header(reqwest::header::AUTHORIZATION, bearer);
-        }
-        let unavailable = |e: &dyn std::fmt::Display| {
-            ClusterError::Unavailable(format!("read index from the leader: {e}"))
-        };
-        let response = request.send().await.map_err(|e| unavailable(&e))?;
-        if !response.status().is_success() {
-            return Err(unavailable(&response.status()));
-        }
-        let bytes = response.bytes().await.map_err(|e| unavailable(&e))?;
-        let answer: ReadIndex = serde_json::from_slice(&bytes).map_err(|e| unavailable(&e))?;
-        Ok(answer.index)
+        self.leader_reads.index().await
     }
 
     /// Makes this (uninitialized) node the first member of a group with
@@ -527,6 +508,94 @@ impl Cluster {
 /// it gives up (`503`).
 const READ_INDEX_TRIES: u32 = 5;
 
+/// The leader's id and member record in `raft`'s view, if there is one.
+fn leader_of(raft: &Raft) -> Option<(u64, Member)> {
+    let metrics = raft.metrics().borrow().clone();
+    let id = metrics.current_leader?;
+    let member = metrics
+        .membership_config
+        .membership()
+        .get_node(&id)
+        .cloned()?;
+    Some((id, member))
+}
+
+/// The error for a write or read-index call on member `node_id`, which
+/// does not lead.
+fn not_leader(raft: &Raft, node_id: u64) -> ClusterError {
+    match leader_of(raft) {
+        Some((id, member)) if id != node_id => ClusterError::NotLeader {
+            leader_url: member.url,
+        },
+        _ => ClusterError::NoLeader,
+    }
+}
+
+/// One read-index round on the leader `node_id`: the index a read that
+/// arrived before the call must wait for.
+async fn leader_read_index(raft: Raft, node_id: u64) -> Result<u64, ClusterError> {
+    // openraft confirms leadership with one heartbeat round whose
+    // answers must come within the heartbeat interval. On a loaded
+    // machine a round can miss that, which says nothing about who
+    // leads: each try is a fresh confirmation, so trying again is safe.
+    let mut tries = 1;
+    loop {
+        match raft.get_read_log_id().await {
+            Ok((read, _applied)) => return Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(e))) => {
+                if tries == READ_INDEX_TRIES {
+                    return Err(ClusterError::Unavailable(format!(
+                        "could not confirm leadership with a quorum ({tries} tries): {e}"
+                    )));
+                }
+                tries += 1;
+            }
+            Err(RaftError::APIError(_)) => return Err(not_leader(&raft, node_id)),
+            Err(RaftError::Fatal(e)) => return Err(ClusterError::Unavailable(e.to_string())),
+        }
+    }
+}
+
+/// One read-index round on follower `node_id`: asks the leader it knows
+/// of (`POST /raft/read-index`).
+async fn remote_read_index(
+    raft: Raft,
+    network: network::Network,
+    node_id: u64,
+) -> Result<u64, ClusterError> {
+    let (leader, member) = match leader_of(&raft) {
+        Some((id, _)) if id == node_id => {
+            // It became the leader since the reads arrived: a round of its
+            // own is as good.
+            return leader_read_index(raft, node_id).await;
+        }
+        Some(leader) => leader,
+        None => return Err(ClusterError::NoLeader),
+    };
+    let url = format!(
+        "{}/raft/read-index",
+        member.raft_base().trim_end_matches('/')
+    );
+    let mut request = network
+        .client()
+        .post(&url)
+        .timeout(Duration::from_secs(5))
+        .header(network::TARGET_HEADER, leader.to_string());
+    if let Some(bearer) = network.bearer() {
+        request = request.header(reqwest::header::AUTHORIZATION, bearer);
+    }
+    let unavailable = |e: &dyn std::fmt::Display| {
+        ClusterError::Unavailable(format!("read index from the leader: {e}"))
+    };
+    let response = request.send().await.map_err(|e| unavailable(&e))?;
+    if !response.status().is_success() {
+        return Err(unavailable(&response.status()));
+    }
+    let bytes = response.bytes().await.map_err(|e| unavailable(&e))?;
+    let answer: ReadIndex = serde_json::from_slice(&bytes).map_err(|e| unavailable(&e))?;
+    Ok(answer.index)
+}
+
 /// The answer of `POST /raft/read-index`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub struct ReadIndex {
@@ -566,9 +635,11 @@ impl MetaLog for MetaProposer {
     }
 }
 
-/// Turns webhook delivery on while this node leads, off otherwise.
+/// Turns webhook delivery on while this node leads, off otherwise. It
+/// watches the server metrics, which change with leadership and
+/// membership only, not with every log entry.
 async fn watch_leadership(cluster: std::sync::Weak<Cluster>) {
-    let Some(mut metrics) = cluster.upgrade().map(|c| c.raft.metrics()) else {
+    let Some(mut metrics) = cluster.upgrade().map(|c| c.raft.server_metrics()) else {
         return;
     };
     loop {
