@@ -93,7 +93,7 @@ fn raft_timing_that_cannot_work_is_one_line() {
             "--raft-election-ms",
             "300",
         ],
-        "--node-id",
+        "required arguments were not provided",
     );
 }
 
