@@ -184,12 +184,12 @@ pub struct ServeArgs {
     pub raft_snapshot_logs: u64,
     /// Raft heartbeat interval, in milliseconds (the leader's heartbeats,
     /// and the deadline of a read-index round).
-    #[arg(long, env = "DODODB_RAFT_HEARTBEAT_MS", default_value_t = 50, requires = "node_id", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "DODODB_RAFT_HEARTBEAT_MS", default_value_t = 100, requires = "node_id", value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_heartbeat_ms: u64,
     /// A follower that hears no heartbeat for a random time between this
     /// many milliseconds and twice it starts an election (must be more
     /// than --raft-heartbeat-ms).
-    #[arg(long, env = "DODODB_RAFT_ELECTION_MS", default_value_t = 150, requires = "node_id", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "DODODB_RAFT_ELECTION_MS", default_value_t = 500, requires = "node_id", value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_election_ms: u64,
 }
 
