@@ -288,7 +288,7 @@ impl Cluster {
     /// before the call (read index: the leader confirms its leadership
     /// with a quorum; a follower asks the leader for that index; either
     /// waits until it has applied it). Concurrent reads share one round
-    /// ([`read_batch`]).
+    /// (`raft/read_batch.rs`).
     ///
     /// # Errors
     ///
