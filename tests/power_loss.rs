@@ -10,6 +10,11 @@
 //! so cuts land during snapshots and segment rotation too. Every other cut
 //! is torn: files keep a random prefix of their unsynced bytes.
 //!
+//! With a webhook subscriber (under `always`), a receiver on 127.0.0.1,
+//! outside the mount, survives every cut; after each recovery and at the
+//! end every acknowledged change must have reached it at least once, in
+//! each key's version order, and nothing never written.
+//!
 //! `scripts/power-loss N` runs N cuts per policy (`DODODB_POWER_CUTS`).
 
 mod common;
@@ -18,9 +23,11 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::TestServer;
-use common::ledger::{self, Ledger, MustKeep};
+use common::ledger::{self, Delivered, Ledger, MustKeep};
 use common::powerfail::PowerFs;
+use common::webhook::{Receiver, subscribe};
+use common::{TestServer, poll_until};
+use serde_json::json;
 
 /// How long before a cut an acknowledged write may be lost under
 /// `everysec`: its one-second sync period plus the time that sync takes
@@ -52,10 +59,38 @@ struct Tally {
     during_snapshot: usize,
     during_prune: usize,
     torn: usize,
+    /// What the webhook receiver got, when there is one.
+    delivered: Option<Delivered>,
+}
+
+/// Waits until every acknowledged change reached `receiver`, checking on
+/// the way that nothing else did and that each key's versions ascend.
+async fn wait_for_events(receiver: &Receiver, ledger: &Mutex<Ledger>, when: &str) -> Delivered {
+    let mut last = None;
+    // Shorter than poll_until's own deadline, to fail with what is missing.
+    let deadline = common::poll::POLL_DEADLINE - Duration::from_secs(5);
+    let found = tokio::time::timeout(deadline, async {
+        poll_until(
+            &format!("every acknowledged change delivered {when}"),
+            async || {
+                let seen = receiver.inspect(|got| ledger.lock().expect("ledger").check_events(got));
+                if seen.missing == 0 {
+                    return Some(seen);
+                }
+                last = Some(seen);
+                None
+            },
+        )
+        .await
+    })
+    .await;
+    found.unwrap_or_else(|_| panic!("not every acknowledged change delivered {when}: {last:?}"))
 }
 
 /// `cuts` cycles of mount, start, verify, write, cut; then a final check.
-async fn power_loss_loop(fsync: &str, cuts: usize, seed: u64) -> Tally {
+/// With `webhook`, a receiver subscribed to every writer key must get
+/// every acknowledged change.
+async fn power_loss_loop(fsync: &str, cuts: usize, seed: u64, webhook: bool) -> Tally {
     let tmp = tempfile::tempdir().expect("tempdir");
     let backing = tmp.path().join("disk");
     let mountpoint = tmp.path().join("mnt");
@@ -71,7 +106,13 @@ async fn power_loss_loop(fsync: &str, cuts: usize, seed: u64) -> Tally {
         "2",
         "--snapshot-interval",
         "0",
+        "--webhook-retry-schedule",
+        "100ms,200ms,400ms,800ms,1s,1s,1s,1s,1s,1s",
     ];
+    let receiver = match webhook {
+        true => Some(Receiver::start(&[]).await),
+        false => None,
+    };
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut rng = fastrand::Rng::with_seed(seed);
     let mut tally = Tally::default();
@@ -91,6 +132,14 @@ async fn power_loss_loop(fsync: &str, cuts: usize, seed: u64) -> Tally {
             (_, Some(cut)) => MustKeep::Nothing(cut),
         };
         let seen = ledger::verify(&server, &ledger, must_keep).await;
+        if let Some(receiver) = &receiver {
+            if cycle == 0 {
+                let hook = json!({"prefix": "w", "callback_url": receiver.url()});
+                subscribe(&server, &hook).await;
+            }
+            let when = format!("after cut {cycle} (seed {seed})");
+            tally.delivered = Some(wait_for_events(receiver, &ledger, &when).await);
+        }
         if cycle > 0 {
             assert!(seen.acked > 0, "cycle {cycle} acknowledged no write");
         }
@@ -146,12 +195,19 @@ fn report(fsync: &str, cuts: usize, tally: &Tally) {
         tally.in_flight_kept,
         tally.in_flight_dropped,
     );
+    if let Some(d) = &tally.delivered {
+        eprintln!(
+            "power-loss --fsync {fsync} webhook: {} acknowledged changes, {} missing; {} distinct events arrived \
+             (writes in flight at a cut among them), {} requests, {} duplicates",
+            tally.acked, d.missing, d.events, d.requests, d.duplicates,
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_under_fsync_always_lose_no_acknowledged_write() {
     let cuts = cuts();
-    let tally = power_loss_loop("always", cuts, seed()).await;
+    let tally = power_loss_loop("always", cuts, seed(), false).await;
     report("always", cuts, &tally);
     assert_eq!(tally.lost, 0);
 }
@@ -159,7 +215,7 @@ async fn power_cuts_under_fsync_always_lose_no_acknowledged_write() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_under_fsync_everysec_lose_only_the_last_second() {
     let cuts = cuts();
-    let tally = power_loss_loop("everysec", cuts, seed() ^ 1).await;
+    let tally = power_loss_loop("everysec", cuts, seed() ^ 1, false).await;
     report("everysec", cuts, &tally);
     assert!(tally.oldest_loss <= EVERYSEC_WINDOW);
 }
@@ -167,6 +223,21 @@ async fn power_cuts_under_fsync_everysec_lose_only_the_last_second() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn power_cuts_under_fsync_never_recover_without_repair() {
     let cuts = cuts();
-    let tally = power_loss_loop("never", cuts, seed() ^ 2).await;
+    let tally = power_loss_loop("never", cuts, seed() ^ 2, false).await;
     report("never", cuts, &tally);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn power_cuts_under_fsync_always_lose_no_acknowledged_event() {
+    // `POWER_MODE=webhook scripts/power-loss N` runs this for N cuts.
+    let cuts = cuts();
+    let tally = power_loss_loop("always", cuts, seed() ^ 3, true).await;
+    report("always", cuts, &tally);
+    assert_eq!(tally.lost, 0);
+    let delivered = tally.delivered.expect("a receiver");
+    assert_eq!(delivered.missing, 0);
+    assert!(
+        delivered.events >= tally.acked,
+        "every acknowledged change arrived"
+    );
 }

@@ -10,12 +10,13 @@
 //! recovery showed becomes the new floor: nothing may go back past it, and
 //! the revision never goes backwards.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
+use super::webhook::Received;
 use super::{TestServer, client, poll_until, stats};
 
 /// Keys per writer: few enough that writes overwrite and delete often.
@@ -40,6 +41,8 @@ struct KeyLog {
     /// The state the last recovery showed.
     base: State,
     ops: Vec<Op>,
+    /// Every op of earlier cycles, oldest first (for checking events).
+    history: Vec<Op>,
 }
 
 impl KeyLog {
@@ -83,6 +86,21 @@ pub struct Verified {
     pub acked: usize,
 }
 
+/// What the events a subscriber to every writer's keys got show.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Requests the receiver got.
+    pub requests: usize,
+    /// Distinct events among them (by `webhook-id`).
+    pub events: usize,
+    /// Requests for an event that had arrived before.
+    pub duplicates: usize,
+    /// Acknowledged changes that have not arrived (yet).
+    pub missing: usize,
+    /// A few of those, for a failure message.
+    pub missing_examples: Vec<(String, u64)>,
+}
+
 /// The ledger of all writers across all cycles.
 #[derive(Default)]
 pub struct Ledger {
@@ -114,6 +132,92 @@ impl Ledger {
     /// Writes acknowledged since the last verification.
     pub fn acked_this_cycle(&self) -> usize {
         self.acked_this_cycle
+    }
+
+    /// Checks the requests a receiver subscribed to every writer key got
+    /// (`got`, in arrival order) against every write the ledger saw: each
+    /// event is a change some writer made (its key and value, and its
+    /// version if acknowledged); a `webhook-id` is its version and never
+    /// names two different changes; after de-duplication by `webhook-id`
+    /// each key's versions ascend. Panics with every violation found;
+    /// returns the counts, with the acknowledged changes not delivered.
+    pub fn check_events(&self, got: &[Received]) -> Delivered {
+        let mut errors = Vec::new();
+        // (key, version) -> the value written (None: a delete), for every
+        // acknowledged op; unacknowledged ones by key.
+        let mut acked: HashMap<(&str, u64), Option<&Value>> = HashMap::new();
+        let mut unacked: HashMap<&str, Vec<Option<&Value>>> = HashMap::new();
+        for (key, log) in &self.keys {
+            for op in log.history.iter().chain(&log.ops) {
+                match op.version {
+                    Some(version) => {
+                        acked.insert((key.as_str(), version), op.value.as_ref());
+                    }
+                    None => unacked.entry(key).or_default().push(op.value.as_ref()),
+                }
+            }
+        }
+        let mut first: HashMap<&str, (&str, Option<&Value>)> = HashMap::new();
+        let mut last_version: HashMap<&str, u64> = HashMap::new();
+        let mut delivered: HashSet<(&str, u64)> = HashSet::new();
+        let mut duplicates = 0;
+        for r in got {
+            let (id, key, version) = (r.id(), r.key(), r.version());
+            let new_value = match r.body["event"].as_str() {
+                Some("update") => Some(&r.body["new_value"]),
+                Some("delete") => None,
+                _ => {
+                    errors.push(format!("{id}: an event of kind {}", r.body["event"]));
+                    continue;
+                }
+            };
+            if id != format!("evt_{version}") {
+                errors.push(format!("{id}: webhook-id is not evt_{version}"));
+            }
+            if let Some(&(first_key, first_value)) = first.get(id) {
+                duplicates += 1;
+                if (first_key, first_value) != (key, new_value) {
+                    errors.push(format!(
+                        "{id} names two changes: {first_key} to {first_value:?}, then {key} to {new_value:?}"
+                    ));
+                }
+                continue;
+            }
+            first.insert(id, (key, new_value));
+            let written = match acked.get(&(key, version)) {
+                Some(&value) => value == new_value,
+                None => unacked.get(key).is_some_and(|ops| ops.contains(&new_value)),
+            };
+            if !written {
+                errors.push(format!(
+                    "{key}: {id} sets it to {new_value:?}, which no write of it at that version did"
+                ));
+            }
+            let previous = last_version.insert(key, version).unwrap_or(0);
+            if previous >= version {
+                errors.push(format!("{key}: version {version} arrived after {previous}"));
+            }
+            delivered.insert((key, version));
+        }
+        assert!(
+            errors.is_empty(),
+            "{} violations in the events delivered:\n{}",
+            errors.len(),
+            errors.join("\n")
+        );
+        let mut missing: Vec<(String, u64)> = acked
+            .keys()
+            .filter(|k| !delivered.contains(*k))
+            .map(|(key, version)| (key.to_string(), *version))
+            .collect();
+        missing.sort_unstable_by_key(|(_, version)| *version);
+        Delivered {
+            requests: got.len(),
+            events: first.len(),
+            duplicates,
+            missing: missing.len(),
+            missing_examples: missing.into_iter().take(5).collect(),
+        }
     }
 
     /// Checks a recovered server's data (`entries`: key -> (version, value))
@@ -189,7 +293,7 @@ impl Ledger {
                 }
             }
             log.base = found.map(|(version, value)| (value.clone(), *version));
-            log.ops.clear();
+            log.history.append(&mut log.ops);
         }
         let highest_found = entries.values().map(|(v, _)| *v).max().unwrap_or(0);
         if revision < must_revision || revision < highest_found {

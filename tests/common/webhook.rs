@@ -137,6 +137,11 @@ impl Receiver {
         self.got.lock().expect("lock").clone()
     }
 
+    /// Runs `look` over every request so far, without copying them.
+    pub fn inspect<T>(&self, look: impl FnOnce(&[Received]) -> T) -> T {
+        look(&self.got.lock().expect("lock"))
+    }
+
     /// Waits until `n` requests arrived; returns them.
     pub async fn wait_for(&self, n: usize) -> Vec<Received> {
         poll_until(&format!("{n} deliveries"), async || {
