@@ -128,21 +128,35 @@ async fn delete(server: &TestServer, key: &str) -> u64 {
         .expect("version")
 }
 
-/// 4 concurrent writers × 250 PUTs of `value` over 200 keys: enough
-/// traffic to overrun a client that does not read its feed.
+/// 1,000 changes of `value` as 4 concurrent transactions of 250 puts:
+/// enough to overrun a client that does not read its feed, in a handful
+/// of requests. (1,000 single PUTs took long enough on a loaded machine
+/// that the WebSocket's 30 s send timeout dropped the stalled socket
+/// before its 4,096-event queue overflowed: no 1008, never cut off.)
 async fn write_burst(server: &Arc<TestServer>, value: &str) {
+    let value: Value = serde_json::from_str(value).expect("a JSON value");
     let writers: Vec<_> = (0..4)
         .map(|w| {
-            let (server, value) = (Arc::clone(server), value.to_string());
+            let server = Arc::clone(server);
+            let ops: Vec<Value> = (0..250)
+                .map(|i| json!({"op": "put", "key": format!("w{w}-{i}"), "value": value}))
+                .collect();
             tokio::spawn(async move {
-                for i in 0..250 {
-                    put(&server, &format!("w{w}-{}", i % 50), &value).await;
-                }
+                let response = server
+                    .http()
+                    .post(server.at("/txn"))
+                    .json(&json!({"success": ops}))
+                    .send()
+                    .await
+                    .expect("POST /txn");
+                assert_eq!(response.status(), 200, "the burst's transaction");
+                let answer: Value = response.json().await.expect("txn answer");
+                assert_eq!(answer["succeeded"], true, "{answer}");
             })
         })
         .collect();
     for writer in writers {
-        writer.await.expect("every write succeeds");
+        writer.await.expect("every transaction succeeds");
     }
 }
 
