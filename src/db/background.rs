@@ -105,7 +105,11 @@ fn snapshot_loop(weak: Weak<Inner>, stop: Receiver<()>) {
         let wal_bytes = inner.wal.as_ref().map_or(0, |w| {
             w.stats().bytes_since_rotation.load(Ordering::Relaxed)
         });
-        let size_due = wal_bytes >= inner.config.snapshot_wal_bytes;
+        // An import writes its whole export to the log in one go: a
+        // snapshot (or several) in the middle would take the cores it runs
+        // on, so the one its size calls for comes when it is done.
+        let size_due = wal_bytes >= inner.config.snapshot_wal_bytes
+            && inner.imports.load(Ordering::Acquire) == 0;
         if (timer_due || size_due) && !inner.closed.load(Ordering::Acquire) {
             if let Err(e) = inner.snapshot() {
                 tracing::error!("scheduled snapshot failed: {e}");

@@ -9,12 +9,16 @@
 //! the same export again finishes the job. Spool files left by a crash are
 //! removed at start-up.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::thread::JoinHandle;
 
-use super::{Db, DbError, now_ms};
+use crossbeam_channel::{Receiver, Sender};
+
+use super::{Db, DbError, Inner, now_ms};
 use crate::snapshot::{ExportLine, parse_line};
 use crate::store::{Mutation, Precondition, copy_value};
 
@@ -49,13 +53,32 @@ const SPOOL_SUFFIX: &str = ".spool";
 /// Numbers spool files apart within one process.
 static SPOOLS: AtomicU64 = AtomicU64::new(0);
 
+/// Lines go to the checking threads in batches of about this many bytes.
+const CHECK_BATCH_BYTES: usize = 1 << 20;
+
+/// The most checking threads of one import.
+const MAX_CHECKERS: usize = 4;
+
 /// An export being read and checked, its entries going to a spool file.
+///
+/// Lines are checked on a few threads at once (parsing and validating
+/// values is most of the work): the export is cut into batches of whole
+/// lines, each checked by whichever thread is free, and the results are
+/// taken back in order, so the spool keeps the export's order and an error
+/// names the first bad line. Only a few batches are in flight at a time, so
+/// memory stays bounded whatever the size of the export.
 pub struct ImportSpool {
-    db: Db,
     file: BufWriter<File>,
     path: PathBuf,
-    /// The end of the data received so far, after its last newline.
-    partial: Vec<u8>,
+    /// Data received and not yet sent to be checked.
+    unsent: Vec<u8>,
+    /// Bytes of `unsent` after its last newline.
+    partial_len: usize,
+    /// Batches for the checking threads; `None` once they are stopped.
+    jobs: Option<Sender<Job>>,
+    checkers: Vec<JoinHandle<()>>,
+    /// Where the results of the batches sent will come, oldest first.
+    in_flight: VecDeque<Receiver<Checked>>,
     /// Lines read so far.
     line: u64,
     /// CRC32C of every byte of the lines read so far.
@@ -66,6 +89,33 @@ pub struct ImportSpool {
     trailer: bool,
     /// No valid line is longer than this.
     max_line_bytes: usize,
+}
+
+/// A batch of whole lines for a checking thread, and where its result goes.
+struct Job {
+    lines: Vec<u8>,
+    done: Sender<Checked>,
+}
+
+/// What one line of the export is, as a checking thread found it.
+enum Kind {
+    Blank,
+    Entry,
+    Header(u32),
+    Meta,
+    Trailer { entries: u64, crc32c: u32 },
+}
+
+/// A batch of lines, checked.
+struct Checked {
+    /// The lines themselves (their checksum is taken in order).
+    lines: Vec<u8>,
+    /// What each line is, up to the first bad one.
+    kinds: Vec<Kind>,
+    /// What is wrong with the line after the last of `kinds`, if one is bad.
+    error: Option<String>,
+    /// The entries of those lines, encoded for the spool.
+    spool: Vec<u8>,
 }
 
 /// A checked export, ready to apply.
@@ -84,6 +134,7 @@ impl Drop for Spooled {
 
 impl Drop for ImportSpool {
     fn drop(&mut self) {
+        self.stop_checkers();
         // Taken over by `Spooled` when finished; otherwise unwanted.
         if !self.path.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.path);
@@ -99,6 +150,63 @@ fn spool_io(path: &Path, e: std::io::Error) -> DbError {
     DbError::Unavailable(format!("import spool {}: {e}", path.display()))
 }
 
+fn stopped() -> DbError {
+    DbError::Unavailable("import: a checking thread stopped".into())
+}
+
+/// Checks a batch of lines (a checking thread's work): each line's syntax,
+/// key and value, with its entry encoded for the spool. Stops at the first
+/// bad line.
+fn check_lines(db: &Db, lines: Vec<u8>) -> Checked {
+    let mut kinds = Vec::with_capacity(lines.len() / 64);
+    let mut spool = Vec::with_capacity(lines.len());
+    let mut error = None;
+    for raw in lines.split_inclusive(|&b| b == b'\n') {
+        let text = raw.strip_suffix(b"\n").unwrap_or(raw);
+        if text.trim_ascii().is_empty() {
+            kinds.push(Kind::Blank);
+            continue;
+        }
+        match check_line(db, text, &mut spool) {
+            Ok(kind) => kinds.push(kind),
+            Err(why) => {
+                error = Some(why);
+                break;
+            }
+        }
+    }
+    Checked {
+        lines,
+        kinds,
+        error,
+        spool,
+    }
+}
+
+/// What one non-blank line is; an entry is checked and appended to `spool`.
+fn check_line(db: &Db, text: &[u8], spool: &mut Vec<u8>) -> Result<Kind, String> {
+    Ok(match parse_line(text)? {
+        ExportLine::Header(version) => Kind::Header(version),
+        ExportLine::Meta => Kind::Meta,
+        ExportLine::Trailer { entries, crc32c } => Kind::Trailer { entries, crc32c },
+        ExportLine::Entry {
+            key,
+            value,
+            expires_at_ms,
+        } => {
+            db.inner.check_key(&key).map_err(|e| e.to_string())?;
+            db.inner.check_value(&value).map_err(|e| e.to_string())?;
+            let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+            spool.extend_from_slice(&len(key.len()));
+            spool.extend_from_slice(key.as_bytes());
+            spool.extend_from_slice(&expires_at_ms.to_le_bytes());
+            spool.extend_from_slice(&len(value.len()));
+            spool.extend_from_slice(&value);
+            Kind::Entry
+        }
+    })
+}
+
 impl ImportSpool {
     /// Takes the next bytes of the export.
     ///
@@ -107,22 +215,25 @@ impl ImportSpool {
     /// [`DbError::InvalidRequest`] naming the first bad line;
     /// [`DbError::Unavailable`] when the spool cannot be written.
     pub fn push(&mut self, data: &[u8]) -> Result<(), DbError> {
-        let mut rest = data;
-        while let Some(end) = rest.iter().position(|&b| b == b'\n') {
-            let (head, tail) = rest.split_at(end + 1);
-            rest = tail;
-            if self.partial.is_empty() {
-                self.take_line(head)?;
-            } else {
-                let mut line = std::mem::take(&mut self.partial);
-                line.extend_from_slice(head);
-                self.take_line(&line)?;
-                line.clear();
-                self.partial = line;
-            }
+        self.unsent.extend_from_slice(data);
+        match data.iter().rposition(|&b| b == b'\n') {
+            Some(at) => self.partial_len = data.len() - at - 1,
+            None => self.partial_len += data.len(),
         }
-        self.partial.extend_from_slice(rest);
-        if self.partial.len() > self.max_line_bytes {
+        let whole = self.unsent.len() - self.partial_len;
+        if whole >= CHECK_BATCH_BYTES {
+            let mut rest = Vec::with_capacity(CHECK_BATCH_BYTES + self.partial_len + (64 << 10));
+            rest.extend_from_slice(&self.unsent[whole..]);
+            let mut lines = std::mem::replace(&mut self.unsent, rest);
+            lines.truncate(whole);
+            self.send(lines)?;
+        }
+        if self.partial_len > self.max_line_bytes {
+            // The lines before it come first: one of them may be bad.
+            let whole = self.unsent.len() - self.partial_len;
+            let lines = self.unsent.drain(..whole).collect();
+            self.send(lines)?;
+            self.drain()?;
             return Err(bad_line(
                 self.line + 1,
                 format!(
@@ -141,10 +252,10 @@ impl ImportSpool {
     ///
     /// As [`ImportSpool::push`].
     pub fn finish(mut self) -> Result<Spooled, DbError> {
-        if !self.partial.is_empty() {
-            let last = std::mem::take(&mut self.partial);
-            self.take_line(&last)?;
-        }
+        let last = std::mem::take(&mut self.unsent);
+        self.send(last)?;
+        self.drain()?;
+        self.stop_checkers();
         if self.header && !self.trailer {
             return Err(bad_line(
                 self.line,
@@ -159,21 +270,72 @@ impl ImportSpool {
         })
     }
 
-    /// Checks one line (with its newline, if any) and spools its entry.
-    fn take_line(&mut self, raw: &[u8]) -> Result<(), DbError> {
+    /// Hands a batch of whole lines (the last may lack its newline) to the
+    /// checking threads; takes results back while too many are in flight.
+    fn send(&mut self, lines: Vec<u8>) -> Result<(), DbError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let (done, result) = crossbeam_channel::bounded(1);
+        let jobs = self.jobs.as_ref().ok_or_else(stopped)?;
+        jobs.send(Job { lines, done }).map_err(|_| stopped())?;
+        self.in_flight.push_back(result);
+        while self.in_flight.len() > 2 * self.checkers.len() {
+            self.take_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Takes back every batch in flight.
+    fn drain(&mut self) -> Result<(), DbError> {
+        while !self.in_flight.is_empty() {
+            self.take_oldest()?;
+        }
+        Ok(())
+    }
+
+    /// Takes back the oldest batch in flight: its lines in order (the
+    /// checks that depend on the lines before, and the checksum), then its
+    /// entries into the spool.
+    fn take_oldest(&mut self) -> Result<(), DbError> {
+        let Some(result) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let checked = result.recv().map_err(|_| stopped())?;
+        let mut lines = checked.lines.split_inclusive(|&b| b == b'\n');
+        for kind in &checked.kinds {
+            let raw = lines.next().unwrap_or_default();
+            self.take_line(raw, kind)?;
+        }
+        if let Some(why) = checked.error {
+            self.line += 1;
+            // Read in order, a line after the trailer is that first.
+            return Err(if self.trailer {
+                bad_line(self.line, "a line after the trailer")
+            } else {
+                bad_line(self.line, why)
+            });
+        }
+        self.file
+            .write_all(&checked.spool)
+            .map_err(|e| spool_io(&self.path, e))
+    }
+
+    /// Takes one checked line (with its newline, if any), in order.
+    fn take_line(&mut self, raw: &[u8], kind: &Kind) -> Result<(), DbError> {
         self.line += 1;
         let n = self.line;
         let crc_before = self.crc;
         self.crc = crc32c::crc32c_append(self.crc, raw);
-        let text = raw.strip_suffix(b"\n").unwrap_or(raw);
-        if text.trim_ascii().is_empty() {
+        if matches!(kind, Kind::Blank) {
             return Ok(());
         }
         if self.trailer {
             return Err(bad_line(n, "a line after the trailer"));
         }
-        match parse_line(text).map_err(|why| bad_line(n, why))? {
-            ExportLine::Header(version) => {
+        match *kind {
+            Kind::Blank => {}
+            Kind::Header(version) => {
                 if self.header || self.entries > 0 || self.metas > 0 {
                     return Err(bad_line(n, "a header that is not the first line"));
                 }
@@ -185,8 +347,8 @@ impl ImportSpool {
                 }
                 self.header = true;
             }
-            ExportLine::Meta => self.metas += 1,
-            ExportLine::Trailer { entries, crc32c } => {
+            Kind::Meta => self.metas += 1,
+            Kind::Trailer { entries, crc32c } => {
                 if entries != self.entries {
                     return Err(bad_line(
                         n,
@@ -204,28 +366,17 @@ impl ImportSpool {
                 }
                 self.trailer = true;
             }
-            ExportLine::Entry {
-                key,
-                value,
-                expires_at_ms,
-            } => {
-                let within = |e: DbError| bad_line(n, e);
-                self.db.inner.check_key(&key).map_err(within)?;
-                self.db.inner.check_value(&value).map_err(within)?;
-                let path = &self.path;
-                let io = |e| spool_io(path, e);
-                let file = &mut self.file;
-                file.write_all(&u32::try_from(key.len()).unwrap_or(u32::MAX).to_le_bytes())
-                    .map_err(io)?;
-                file.write_all(key.as_bytes()).map_err(io)?;
-                file.write_all(&expires_at_ms.to_le_bytes()).map_err(io)?;
-                file.write_all(&u32::try_from(value.len()).unwrap_or(u32::MAX).to_le_bytes())
-                    .map_err(io)?;
-                file.write_all(&value).map_err(io)?;
-                self.entries += 1;
-            }
+            Kind::Entry => self.entries += 1,
         }
         Ok(())
+    }
+
+    /// Stops the checking threads (each finishes the batch in hand).
+    fn stop_checkers(&mut self) {
+        self.jobs = None;
+        for checker in self.checkers.drain(..) {
+            let _ = checker.join();
+        }
     }
 }
 
@@ -266,11 +417,31 @@ impl Db {
         let config = &self.inner.config;
         // A value written as `value_text` may grow sixfold (\u escapes).
         let max_line_bytes = 6 * (config.max_key_bytes + config.max_value_bytes) + 4096;
+        let n = std::thread::available_parallelism()
+            .map_or(2, std::num::NonZero::get)
+            .clamp(1, MAX_CHECKERS);
+        let (jobs, taken) = crossbeam_channel::bounded::<Job>(n);
+        let checkers = (0..n)
+            .map(|_| {
+                let (db, taken) = (self.clone(), taken.clone());
+                std::thread::Builder::new()
+                    .name("dododb-import".into())
+                    .spawn(move || {
+                        for job in taken {
+                            let _ = job.done.send(check_lines(&db, job.lines));
+                        }
+                    })
+                    .map_err(|e| DbError::Unavailable(format!("import: no checking thread: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(ImportSpool {
-            db: self.clone(),
             file: BufWriter::with_capacity(1 << 20, file),
             path,
-            partial: Vec::new(),
+            unsent: Vec::new(),
+            partial_len: 0,
+            jobs: Some(jobs),
+            checkers,
+            in_flight: VecDeque::new(),
             line: 0,
             crc: 0,
             entries: 0,
@@ -296,6 +467,7 @@ impl Db {
         mode: ImportMode,
     ) -> Result<ImportResult, DbError> {
         let inner = &self.inner;
+        let _importing = Importing::new(inner);
         let mut in_flight = None;
         if mode == ImportMode::Replace {
             in_flight = inner.begin_clear(None)?.1;
@@ -351,6 +523,22 @@ impl Db {
     }
 }
 
+/// Counts an import as running while it lives (see [`Inner::imports`]).
+struct Importing<'a>(&'a Inner);
+
+impl<'a> Importing<'a> {
+    fn new(inner: &'a Inner) -> Self {
+        inner.imports.fetch_add(1, Ordering::AcqRel);
+        Importing(inner)
+    }
+}
+
+impl Drop for Importing<'_> {
+    fn drop(&mut self) {
+        self.0.imports.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Reads a length-prefixed field into `buf`.
 fn read_field(reader: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> {
     let mut len = [0u8; 4];
@@ -358,4 +546,105 @@ fn read_field(reader: &mut impl Read, buf: &mut Vec<u8>) -> std::io::Result<()> 
     buf.clear();
     buf.resize(u32::from_le_bytes(len) as usize, 0);
     reader.read_exact(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::db::PutOptions;
+
+    fn spool(db: &Db, export: &[u8]) -> Result<Spooled, DbError> {
+        let mut spool = db.import_spool()?;
+        // Pieces that cut lines anywhere, as a body arrives.
+        for piece in export.chunks(77_777) {
+            spool.push(piece)?;
+        }
+        spool.finish()
+    }
+
+    fn message(result: Result<Spooled, DbError>) -> String {
+        match result {
+            Err(DbError::InvalidRequest(why)) => why,
+            Err(e) => panic!("{e}"),
+            Ok(s) => panic!("accepted {} entries", s.entries),
+        }
+    }
+
+    #[test]
+    fn an_export_of_many_batches_is_checked_in_order() {
+        let db = Db::open(Config::in_memory()).expect("open");
+        // About 6 MiB: several batches for the checking threads.
+        let line = |i: usize| format!("{{\"key\":\"k{i}\",\"value\":{{\"n\":{i}}}}}\n");
+        let mut lines: Vec<String> = (0..200_000).map(line).collect();
+        let spooled = spool(&db, lines.concat().as_bytes()).expect("a good export");
+        assert_eq!(spooled.entries, 200_000);
+        drop(spooled);
+
+        // Two bad lines in different batches: the first is named.
+        lines[190_000] = "{\"key\":\"k\",\"value\":{oops}\n".into();
+        lines[150_000] = "{\"key\":\"\",\"value\":1}\n".into();
+        let why = message(spool(&db, lines.concat().as_bytes()));
+        assert!(why.starts_with("line 150001: "), "{why}");
+        lines[150_000] = line(150_000);
+        let why = message(spool(&db, lines.concat().as_bytes()));
+        assert!(why.starts_with("line 190001: not JSON"), "{why}");
+        lines[190_000] = line(190_000);
+        // A line longer than any entry, after a bad one: the bad one first.
+        lines[100] = "{\"surprise\":true}\n".into();
+        let long = lines.concat() + &"x".repeat(8 << 20);
+        let why = message(spool(&db, long.as_bytes()));
+        assert!(why.starts_with("line 101: neither an entry"), "{why}");
+        lines[100] = line(100);
+        let long = lines.concat() + &"x".repeat(8 << 20);
+        let why = message(spool(&db, long.as_bytes()));
+        assert!(why.starts_with("line 200001: longer than"), "{why}");
+
+        // A real export: the trailer's count and checksum cover every batch.
+        for i in 0..100_000 {
+            let value = format!("{{\"n\": {i}, \"pad\": \"{}\"}}", "p".repeat(40));
+            db.put(&format!("e{i}"), value.as_bytes(), PutOptions::default())
+                .expect("put");
+        }
+        let mut export = Vec::new();
+        db.export(&mut export).expect("export");
+        let n_lines = export.split(|&b| b == b'\n').count() - 1;
+        let spooled = spool(&db, &export).expect("a real export");
+        assert_eq!(spooled.entries, 100_000);
+        drop(spooled);
+        let at = export.len() / 2
+            + export[export.len() / 2..]
+                .iter()
+                .position(|&b| b == b'p')
+                .expect("a pad byte");
+        export[at] = b'q';
+        let why = message(spool(&db, &export));
+        assert!(
+            why.starts_with(&format!("line {n_lines}: the checksum")),
+            "{why}"
+        );
+        export[at] = b'p';
+        let trailer = export[..export.len() - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .expect("trailer");
+        export.extend_from_slice(b"{\"key\":\"late\",\"value\":1}\n");
+        let why = message(spool(&db, &export));
+        assert!(
+            why.starts_with(&format!("line {}: a line after the trailer", n_lines + 1)),
+            "{why}"
+        );
+        export.truncate(trailer + 1);
+        let why = message(spool(&db, &export));
+        assert!(why.contains("without its trailer"), "{why}");
+        let leftovers = std::fs::read_dir(std::env::temp_dir())
+            .expect("temp dir")
+            .filter_map(Result::ok)
+            .filter(|e| {
+                let name = e.file_name().to_string_lossy().into_owned();
+                name.starts_with(&format!("{SPOOL_PREFIX}{}-", std::process::id()))
+            })
+            .count();
+        assert_eq!(leftovers, 0, "every spool file is removed");
+    }
 }

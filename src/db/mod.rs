@@ -193,6 +193,9 @@ pub(crate) struct Inner {
     /// One snapshot at a time; held for the whole snapshot (blocking I/O on
     /// a non-async thread), never by the write path.
     snapshot_lock: Mutex<()>,
+    /// Imports being applied: the snapshot the log's size would call for
+    /// waits until they are done (see `background.rs`).
+    imports: AtomicU64,
     last_snapshot: Mutex<Option<SnapshotInfo>>,
     snapshots: AtomicU64,
     snapshot_micros: AtomicU64,
@@ -412,6 +415,7 @@ impl Db {
             log_reader,
             subscribe_lock: Mutex::new(()),
             snapshot_lock: Mutex::new(()),
+            imports: AtomicU64::new(0),
             last_snapshot: Mutex::new(None),
             snapshots: AtomicU64::new(0),
             snapshot_micros: AtomicU64::new(0),

@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -81,8 +82,24 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, DbError> {
     for &n in &snapshots {
         let path = snapshot::path(dir, n);
         let attempt = Store::new();
-        match snapshot::load(&path, |change| attempt.replay(change)) {
+        // The trailer's revision covers every version in a snapshot we
+        // wrote; the newest version seen is the floor all the same.
+        let newest = AtomicU64::new(0);
+        let loaded = snapshot::load_parallel(
+            &path,
+            |entries| attempt.reserve(usize::try_from(entries).unwrap_or(usize::MAX)),
+            |e| {
+                attempt.replay_entry(&e.key, &e.value, e.version, e.expires_at_ms);
+                // Read first: the newest soon stops changing, and a read
+                // keeps the counter's cache line shared between threads.
+                if e.version > newest.load(Ordering::Relaxed) {
+                    newest.fetch_max(e.version, Ordering::Relaxed);
+                }
+            },
+        );
+        match loaded {
             Ok(loaded) => {
+                attempt.advance_revision(newest.into_inner());
                 if oldest_segment.is_some_and(|oldest| oldest > loaded.wal_segment) {
                     tracing::warn!(file = %path.display(), "snapshot is usable but the WAL after it is gone");
                     continue;

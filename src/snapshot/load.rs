@@ -1,11 +1,19 @@
 //! Loading a snapshot file: the checksum is verified over the whole file
 //! before a single entry is applied, so a damaged snapshot changes nothing
 //! and recovery can fall back to an older one.
+//!
+//! A large snapshot is parsed on several threads: one reads the file in
+//! chunks of whole lines and hands them through a bounded channel to a pool
+//! of parsers, which give each entry to the caller from their own thread.
+//! Entries therefore arrive in no particular order; a snapshot holds each
+//! key once (it is one walk of the map), so the order does not matter.
 
 use std::borrow::Cow;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use serde::Deserialize;
@@ -25,6 +33,35 @@ pub struct Loaded {
     pub keys: u64,
     /// Control documents (subscriptions).
     pub metas: Vec<Bytes>,
+}
+
+/// One entry of a snapshot, borrowed from the chunk being parsed where it
+/// needs no unescaping.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotEntry<'a> {
+    /// The key.
+    pub key: Cow<'a, str>,
+    /// The stored document, byte for byte.
+    pub value: Cow<'a, [u8]>,
+    /// The revision of the key's last change.
+    pub version: u64,
+    /// Unix milliseconds of expiry, 0 for never.
+    pub expires_at_ms: u64,
+}
+
+impl SnapshotEntry<'_> {
+    /// The entry as an update change (what recovery replays).
+    pub fn to_change(&self) -> Change {
+        Change {
+            key: Box::from(&*self.key),
+            kind: ChangeKind::Update,
+            value: Some(copy_value(&self.value)),
+            version: self.version,
+            expires_at_ms: self.expires_at_ms,
+            timestamp_ms: 0,
+            old_value: None,
+        }
+    }
 }
 
 /// Every field any line may have; which ones are set says what the line is.
@@ -57,19 +94,41 @@ struct Line<'a> {
 }
 
 /// Reads and verifies `path`, then hands each entry to `apply` as an
-/// update change.
+/// update change, one call at a time (from the parsing threads, in no
+/// particular order).
+///
+/// # Errors
+///
+/// As [`load_parallel`].
+pub fn load(path: &Path, apply: impl FnMut(Change) + Send) -> Result<Loaded, SnapshotError> {
+    let apply = Mutex::new(apply);
+    load_parallel(
+        path,
+        |_| {},
+        |entry| (apply.lock().unwrap_or_else(|e| e.into_inner()))(entry.to_change()),
+    )
+}
+
+/// Reads and verifies `path`, tells `expect` how many entries the trailer
+/// announces, then hands each entry to `insert`, called from several
+/// threads at once for a large file, in no particular order.
 ///
 /// The file is read twice, a chunk at a time: once for the checksum, once
-/// to parse. Loading holds one chunk, never the whole file, so a restart
+/// to parse. Loading holds a few chunks, never the whole file, so a restart
 /// does not leave the allocator holding a file-sized buffer on top of the
 /// data.
 ///
 /// # Errors
 ///
 /// [`SnapshotError::Damaged`] when the file is incomplete or fails its
-/// checksum (nothing was applied then), [`SnapshotError::Io`] when it
-/// cannot be read.
-pub fn load(path: &Path, apply: impl FnMut(Change) + Send) -> Result<Loaded, SnapshotError> {
+/// checksum (nothing was applied then) or a line is not what the format
+/// says (entries before it may have been applied), [`SnapshotError::Io`]
+/// when it cannot be read.
+pub fn load_parallel(
+    path: &Path,
+    expect: impl FnOnce(u64),
+    insert: impl Fn(SnapshotEntry<'_>) + Sync,
+) -> Result<Loaded, SnapshotError> {
     let io = |e| SnapshotError::io(path, e);
     let file_name = path.display().to_string();
     let mut file = File::open(path).map_err(io)?;
@@ -87,7 +146,7 @@ pub fn load(path: &Path, apply: impl FnMut(Change) + Send) -> Result<Loaded, Sna
         len: tail_start + trailer_at as u64,
         path,
     };
-    load_body(&body, &trailer, &file_name, apply)
+    load_body(&body, &trailer, &file_name, expect, &insert)
 }
 
 /// [`load`] over the bytes of a snapshot file named `file` (for messages).
@@ -102,7 +161,17 @@ pub fn load_bytes(
     apply: impl FnMut(Change) + Send,
 ) -> Result<Loaded, SnapshotError> {
     let (body_end, trailer) = find_trailer(data, true).map_err(|why| damaged(file, why))?;
-    load_body(&Body::Bytes(&data[..body_end]), &trailer, file, apply)
+    let apply = Mutex::new(apply);
+    let insert = |entry: SnapshotEntry<'_>| {
+        (apply.lock().unwrap_or_else(|e| e.into_inner()))(entry.to_change());
+    };
+    load_body(
+        &Body::Bytes(&data[..body_end]),
+        &trailer,
+        file,
+        |_| {},
+        &insert,
+    )
 }
 
 fn damaged(file: &str, why: impl std::fmt::Display) -> SnapshotError {
@@ -112,15 +181,15 @@ fn damaged(file: &str, why: impl std::fmt::Display) -> SnapshotError {
     }
 }
 
-/// Snapshots at least this large are parsed and applied on two threads.
+/// Snapshots at least this large are parsed on several threads.
 const PARALLEL_LOAD_BYTES: u64 = 1 << 20;
-
-/// Entries handed from the parsing to the applying thread at a time.
-const LOAD_BATCH: usize = 4096;
 
 /// A file is read this much at a time (a line cut at the end of a chunk is
 /// carried over to the next).
-const READ_CHUNK: usize = 4 << 20;
+const READ_CHUNK: usize = 2 << 20;
+
+/// The most threads that parse one snapshot.
+const MAX_PARSERS: usize = 8;
 
 /// A snapshot's lines before the trailer.
 enum Body<'a> {
@@ -136,7 +205,7 @@ enum Body<'a> {
     },
 }
 
-impl Body<'_> {
+impl<'a> Body<'a> {
     fn len(&self) -> u64 {
         match self {
             Body::Bytes(data) => data.len() as u64,
@@ -144,18 +213,58 @@ impl Body<'_> {
         }
     }
 
-    /// Hands the body to `each` in chunks of whole lines.
+    /// Hands the body to `each` in chunks of whole lines, each chunk in a
+    /// buffer of its own (taken from `spare` when it has one) or, for a
+    /// body in memory, borrowed.
     fn for_each_chunk(
         &self,
-        each: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
+        spare: &mut dyn FnMut() -> Option<Vec<u8>>,
+        each: &mut dyn FnMut(Chunk<'a>) -> Result<(), SnapshotError>,
     ) -> Result<(), SnapshotError> {
         match *self {
-            Body::Bytes(data) => each(data),
+            Body::Bytes(data) => {
+                let mut rest = data;
+                while !rest.is_empty() {
+                    let cut = line_cut(rest, READ_CHUNK);
+                    each(Chunk::Borrowed(&rest[..cut]))?;
+                    rest = &rest[cut..];
+                }
+                Ok(())
+            }
             Body::File { file, len, path } => {
                 let mut file = file;
                 file.rewind().map_err(|e| SnapshotError::io(path, e))?;
-                for_each_chunk(&mut file.take(len), READ_CHUNK, path, each)
+                for_each_chunk(&mut file.take(len), READ_CHUNK, path, spare, each)
             }
+        }
+    }
+}
+
+/// Where to cut `data` after about `size` bytes: after the first newline
+/// at or past `size`, or at its end.
+fn line_cut(data: &[u8], size: usize) -> usize {
+    if data.len() <= size {
+        return data.len();
+    }
+    data[size - 1..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(data.len(), |at| size + at)
+}
+
+/// Lines of a snapshot, borrowed or in a buffer of their own.
+enum Chunk<'a> {
+    Borrowed(&'a [u8]),
+    Owned(Vec<u8>),
+}
+
+impl std::ops::Deref for Chunk<'_> {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Chunk::Borrowed(data) => data,
+            Chunk::Owned(buf) => buf,
         }
     }
 }
@@ -166,97 +275,201 @@ fn load_body(
     body: &Body<'_>,
     trailer: &Trailer,
     file: &str,
-    apply: impl FnMut(Change) + Send,
+    expect: impl FnOnce(u64),
+    insert: &(dyn Fn(SnapshotEntry<'_>) + Sync),
 ) -> Result<Loaded, SnapshotError> {
     let mut crc = 0;
-    body.for_each_chunk(&mut |chunk| {
-        crc = crc32c::crc32c_append(crc, chunk);
+    let spare = std::cell::Cell::new(None);
+    body.for_each_chunk(&mut || spare.take(), &mut |chunk| {
+        crc = crc32c::crc32c_append(crc, &chunk);
+        if let Chunk::Owned(buf) = chunk {
+            spare.set(Some(buf));
+        }
         Ok(())
     })?;
     if crc != trailer.crc32c {
         return Err(damaged(file, "checksum mismatch"));
     }
-    read_body(body, trailer, file, apply)
+    // A line is longer than 32 bytes: a trailer counting more entries than
+    // that allows is found out later, without reserving room for them.
+    expect(trailer.entries.min(body.len() / 32));
+    read_body(body, trailer, file, insert)
 }
 
 /// Reads `reader` to its end in chunks of about `chunk_size` bytes, each
-/// ending after a newline (the last one: wherever the data ends).
-fn for_each_chunk(
+/// ending after a newline (the last one: wherever the data ends), each in
+/// a buffer of its own.
+fn for_each_chunk<'a>(
     reader: &mut impl Read,
     chunk_size: usize,
     path: &Path,
-    each: &mut dyn FnMut(&[u8]) -> Result<(), SnapshotError>,
+    spare: &mut dyn FnMut() -> Option<Vec<u8>>,
+    each: &mut dyn FnMut(Chunk<'a>) -> Result<(), SnapshotError>,
 ) -> Result<(), SnapshotError> {
-    let mut buf = Vec::with_capacity(chunk_size);
+    let mut next = || {
+        let mut buf = spare().unwrap_or_else(|| Vec::with_capacity(chunk_size + (64 << 10)));
+        buf.clear();
+        buf
+    };
+    let mut buf = next();
     loop {
         let read = reader
             .take(chunk_size as u64)
             .read_to_end(&mut buf)
             .map_err(|e| SnapshotError::io(path, e))?;
         if read == 0 {
-            return if buf.is_empty() { Ok(()) } else { each(&buf) };
+            return if buf.is_empty() {
+                Ok(())
+            } else {
+                each(Chunk::Owned(buf))
+            };
         }
         // A line longer than a chunk: read on until it ends.
         if let Some(last_newline) = buf.iter().rposition(|&b| b == b'\n') {
-            each(&buf[..=last_newline])?;
-            buf.drain(..=last_newline);
+            let mut carried = next();
+            carried.extend_from_slice(&buf[last_newline + 1..]);
+            buf.truncate(last_newline + 1);
+            each(Chunk::Owned(buf))?;
+            buf = carried;
         }
     }
 }
 
-/// Parses the header and every entry of `body`, handing entries to `apply`
-/// (on a second thread for a large body), and checks them against the
-/// trailer.
+/// What the parsers found in the chunks they took.
+#[derive(Default)]
+struct Parsed {
+    entries: u64,
+    /// Control documents by chunk number, to put back in file order.
+    metas: Vec<(usize, Vec<Bytes>)>,
+    /// The first bad line (by chunk number) and what is wrong with it.
+    error: Option<(usize, String)>,
+}
+
+impl Parsed {
+    fn merge(&mut self, other: Parsed) {
+        self.entries += other.entries;
+        self.metas.extend(other.metas);
+        if let Some((at, why)) = other.error {
+            if self.error.as_ref().is_none_or(|(first, _)| at < *first) {
+                self.error = Some((at, why));
+            }
+        }
+    }
+
+    /// Parses chunk number `n`.
+    fn take(&mut self, n: usize, chunk: &[u8], insert: &(dyn Fn(SnapshotEntry<'_>) + Sync)) {
+        let mut metas = Vec::new();
+        match read_entries(chunk, &mut metas, insert) {
+            Ok(entries) => self.entries += entries,
+            Err(why) => self.merge(Parsed {
+                error: Some((n, why)),
+                ..Parsed::default()
+            }),
+        }
+        if !metas.is_empty() {
+            self.metas.push((n, metas));
+        }
+    }
+}
+
+/// Parses the header and every entry of `body`, handing entries to
+/// `insert` (from a pool of threads for a large body), and checks them
+/// against the trailer.
 fn read_body(
     body: &Body<'_>,
     trailer: &Trailer,
     file: &str,
-    mut apply: impl FnMut(Change) + Send,
+    insert: &(dyn Fn(SnapshotEntry<'_>) + Sync),
 ) -> Result<Loaded, SnapshotError> {
     let mut loaded = Loaded::default();
     let mut header_seen = false;
-    let mut parse = |chunk: &[u8], sink: &mut dyn FnMut(Change)| {
-        let mut lines = serde_json::Deserializer::from_slice(chunk).into_iter::<Line<'_>>();
-        if !header_seen {
-            read_header(lines.next(), &mut loaded).map_err(|why| damaged(file, why))?;
-            header_seen = true;
-        }
-        read_entries(lines, &mut loaded, sink).map_err(|why| damaged(file, why))
-    };
+    let mut parsed = Parsed::default();
     if body.len() >= PARALLEL_LOAD_BYTES {
-        // Parsing lines and inserting entries cost about the same, so a
-        // large snapshot is parsed here while a second thread applies it,
-        // in file order, in batches.
-        std::thread::scope(|scope| {
-            let (batches, received) = crossbeam_channel::bounded::<Vec<Change>>(16);
-            let applier = scope.spawn(move || {
-                for batch in received {
-                    batch.into_iter().for_each(&mut apply);
+        let parsers = std::thread::available_parallelism()
+            .map_or(2, std::num::NonZero::get)
+            .clamp(2, MAX_PARSERS);
+        let failed = AtomicBool::new(false);
+        let (chunks, received) = crossbeam_channel::bounded::<(usize, Chunk<'_>)>(parsers);
+        let (done, spares) = crossbeam_channel::bounded::<Vec<u8>>(parsers + 2);
+        let read = std::thread::scope(|scope| {
+            let pool: Vec<_> = (0..parsers)
+                .map(|_| {
+                    let (received, done, failed) = (received.clone(), done.clone(), &failed);
+                    scope.spawn(move || {
+                        let mut parsed = Parsed::default();
+                        for (n, chunk) in received {
+                            if !failed.load(Ordering::Relaxed) {
+                                parsed.take(n, &chunk, insert);
+                                if parsed.error.is_some() {
+                                    failed.store(true, Ordering::Relaxed);
+                                }
+                            }
+                            if let Chunk::Owned(buf) = chunk {
+                                let _ = done.try_send(buf);
+                            }
+                        }
+                        parsed
+                    })
+                })
+                .collect();
+            drop(received);
+            let mut n = 0;
+            let read = body.for_each_chunk(&mut || spares.try_recv().ok(), &mut |chunk| {
+                if failed.load(Ordering::Relaxed) {
+                    return Ok(());
                 }
+                let chunk = if header_seen {
+                    chunk
+                } else {
+                    let skip = split_header(&chunk, &mut loaded, file)?;
+                    header_seen = true;
+                    match chunk {
+                        Chunk::Borrowed(data) => Chunk::Borrowed(&data[skip..]),
+                        Chunk::Owned(mut buf) => {
+                            buf.drain(..skip);
+                            Chunk::Owned(buf)
+                        }
+                    }
+                };
+                // The parsers only stop once this side is done.
+                let _ = chunks.send((n, chunk));
+                n += 1;
+                Ok(())
             });
-            let mut batch = Vec::with_capacity(LOAD_BATCH);
-            let mut send = |change| {
-                batch.push(change);
-                if batch.len() == LOAD_BATCH {
-                    let full = std::mem::replace(&mut batch, Vec::with_capacity(LOAD_BATCH));
-                    // The applier only stops once this side is done.
-                    let _ = batches.send(full);
+            drop(chunks);
+            for parser in pool {
+                match parser.join() {
+                    Ok(p) => parsed.merge(p),
+                    Err(_) => {
+                        return Err(damaged(file, "a thread parsing the snapshot panicked"));
+                    }
                 }
-            };
-            let parsed = body.for_each_chunk(&mut |chunk| parse(chunk, &mut send));
-            let _ = batches.send(batch);
-            drop(batches);
-            if applier.join().is_err() {
-                return Err(damaged(file, "the thread applying the snapshot panicked"));
             }
-            parsed
-        })?;
+            read
+        });
+        read?;
     } else {
-        body.for_each_chunk(&mut |chunk| parse(chunk, &mut apply))?;
+        let mut n = 0;
+        body.for_each_chunk(&mut || None, &mut |chunk| {
+            let mut skip = 0;
+            if !header_seen {
+                skip = split_header(&chunk, &mut loaded, file)?;
+                header_seen = true;
+            }
+            parsed.take(n, &chunk[skip..], insert);
+            n += 1;
+            Ok(())
+        })?;
+    }
+    if let Some((_, why)) = parsed.error {
+        return Err(damaged(file, why));
     }
     if !header_seen {
         return Err(damaged(file, "no header"));
     }
+    parsed.metas.sort_unstable_by_key(|(n, _)| *n);
+    loaded.metas = parsed.metas.into_iter().flat_map(|(_, m)| m).collect();
+    loaded.keys = parsed.entries;
     if trailer.entries != loaded.keys {
         return Err(damaged(file, "entry count does not match the trailer"));
     }
@@ -264,12 +477,24 @@ fn read_body(
     Ok(loaded)
 }
 
+/// Reads the header, the first line of the first chunk, and returns where
+/// the rest of the chunk starts.
+fn split_header(chunk: &[u8], loaded: &mut Loaded, file: &str) -> Result<usize, SnapshotError> {
+    let start = chunk.len() - chunk.trim_ascii_start().len();
+    let end = chunk[start..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map_or(chunk.len(), |at| start + at + 1);
+    read_header(&chunk[start..end], loaded).map_err(|why| damaged(file, why))?;
+    Ok(end)
+}
+
 /// Checks the header line and takes the WAL segment from it.
-fn read_header(
-    line: Option<serde_json::Result<Line<'_>>>,
-    loaded: &mut Loaded,
-) -> Result<(), String> {
-    let header = line.ok_or("no header")?.map_err(|e| e.to_string())?;
+fn read_header(line: &[u8], loaded: &mut Loaded) -> Result<(), String> {
+    if line.trim_ascii().is_empty() {
+        return Err("no header".into());
+    }
+    let header: Line<'_> = serde_json::from_slice(line).map_err(|e| e.to_string())?;
     if header.dododb_snapshot != Some(super::encode::FORMAT_VERSION) {
         return Err("not a DodoDB snapshot of a known format version".into());
     }
@@ -277,41 +502,103 @@ fn read_header(
     Ok(())
 }
 
-/// Hands every entry line after the header to `apply` and collects the
-/// control documents; says what is wrong with the first bad line.
-fn read_entries<'a>(
-    lines: impl Iterator<Item = serde_json::Result<Line<'a>>>,
-    loaded: &mut Loaded,
-    apply: &mut dyn FnMut(Change),
-) -> Result<(), String> {
-    for line in lines {
-        let line = line.map_err(|e| e.to_string())?;
-        if let Some(meta) = line.meta {
-            loaded
-                .metas
-                .push(Bytes::copy_from_slice(meta.get().as_bytes()));
+/// Hands every entry of `chunk` to `insert` and collects the control
+/// documents; returns the entries, or says what is wrong with the first bad
+/// line.
+///
+/// Lines the encoder writes today are one document each, mostly in the
+/// plain form [`plain_entry`] reads. Anything else goes to the general
+/// parser one document at a time, wherever it ends: files written before
+/// every entry was kept to one line may hold a document across lines.
+fn read_entries(
+    chunk: &[u8],
+    metas: &mut Vec<Bytes>,
+    insert: &(dyn Fn(SnapshotEntry<'_>) + Sync),
+) -> Result<u64, String> {
+    let mut entries = 0;
+    let mut at = 0;
+    while at < chunk.len() {
+        let rest = &chunk[at..];
+        let line_len = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+        if let Some(entry) = plain_entry(&rest[..line_len]) {
+            insert(entry);
+            entries += 1;
+            at += line_len + 1;
             continue;
         }
-        let (Some(key), Some(version)) = (line.key, line.version) else {
+        let mut docs = serde_json::Deserializer::from_slice(rest).into_iter::<Line<'_>>();
+        let Some(doc) = docs.next() else {
+            // Only whitespace is left.
+            break;
+        };
+        let doc = doc.map_err(|e| e.to_string())?;
+        at += docs.byte_offset();
+        at += chunk[at..]
+            .iter()
+            .take_while(|b| matches!(b, b' ' | b'\n' | b'\r' | b'\t'))
+            .count();
+        if let Some(meta) = doc.meta {
+            metas.push(Bytes::copy_from_slice(meta.get().as_bytes()));
+            continue;
+        }
+        let (Some(key), Some(version)) = (doc.key, doc.version) else {
             return Err("a line is neither an entry nor a control document".into());
         };
-        let value = match (line.value, line.value_text) {
-            (Some(raw), None) => copy_value(raw.get().as_bytes()),
-            (None, Some(text)) => copy_value(text.as_bytes()),
+        let value = match (doc.value, doc.value_text) {
+            (Some(raw), None) => Cow::Borrowed(raw.get().as_bytes()),
+            (None, Some(Cow::Borrowed(text))) => Cow::Borrowed(text.as_bytes()),
+            (None, Some(Cow::Owned(text))) => Cow::Owned(text.into_bytes()),
             _ => return Err("an entry needs exactly one of value and value_text".into()),
         };
-        apply(Change {
-            key: Box::from(&*key),
-            kind: ChangeKind::Update,
-            value: Some(value),
+        insert(SnapshotEntry {
+            key,
+            value,
             version,
-            expires_at_ms: line.expires_at_ms.unwrap_or(0),
-            timestamp_ms: 0,
-            old_value: None,
+            expires_at_ms: doc.expires_at_ms.unwrap_or(0),
         });
-        loaded.keys += 1;
+        entries += 1;
     }
-    Ok(())
+    Ok(entries)
+}
+
+/// An entry line exactly as the encoder writes most of them
+/// (`{"key":"…","version":N,"expires_at_ms":N,"value":…}` with a key that
+/// needs no unescaping), read without the general parser; `None` for any
+/// other line, which the general parser then reads (and judges). The value
+/// is still checked to be one JSON document, as the general parser would.
+fn plain_entry(line: &[u8]) -> Option<SnapshotEntry<'_>> {
+    let rest = line.strip_prefix(b"{\"key\":\"")?;
+    let key_len = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let (key, rest) = rest.split_at(key_len);
+    let key = std::str::from_utf8(key).ok()?;
+    let rest = rest.strip_prefix(b"\",\"version\":")?;
+    let (version, rest) = whole_number(rest)?;
+    let rest = rest.strip_prefix(b",\"expires_at_ms\":")?;
+    let (expires_at_ms, rest) = whole_number(rest)?;
+    let value = rest.strip_prefix(b",\"value\":")?.strip_suffix(b"}")?;
+    let raw: &RawValue = serde_json::from_slice(value).ok()?;
+    (raw.get().len() == value.len()).then_some(SnapshotEntry {
+        key: Cow::Borrowed(key),
+        value: Cow::Borrowed(value),
+        version,
+        expires_at_ms,
+    })
+}
+
+/// A JSON whole number that fits in a `u64` at the start of `text`, and
+/// what follows it.
+fn whole_number(text: &[u8]) -> Option<(u64, &[u8])> {
+    let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
+    if digits == 0 || (digits > 1 && text[0] == b'0') {
+        return None;
+    }
+    let mut n = 0u64;
+    for &d in &text[..digits] {
+        n = n.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+    }
+    Some((n, &text[digits..]))
 }
 
 /// One line of a snapshot or export, as an import reads it.
@@ -443,7 +730,7 @@ mod tests {
 
     #[test]
     fn small_and_large_snapshots_load_every_entry() {
-        // Below and above the size at which loading uses two threads.
+        // Below and above the size at which loading uses several threads.
         for n in [100, 30_000] {
             let original = store_with(n);
             let metas = [
@@ -472,14 +759,58 @@ mod tests {
     }
 
     #[test]
+    fn the_plain_reading_of_an_entry_agrees_with_the_general_parser() {
+        let lines: [&[u8]; 12] = [
+            br#"{"key":"a","version":1,"expires_at_ms":0,"value":{"x":[1,2]}}"#,
+            br#"{"key":"k","version":18446744073709551615,"expires_at_ms":7,"value":"s"}"#,
+            // Declined, and judged by the general parser instead:
+            br#"{"key":"a\"b","version":1,"expires_at_ms":0,"value":1}"#,
+            br#"{"key":"a","version":01,"expires_at_ms":0,"value":1}"#,
+            br#"{"key":"a","version":18446744073709551616,"expires_at_ms":0,"value":1}"#,
+            br#"{"key":"a","version":1,"expires_at_ms":0,"value":1,"value_text":"1"}"#,
+            br#"{"key":"a","version":1,"expires_at_ms":0,"value":{"x":}"#,
+            br#"{"key":"a","version":1,"expires_at_ms":0,"value": 1 }"#,
+            br#"{"key":"a","version":1,"expires_at_ms":0,"value":1} "#,
+            br#"{"key":"a","version":1.0,"expires_at_ms":0,"value":1}"#,
+            br#"{"key":"a","version":1,"expires_at_ms":0,"value":1}{"key":"b","version":2,"expires_at_ms":0,"value":2}"#,
+            b"{\"key\":\"\x01\",\"version\":1,\"expires_at_ms\":0,\"value\":1}",
+        ];
+        for (i, line) in lines.iter().enumerate() {
+            let general = |line: &[u8]| {
+                let mut got = Vec::new();
+                let entries = Mutex::new(Vec::new());
+                let result = read_entries(line, &mut got, &|e| {
+                    entries.lock().expect("lock").push(e.to_change());
+                });
+                (result, entries.into_inner().expect("lock"))
+            };
+            match plain_entry(line) {
+                Some(plain) => {
+                    assert!(i < 2, "line {i} should have been declined");
+                    let (result, entries) = general(line);
+                    assert_eq!(result, Ok(1), "line {i}");
+                    assert_eq!(entries, vec![plain.to_change()], "line {i}");
+                }
+                None => assert!(i >= 2, "line {i} should have been read plainly"),
+            }
+        }
+    }
+
+    #[test]
     fn chunks_end_at_line_ends_and_cover_everything() {
         let data = b"{\"a\":1}\n{\"long\":\"0123456789abcdef\"}\n\n{}\nno newline at the end";
         for chunk_size in [1, 3, 7, 16, 1000] {
             let mut chunks = Vec::new();
-            for_each_chunk(&mut &data[..], chunk_size, Path::new("t"), &mut |chunk| {
-                chunks.push(chunk.to_vec());
-                Ok(())
-            })
+            for_each_chunk(
+                &mut &data[..],
+                chunk_size,
+                Path::new("t"),
+                &mut || None,
+                &mut |chunk| {
+                    chunks.push(chunk.to_vec());
+                    Ok(())
+                },
+            )
             .expect("read");
             let (last, whole_lines) = chunks.split_last().expect("chunks");
             assert!(
@@ -507,6 +838,9 @@ mod tests {
                 (b.keys, b.revision, b.wal_segment)
             );
             assert_eq!(a.metas, b.metas);
+            // Parsed on several threads: in no particular order.
+            from_file.sort_unstable_by(|x, y| x.key.cmp(&y.key));
+            from_bytes.sort_unstable_by(|x, y| x.key.cmp(&y.key));
             assert_eq!(from_file, from_bytes);
 
             let mut flipped = data.clone();

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 pub use encode::{FORMAT_VERSION, Written, encode};
-pub use load::{ExportLine, Loaded, load, load_bytes, parse_line};
+pub use load::{ExportLine, Loaded, SnapshotEntry, load, load_bytes, load_parallel, parse_line};
 
 use crate::store::Store;
 use crate::wal::segment;

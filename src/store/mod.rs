@@ -626,10 +626,73 @@ impl Store {
         self.apply_locked(&mut table, place, change, None, Indexing::Defer);
     }
 
+    /// Loads one snapshot entry: [`Store::replay`] of an update, written
+    /// straight from the snapshot's bytes with no [`Change`] built. Safe to
+    /// call from several threads at once. Leaves the revision counter to
+    /// the caller (the snapshot's trailer has it) and the ordered index to
+    /// [`Store::rebuild_index`].
+    pub fn replay_entry(&self, key: &str, value: &[u8], version: u64, expires_at_ms: u64) {
+        let place = self.place(key);
+        let mut table = self.write_shard(place.shard);
+        let old_expiry = match table.get_mut(place.hash, |(e, _)| e.key() == key) {
+            Some((entry, _)) if version <= entry.version() => return,
+            Some((entry, _)) => {
+                let old_expiry = entry.expires_at_ms();
+                // No index yet, so nothing refers to the old allocation.
+                drop(entry.set(value, version, expires_at_ms));
+                Some(old_expiry)
+            }
+            None => {
+                let entry = Packed::new(key, value, version, expires_at_ms);
+                let hasher = self.map.hasher();
+                table.insert(place.hash, (entry, SharedValue::new(())), |(e, _)| {
+                    hasher.hash_one(e.key())
+                });
+                self.n_committed.fetch_add(1, Ordering::AcqRel);
+                None
+            }
+        };
+        self.forget_expiry(old_expiry.is_some(), old_expiry.unwrap_or(0), key);
+        if expires_at_ms != 0 {
+            self.ttl.insert(expires_at_ms, key);
+        }
+    }
+
+    /// Makes room for `n` keys in all before they are loaded, spread over
+    /// the shards as the hash spreads them, so that the tables do not grow
+    /// step by step (each step re-hashes every key of its shard).
+    pub fn reserve(&self, n: usize) {
+        let per_shard = n.div_ceil(self.sides.len());
+        let hasher = self.map.hasher();
+        for shard in self.map.shards() {
+            let mut table = shard.write();
+            let more = per_shard.saturating_sub(table.len());
+            table.reserve(more, |(e, _)| hasher.hash_one(e.key()));
+        }
+    }
+
     /// Builds the ordered index from the map, after recovery's
-    /// [`Store::replay`]s.
+    /// [`Store::replay`]s, one shard at a time on each of a few threads.
     pub fn rebuild_index(&self) {
-        for (shard, side) in self.sides.iter().enumerate() {
+        let threads = std::thread::available_parallelism()
+            .map_or(2, std::num::NonZero::get)
+            .clamp(1, 8);
+        let next = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for _ in 1..threads {
+                scope.spawn(|| self.rebuild_shards(&next));
+            }
+            self.rebuild_shards(&next);
+        });
+    }
+
+    /// Rebuilds the index of the shards `next` hands out until none is left.
+    fn rebuild_shards(&self, next: &AtomicUsize) {
+        loop {
+            let shard = next.fetch_add(1, Ordering::Relaxed);
+            let Some(side) = self.sides.get(shard) else {
+                return;
+            };
             let table = self.map.shards()[shard].read();
             // SAFETY: the iterator lives only within this statement, while
             // the shard's read guard is held, so no bucket it yields can
