@@ -84,7 +84,10 @@ def get_to_file(url: str, path: str, out: str) -> int:
 
 
 def timed_import(a: argparse.Namespace, name: str, path: str) -> tuple[dict, dodo.Server]:
-    srv = dodo.start_dododb(a.dododb_bin, a.fsync, tag=name, tmp_dir=a.tmp_dir)
+    # An import of 1M entries may outlast the default 30 s request deadline on a
+    # busy host; the deadline would answer 503 while the import goes on.
+    srv = dodo.start_dododb(a.dododb_bin, a.fsync, tag=name, tmp_dir=a.tmp_dir,
+                            extra=["--request-timeout-secs", "3600"])
     empty = dodo.settled_rss(srv.pid, 0.5)
     with dodo.PeakRss(srv.pid) as peak:
         t0 = time.monotonic()

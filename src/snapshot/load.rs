@@ -349,10 +349,10 @@ impl Parsed {
     fn merge(&mut self, other: Parsed) {
         self.entries += other.entries;
         self.metas.extend(other.metas);
-        if let Some((at, why)) = other.error {
-            if self.error.as_ref().is_none_or(|(first, _)| at < *first) {
-                self.error = Some((at, why));
-            }
+        if let Some((at, why)) = other.error
+            && self.error.as_ref().is_none_or(|(first, _)| at < *first)
+        {
+            self.error = Some((at, why));
         }
     }
 
