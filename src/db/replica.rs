@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::events::EventHub;
 use crate::events::subscriptions::Registry;
 use crate::snapshot;
-use crate::store::{Change, ChangeKind, Mutation, NoJournal, Precondition, Store, copy_value};
+use crate::store::{Mutation, NoJournal, Precondition, Store};
 
 /// Where a cluster member logs a subscription change: it returns once the
 /// change is committed and applied (through [`Db::apply_meta`]).
@@ -257,54 +257,25 @@ impl Db {
         snapshot::encode(&self.inner.store, &metas, 0, 0, out)
     }
 
-    /// Makes the state equal to `fresh` (a snapshot from the leader,
-    /// loaded apart) with the control documents `metas`. Keys `fresh` lacks
-    /// are deleted and the others set, through the store's apply path
-    /// without events, so readers never see a key missing that both copies
-    /// hold. The leader's copy is never behind this one, so every change
-    /// taken from it is newer than what it replaces.
+    /// An empty store that [`Db::replace_state`] can swap in: load a
+    /// snapshot from the leader into it first.
+    pub(crate) fn empty_store(&self) -> Store {
+        self.inner.store.empty_like()
+    }
+
+    /// Makes the state equal to `fresh` (a snapshot from the leader, loaded
+    /// apart into a store from [`Db::empty_store`], its ordered index
+    /// built) with the control documents `metas`. The two contents swap at
+    /// one instant, without events, so a reader sees the whole old state or
+    /// the whole new one, never a mix; `fresh` is left holding the old
+    /// content for the caller to drop. The leader's copy is never behind
+    /// this one, so the revision only grows.
     ///
     /// # Errors
     ///
     /// [`DbError::Storage`] when a control document is damaged.
     pub(crate) fn replace_state(&self, fresh: &Store, metas: &[Bytes]) -> Result<(), DbError> {
-        let store = &self.inner.store;
-        let revision = fresh.revision();
-        let mut gone: Vec<Box<str>> = Vec::new();
-        store.for_each(0, |key, _| {
-            if !fresh.contains(key, || 0) {
-                gone.push(Box::from(key));
-            }
-        });
-        let discard = &mut |_| {};
-        for key in gone {
-            let change = Change {
-                key,
-                kind: ChangeKind::Delete,
-                value: None,
-                old_value: None,
-                version: revision,
-                expires_at_ms: 0,
-                timestamp_ms: 0,
-            };
-            store.apply(change, discard);
-        }
-        let mut updates: Vec<Change> = Vec::new();
-        fresh.for_each(0, |key, entry| {
-            updates.push(Change {
-                key: Box::from(key),
-                kind: ChangeKind::Update,
-                value: Some(copy_value(entry.value)),
-                old_value: None,
-                version: entry.version,
-                expires_at_ms: entry.expires_at_ms,
-                timestamp_ms: 0,
-            });
-        });
-        for change in updates {
-            store.apply(change, discard);
-        }
-        store.advance_revision(revision);
+        self.inner.store.swap_contents(fresh);
         self.inner.registry.replace(metas).map_err(DbError::Storage)
     }
 }

@@ -432,11 +432,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         let shared = Arc::clone(&self.shared);
         let load_path = incoming.clone();
         let (loaded_meta, path) = tokio::task::spawn_blocking(move || {
-            // Loaded apart and checked first: a damaged file changes nothing.
-            let fresh = Store::new();
+            // Loaded apart and checked first: a damaged file changes
+            // nothing. Then swapped in whole, so stale reads see the old
+            // state or the new one, never a mix; the old content is
+            // dropped here, off the map's locks.
+            let fresh = shared.db.empty_store();
             let (meta, docs, loaded) = load_into(&load_path, &fresh)?;
             fresh.advance_revision(loaded.revision);
+            fresh.rebuild_index();
             shared.db.replace_state(&fresh, &docs)?;
+            drop(fresh);
             let loaded_meta = Some((meta, loaded.revision, loaded.keys));
             std::fs::rename(&load_path, &path)
                 .and_then(|()| segment::sync_dir(&shared.dir))

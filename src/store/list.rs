@@ -105,6 +105,24 @@ impl Store {
         now_ms: u64,
         mut take: impl FnMut(&str) -> Option<T>,
     ) -> Page<T> {
+        // A walk that a content swap crossed starts over (`swap.rs`).
+        loop {
+            let swaps = self.swaps();
+            let page = self.page_once(prefix, after, limit, now_ms, &mut take);
+            if self.swaps() == swaps {
+                return page;
+            }
+        }
+    }
+
+    fn page_once<T>(
+        &self,
+        prefix: &str,
+        after: Option<&[u8]>,
+        limit: usize,
+        now_ms: u64,
+        take: &mut impl FnMut(&str) -> Option<T>,
+    ) -> Page<T> {
         let limit = limit.max(1);
         let mut items: Vec<T> = Vec::with_capacity(limit.min(1024));
         let mut last: Option<Box<str>> = None;

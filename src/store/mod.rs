@@ -13,6 +13,7 @@ mod index;
 mod list;
 mod multi;
 mod packed;
+mod swap;
 mod ttl;
 mod txn;
 mod value_copy;
@@ -359,6 +360,8 @@ pub struct Store {
     n_committed: AtomicUsize,
     /// Committed keys that carry an expiry, ordered by expiry time.
     ttl: TtlIndex,
+    /// Times the whole content was swapped (see `swap.rs`).
+    swaps: AtomicU64,
 }
 
 impl Default for Store {
@@ -379,6 +382,7 @@ impl Store {
             in_flight: AtomicU64::new(0),
             n_committed: AtomicUsize::new(0),
             ttl: TtlIndex::default(),
+            swaps: AtomicU64::new(0),
         }
     }
 
@@ -458,12 +462,19 @@ impl Store {
         let committed = if prefix.is_empty() {
             self.n_committed.load(Ordering::Acquire)
         } else {
-            (0..self.sides.len())
-                .map(|shard| {
-                    let _table = self.map.shards()[shard].read();
-                    self.sides[shard].lock().order.count(prefix)
-                })
-                .sum()
+            // A walk that a content swap crossed starts over (`swap.rs`).
+            loop {
+                let swaps = self.swaps();
+                let n: usize = (0..self.sides.len())
+                    .map(|shard| {
+                        let _table = self.map.shards()[shard].read();
+                        self.sides[shard].lock().order.count(prefix)
+                    })
+                    .sum();
+                if self.swaps() == swaps {
+                    break n;
+                }
+            }
         };
         committed.saturating_sub(self.ttl.count_due_under(now_ms, prefix))
     }

@@ -528,3 +528,31 @@ fn replay_is_idempotent_over_a_newer_state() {
     assert_eq!(store.revision(), 14);
     assert_eq!(store.count(None, NOW), 0);
 }
+
+#[test]
+fn a_content_swap_replaces_entries_index_expiries_and_counts_at_once() {
+    let live = Store::new();
+    put(&live, "a", "1", Precondition::None).expect("put");
+    put(&live, "gone", "1", Precondition::None).expect("put");
+    put_ttl(&live, "t-old", "1", NOW - 1, Precondition::None).expect("put");
+    let fresh = live.empty_like();
+    for i in 0..50 {
+        put(&fresh, &format!("k{i:02}"), "2", Precondition::None).expect("put");
+    }
+    put(&fresh, "a", "2", Precondition::None).expect("put");
+    put_ttl(&fresh, "t-new", "2", NOW - 1, Precondition::None).expect("put");
+    let fresh_revision = fresh.revision();
+    live.swap_contents(&fresh);
+    assert_eq!(value(&live, "a", NOW).as_deref(), Some("2"));
+    assert_eq!(value(&live, "gone", NOW), None);
+    assert_eq!(live.count(None, NOW), 51);
+    assert_eq!(live.count(Some("k"), NOW), 50);
+    let page = live.list("", None, 100, NOW);
+    assert_eq!(page.keys.len(), 51);
+    assert_eq!(&*page.keys[0], "a");
+    assert_eq!(live.due_expirations(NOW, 10), vec![Box::from("t-new")]);
+    assert_eq!(live.revision(), fresh_revision.max(3));
+    // The other store now holds the old content.
+    assert_eq!(value(&fresh, "gone", NOW).as_deref(), Some("1"));
+    assert_eq!(fresh.count(None, NOW), 2);
+}

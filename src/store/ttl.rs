@@ -25,6 +25,11 @@ impl TtlIndex {
         self.lock().remove(&(expires_at_ms, Box::from(key)));
     }
 
+    /// Swaps the whole index with `other`'s.
+    pub(super) fn swap(&self, other: &TtlIndex) {
+        std::mem::swap(&mut *self.lock(), &mut *other.lock());
+    }
+
     /// Entries under `prefix` whose expiry is at or before `now_ms`.
     pub(super) fn count_due_under(&self, now_ms: u64, prefix: &str) -> usize {
         self.lock()
