@@ -26,17 +26,35 @@ const ARGS: [&str; 6] = [
 /// Keys that always change together, in one transaction.
 const PAIRS: usize = 16;
 
+/// Sends a write until it is acknowledged: following a `307` to the
+/// leader and asking again while there is none (`503`, an election on a
+/// loaded machine).
+fn write(method: reqwest::Method, url: &str, body: &Value) {
+    let mut url = url.to_string();
+    eventually(Duration::from_secs(60), "the write acknowledged", || {
+        let response = http()
+            .request(method.clone(), &url)
+            .json(body)
+            .send()
+            .ok()?;
+        match response.status().as_u16() {
+            200 | 201 => Some(()),
+            307 => {
+                let location = response.headers().get("location")?.to_str().ok()?;
+                url = location.to_string();
+                None
+            }
+            503 => None,
+            other => panic!("{url}: {other} {}", response.text().unwrap_or_default()),
+        }
+    });
+}
+
 fn txn(url: &str, ops: Vec<Value>) {
-    let response = http()
-        .post(format!("{url}/txn"))
-        .json(&json!({ "success": ops }))
-        .send()
-        .expect("POST /txn");
-    assert_eq!(
-        response.status(),
-        200,
-        "{}",
-        response.text().unwrap_or_default()
+    write(
+        reqwest::Method::POST,
+        &format!("{url}/txn"),
+        &json!({ "success": ops }),
     );
 }
 
@@ -120,14 +138,12 @@ fn stale_reads_during_a_snapshot_install_see_the_old_state_or_the_new() {
     // The pairs move to generation 2 together, then enough entries follow
     // that the leader's log no longer reaches back to the follower's.
     set_pairs(&leader_url, 2);
-    let client = http();
     for i in 0..400 {
-        let r = client
-            .put(format!("{leader_url}/kv/after-{i}"))
-            .json(&json!(i))
-            .send()
-            .expect("PUT");
-        assert!(r.status().is_success(), "{}", r.status());
+        write(
+            reqwest::Method::PUT,
+            &format!("{leader_url}/kv/after-{i}"),
+            &json!(i),
+        );
     }
 
     cluster.nodes[down].restart();
@@ -190,13 +206,16 @@ fn stale_reads_during_a_snapshot_install_see_the_old_state_or_the_new() {
         reads[0].load(Ordering::Relaxed),
         reads[1].load(Ordering::Relaxed)
     );
-    let count = |url: &str| -> Value {
-        http()
+    let count = |url: &str| -> Option<Value> {
+        let response = http()
             .get(format!("{url}/kv/count?prefix=fill-&consistency=stale"))
             .send()
-            .expect("count")
-            .json()
-            .expect("JSON")
+            .ok()?;
+        response.json().ok()
     };
-    assert_eq!(count(&down_url), count(&leader_url));
+    eventually(Duration::from_secs(30), "the same count on both", || {
+        let on_leader = count(&leader_url)?;
+        (on_leader["count"].as_u64() == Some(20_000) && count(&down_url)? == on_leader)
+            .then_some(())
+    });
 }
