@@ -26,44 +26,48 @@ const ARGS: [&str; 6] = [
 /// Keys that always change together, in one transaction.
 const PAIRS: usize = 16;
 
-/// Sends a write until it is acknowledged: following a `307` to the
-/// leader and asking again while there is none (`503`, an election on a
-/// loaded machine).
-fn write(method: reqwest::Method, url: &str, body: &Value) {
-    let mut url = url.to_string();
+/// Sends a write to `path` until it is acknowledged: trying the members
+/// at `urls` in turn while there is no leader (`503`, an election on a
+/// loaded machine) or a member does not answer, following a `307`.
+fn write(method: reqwest::Method, urls: &[String], path: &str, body: &Value) {
+    let mut at = 0;
+    let mut url = format!("{}{path}", urls[0]);
     eventually(Duration::from_secs(60), "the write acknowledged", || {
-        let response = http()
-            .request(method.clone(), &url)
-            .json(body)
-            .send()
-            .ok()?;
-        match response.status().as_u16() {
-            200 | 201 => Some(()),
-            307 => {
-                let location = response.headers().get("location")?.to_str().ok()?;
-                url = location.to_string();
-                None
+        let response = http().request(method.clone(), &url).json(body).send();
+        let status = response.as_ref().map_or(0, |r| r.status().as_u16());
+        match (status, response) {
+            (200 | 201, _) => return Some(()),
+            (307, Ok(r)) => {
+                if let Some(location) = r.headers().get("location").and_then(|v| v.to_str().ok()) {
+                    url = location.to_string();
+                    return None;
+                }
             }
-            503 => None,
-            other => panic!("{url}: {other} {}", response.text().unwrap_or_default()),
+            (0 | 503, _) => {}
+            (other, Ok(r)) => panic!("{url}: {other} {}", r.text().unwrap_or_default()),
+            (_, Err(_)) => {}
         }
+        at = (at + 1) % urls.len();
+        url = format!("{}{path}", urls[at]);
+        None
     });
 }
 
-fn txn(url: &str, ops: Vec<Value>) {
+fn txn(urls: &[String], ops: Vec<Value>) {
     write(
         reqwest::Method::POST,
-        &format!("{url}/txn"),
+        urls,
+        "/txn",
         &json!({ "success": ops }),
     );
 }
 
 /// Sets every pair key to `gen` in one transaction.
-fn set_pairs(url: &str, generation: u64) {
+fn set_pairs(urls: &[String], generation: u64) {
     let ops = (0..PAIRS)
         .map(|i| json!({"op": "put", "key": format!("pair-{i:02}"), "value": {"gen": generation}}))
         .collect();
-    txn(url, ops);
+    txn(urls, ops);
 }
 
 /// The generation in a stale read of one key, with its version and the
@@ -123,9 +127,9 @@ fn stale_reads_during_a_snapshot_install_see_the_old_state_or_the_new() {
         let ops = (0..1000)
             .map(|i| json!({"op": "put", "key": format!("fill-{batch}-{i}"), "value": {"i": i}}))
             .collect();
-        txn(&leader_url, ops);
+        txn(&[leader_url.clone()], ops);
     }
-    set_pairs(&leader_url, 1);
+    set_pairs(&[leader_url.clone()], 1);
     let down = (leader + 1) % 3;
     let down_url = cluster.nodes[down].url();
     eventually(
@@ -134,14 +138,19 @@ fn stale_reads_during_a_snapshot_install_see_the_old_state_or_the_new() {
         || stale_gen(&down_url, &format!("pair-{:02}", PAIRS - 1), true).filter(|(g, ..)| *g == 1),
     );
     cluster.nodes[down].kill9();
+    let live: Vec<String> = (0..3)
+        .filter(|&i| i != down)
+        .map(|i| cluster.nodes[i].url())
+        .collect();
 
     // The pairs move to generation 2 together, then enough entries follow
     // that the leader's log no longer reaches back to the follower's.
-    set_pairs(&leader_url, 2);
+    set_pairs(&live, 2);
     for i in 0..400 {
         write(
             reqwest::Method::PUT,
-            &format!("{leader_url}/kv/after-{i}"),
+            &live,
+            &format!("/kv/after-{i}"),
             &json!(i),
         );
     }
@@ -214,7 +223,7 @@ fn stale_reads_during_a_snapshot_install_see_the_old_state_or_the_new() {
         response.json().ok()
     };
     eventually(Duration::from_secs(30), "the same count on both", || {
-        let on_leader = count(&leader_url)?;
+        let on_leader = count(&live[0])?;
         (on_leader["count"].as_u64() == Some(20_000) && count(&down_url)? == on_leader)
             .then_some(())
     });
