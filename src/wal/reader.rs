@@ -1,9 +1,10 @@
 //! Reading the retained log by revision while the server runs: what
 //! webhook delivery and feed resumes re-read when a change is no longer in
 //! memory. Single changes reach the log in revision order (the store numbers
-//! them under the log's queue lock); a transaction may land a little after
-//! later revisions (see [`LogReader::read`]), so "the changes after revision
-//! R" is a position in one segment and a forward scan with some slack.
+//! them under the log's queue lock); a transaction may land after later
+//! revisions (see [`LogReader::read`]), so "the changes after revision R"
+//! is a position in one segment and a forward scan that goes on until every
+//! revision asked for was seen, or the log ends.
 //!
 //! It only reads: segments are created by the writer and deleted by log
 //! retention (`db`), which raises [`LogReader::floor`] before it deletes.
@@ -24,10 +25,6 @@ use crate::store::Change;
 /// Positions remembered, so that a reader continuing where it stopped does
 /// not scan its segment from the start again.
 const MAX_POSITIONS: usize = 65_536;
-
-/// Records with later revisions seen in a row before a read stops looking
-/// for earlier ones (a transaction's record may come after later ones).
-const SLACK_RECORDS: usize = 4096;
 
 /// How a read ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,11 +118,13 @@ impl LogReader {
     /// `max` revisions).
     ///
     /// Single writes are logged in revision order, but a transaction takes
-    /// its revisions before it reaches the log, so a record may come a
-    /// little after records with later revisions. The scan therefore goes
-    /// on past the first later record until [`SLACK_RECORDS`] of them came
-    /// in a row, sorts what it found, and remembers where the first later
-    /// record was, so that nothing is skipped.
+    /// its revisions before it reaches the log, so its record may come after
+    /// records with later revisions, however long after. The read therefore
+    /// knows it is complete from what it saw: it ends once every revision
+    /// from `after + 1` to the bound was found, or where the log ends (a
+    /// revision that was never logged, such as a write the log refused,
+    /// costs one scan to the end). It sorts what it found and remembers
+    /// where the first later record was, so that nothing is skipped.
     ///
     /// # Errors
     ///
@@ -151,8 +150,11 @@ impl LogReader {
             return Ok(ReadEnd::Through(through));
         };
         let mut found: Vec<Change> = Vec::new();
+        // Which revisions of `after + 1 ..= bound` were seen.
+        let wanted = usize::try_from(bound - after).unwrap_or(usize::MAX);
+        let mut seen = vec![false; wanted];
+        let mut missing = wanted;
         let mut resume: Option<Position> = None;
-        let mut later_in_a_row = 0usize;
         let mut end = start;
         for &n in segments.iter().filter(|&&n| n >= start.segment) {
             let from = if n == start.segment { start.offset } else { 0 };
@@ -168,14 +170,20 @@ impl LogReader {
                         continue;
                     }
                     if change.version <= bound {
-                        found.push(change);
-                        later_in_a_row = 0;
+                        let i = usize::try_from(change.version - after - 1).unwrap_or(usize::MAX);
+                        if let Some(slot) = seen.get_mut(i)
+                            && !*slot
+                        {
+                            *slot = true;
+                            missing -= 1;
+                            found.push(change);
+                        }
                     } else {
                         resume.get_or_insert(Position { segment: n, offset });
-                        later_in_a_row += 1;
                     }
                 }
-                if later_in_a_row >= SLACK_RECORDS {
+                if missing == 0 {
+                    // This record is read again by the next read.
                     stop = true;
                     return false;
                 }
@@ -305,4 +313,101 @@ fn read_full(reader: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::super::record::encode;
+    use super::*;
+    use crate::store::ChangeKind;
+
+    fn change(version: u64) -> Change {
+        Change {
+            key: format!("k{version}").into(),
+            kind: ChangeKind::Update,
+            value: Some(bytes::Bytes::from_static(b"1")),
+            version,
+            expires_at_ms: 0,
+            timestamp_ms: 0,
+            old_value: None,
+        }
+    }
+
+    fn write_segment(dir: &Path, n: u64, records: &[Record]) {
+        let mut bytes = Vec::new();
+        for record in records {
+            encode(record, &mut bytes);
+        }
+        let mut file = segment::create(dir, n).expect("segment");
+        file.write_all(&bytes).expect("write");
+    }
+
+    fn read_all(reader: &LogReader, after: u64, through: u64, max: usize) -> (Vec<u64>, ReadEnd) {
+        let mut got = Vec::new();
+        let end = reader
+            .read(after, through, max, &mut |c| got.push(c.version))
+            .expect("read");
+        (got, end)
+    }
+
+    /// A transaction that took revisions 5–7 reaches the log after 10,000
+    /// later single writes (far beyond any fixed look-ahead), across a
+    /// segment boundary: reads by revision still return every revision,
+    /// in order, and the reads after it skip nothing either.
+    #[test]
+    fn a_transaction_logged_long_after_later_revisions_is_not_skipped() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let late = 10_000u64;
+        let mut first: Vec<Record> = (1..=4).map(|v| Record::Change(change(v))).collect();
+        first.extend((8..8 + late / 2).map(|v| Record::Change(change(v))));
+        write_segment(tmp.path(), 1, &first);
+        let mut second: Vec<Record> = (8 + late / 2..8 + late)
+            .map(|v| Record::Change(change(v)))
+            .collect();
+        second.push(Record::Txn(vec![change(5), change(6), change(7)]));
+        second.push(Record::Change(change(8 + late)));
+        write_segment(tmp.path(), 2, &second);
+        let head = 8 + late;
+
+        let reader = LogReader::new(tmp.path().to_path_buf(), 0);
+        let (got, end) = read_all(&reader, 0, head, 10);
+        assert_eq!(got, (1..=10).collect::<Vec<_>>());
+        assert_eq!(end, ReadEnd::Through(10));
+
+        // Reading on in batches, from the positions the reader remembered.
+        let mut after = 10;
+        let mut all = got;
+        while after < head {
+            let (got, end) = read_all(&reader, after, head, 1024);
+            let ReadEnd::Through(through) = end else {
+                panic!("gone: {end:?}");
+            };
+            assert!(through > after, "no progress after {after}");
+            all.extend(got);
+            after = through;
+        }
+        assert_eq!(all, (1..=head).collect::<Vec<_>>());
+
+        // A fresh reader asked for the late revisions alone finds them too.
+        let fresh = LogReader::new(tmp.path().to_path_buf(), 0);
+        assert_eq!(read_all(&fresh, 4, head, 3).0, vec![5, 6, 7]);
+    }
+
+    /// A revision that was never logged (a write the log refused) does not
+    /// stop a read: it ends at the end of the log with what is there.
+    #[test]
+    fn a_revision_missing_from_the_log_ends_the_read_at_the_log_end() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let records: Vec<Record> = [1, 2, 4, 5]
+            .into_iter()
+            .map(|v| Record::Change(change(v)))
+            .collect();
+        write_segment(tmp.path(), 1, &records);
+        let reader = LogReader::new(tmp.path().to_path_buf(), 0);
+        let (got, end) = read_all(&reader, 0, 5, 100);
+        assert_eq!(got, vec![1, 2, 4, 5]);
+        assert_eq!(end, ReadEnd::Through(5));
+    }
 }
