@@ -167,7 +167,11 @@ async fn failed_events_are_listed_then_recovered() {
             .as_str()
             .is_some_and(|e| e.contains("500"))
     );
-    assert_eq!(got(&receiver).len(), 120, "three attempts each");
+    // Each event was charged three attempts (listed below), but while the
+    // receiver failed it got one probe per back-off step, not three
+    // requests per event (tests/webhook_backoff.rs bounds it).
+    let during = got(&receiver).len();
+    assert!(during < 120, "{during} requests: one per event and attempt");
     // Paged like /kv.
     let mut listed = Vec::new();
     let mut cursor: Option<String> = None;
@@ -239,7 +243,7 @@ async fn failed_events_are_listed_then_recovered() {
     })
     .await;
     assert_eq!(healed["status"], "active");
-    let delivered: HashSet<u64> = got(&receiver)[120..].iter().map(|g| g.version).collect();
+    let delivered: HashSet<u64> = got(&receiver)[during..].iter().map(|g| g.version).collect();
     assert_eq!(delivered, versions[20..].iter().copied().collect());
 }
 

@@ -9,6 +9,17 @@
 //! the oldest event not yet finished, so after a crash delivery resumes
 //! with nothing skipped, at the cost of sending again what was in flight.
 //!
+//! Back-off: while the subscription's receiver fails, the back-off is the
+//! subscription's, not each key's ([`Backoff`]). After a failed attempt no
+//! attempt starts until the back-off step ends (the failed attempt's own
+//! pause on the retry schedule, or the receiver's `Retry-After`); then one
+//! probe goes, the due event with the fewest attempts. If it fails, every
+//! other event that was due by then is charged the same failed attempt (and
+//! given up on after its last one, as if it had been sent), and the next
+//! step begins; the first 2xx ends the back-off. So a dead receiver costs
+//! one attempt per step, however many keys have events due, and no event
+//! is attempted (or charged) before its own schedule says.
+//!
 //! Memory: at most about `--webhook-window-events` (4,096) events are held
 //! (plus one read batch); a subscriber that does not keep up leaves the
 //! rest in the log, where they cost no memory.
@@ -35,10 +46,11 @@ const READ_BATCH: usize = 1024;
 /// Attempts in flight per subscription at once (each for another key).
 pub(super) const MAX_IN_FLIGHT: usize = 32;
 
-/// The cursor is logged at most this often while it moves (and at once on
-/// a change of status): often enough that a restart re-sends little, rare
-/// enough that it costs no fsync of its own.
-const PROGRESS_EVERY: Duration = Duration::from_millis(200);
+/// The cursor is logged whenever it moved, at most this often (and at once
+/// on a change of status). Each record rides the next group commit with no
+/// fsync of its own, so after a `kill -9` a restart re-sends about what was
+/// in flight, plus what was acknowledged in the last few milliseconds.
+const PROGRESS_EVERY: Duration = Duration::from_millis(10);
 
 /// How often a stopped (disabled, gone) task looks at its state again.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
@@ -52,6 +64,18 @@ struct Pending {
     /// Sent again by `recover`: older than the cursor, so not counted in it.
     recovery: bool,
     read_at: Instant,
+}
+
+/// The subscription's back-off while its receiver fails.
+struct Backoff {
+    /// No attempt starts before this.
+    until: Instant,
+    /// The probe in flight.
+    probe: Option<u64>,
+    /// The last probe that failed: the next one tries another event if
+    /// there is one, so one event its receiver rejects does not hold the
+    /// others back.
+    last_probe: Option<u64>,
 }
 
 pub(super) struct Lane {
@@ -70,6 +94,8 @@ pub(super) struct Lane {
     /// Heads waiting for their next attempt.
     timers: BTreeSet<(Instant, u64)>,
     in_flight: FuturesUnordered<Attempt>,
+    /// Set while the receiver fails.
+    backoff: Option<Backoff>,
     /// Events in the window that count in the cursor.
     n_pending: usize,
     last_success_at_ms: Option<u64>,
@@ -101,6 +127,7 @@ impl Lane {
             ready: VecDeque::new(),
             timers: BTreeSet::new(),
             in_flight: FuturesUnordered::new(),
+            backoff: None,
             n_pending: 0,
             last_success_at_ms: state.last_success_at_ms,
             failing_since_ms: state.failing_since_ms,
@@ -145,7 +172,7 @@ impl Lane {
             self.advance_cursor();
             self.check_disable();
             self.log_progress(false);
-            let next_timer = self.timers.first().map(|(at, _)| *at);
+            let next_timer = self.next_wake();
             let has_room = self.n_pending < self.shared.config.window;
             let unlogged = self.cursor != self.logged_cursor || !self.recovered.is_empty();
             tokio::select! {
@@ -159,7 +186,7 @@ impl Lane {
                     }
                 }
                 () = self.sub.wake.notified() => {}
-                () = tokio::time::sleep(PROGRESS_EVERY), if unlogged => {}
+                () = tokio::time::sleep_until((self.logged_at + PROGRESS_EVERY).into()), if unlogged => {}
             }
         }
     }
@@ -233,37 +260,95 @@ impl Lane {
         }
     }
 
-    /// Starts attempts for the heads that are due, up to the limit.
-    fn start_due(&mut self) {
-        let now = Instant::now();
+    /// When the loop has to look at the timers again: the first timer, or,
+    /// while backing off, the end of the step (never while a probe is out).
+    fn next_wake(&self) -> Option<Instant> {
+        let first = self.timers.first().map(|(at, _)| *at);
+        match &self.backoff {
+            None => first,
+            Some(b) if b.probe.is_some() => None,
+            Some(b) if !self.ready.is_empty() => Some(b.until),
+            Some(b) => first.map(|at| at.max(b.until)),
+        }
+    }
+
+    /// Moves the heads whose timer ran out to `ready`.
+    fn take_due(&mut self, now: Instant) {
         while let Some(&(at, revision)) = self.timers.first()
             && at <= now
         {
             self.timers.pop_first();
             self.ready.push_back(revision);
         }
+    }
+
+    /// Starts attempts for the heads that are due, up to the limit; while
+    /// backing off, one probe once the step is over.
+    fn start_due(&mut self) {
+        let now = Instant::now();
+        self.take_due(now);
+        if let Some(backoff) = &self.backoff {
+            if backoff.probe.is_some() || now < backoff.until {
+                return;
+            }
+            if let Some(revision) = self.pick_probe() {
+                if let Some(b) = &mut self.backoff {
+                    b.probe = Some(revision);
+                }
+                self.send(revision);
+            }
+            return;
+        }
         while self.in_flight.len() < MAX_IN_FLIGHT
             && let Some(revision) = self.ready.pop_front()
         {
+            self.send(revision);
+        }
+    }
+
+    /// Takes the probe out of `ready`: the due head with the fewest
+    /// attempts, then the oldest, other than the last probe that failed.
+    fn pick_probe(&mut self) -> Option<u64> {
+        let last = self.backoff.as_ref().and_then(|b| b.last_probe);
+        let mut best: Option<(usize, (bool, u32, u64))> = None;
+        for (i, &revision) in self.ready.iter().enumerate() {
             let Some(pending) = self.window.get(&revision) else {
                 continue;
             };
-            let event = Arc::clone(&pending.event);
-            let sub = Arc::clone(&self.sub);
-            let shared = Arc::clone(&self.shared);
-            self.in_flight.push(Box::pin(async move {
-                let outcome = attempt(&shared.client, &sub, &event).await;
-                (revision, outcome)
-            }));
+            let rank = (Some(revision) == last, pending.attempts, revision);
+            if best.is_none_or(|(_, b)| rank < b) {
+                best = Some((i, rank));
+            }
         }
+        let (i, _) = best?;
+        self.ready.remove(i)
+    }
+
+    fn send(&mut self, revision: u64) {
+        let Some(pending) = self.window.get(&revision) else {
+            return;
+        };
+        let event = Arc::clone(&pending.event);
+        let sub = Arc::clone(&self.sub);
+        let shared = Arc::clone(&self.shared);
+        self.in_flight.push(Box::pin(async move {
+            let outcome = attempt(&shared.client, &sub, &event).await;
+            (revision, outcome)
+        }));
     }
 
     fn finish(&mut self, revision: u64, outcome: Outcome) {
         let stats = &self.shared.stats;
-        let Some(pending) = self.window.get_mut(&revision) else {
+        let was_probe = self
+            .backoff
+            .as_ref()
+            .is_some_and(|b| b.probe == Some(revision));
+        let Some(pending) = self.window.get(&revision) else {
+            if was_probe && let Some(b) = &mut self.backoff {
+                b.probe = None;
+            }
             return;
         };
-        pending.attempts += 1;
         match outcome {
             Outcome::Acknowledged => {
                 stats.delivered.fetch_add(1, Ordering::Relaxed);
@@ -278,6 +363,8 @@ impl Lane {
                 if self.failing_since_ms.take().is_some() {
                     self.state_changed = true;
                 }
+                // The receiver answers: the back-off is over.
+                self.backoff = None;
                 self.done(revision);
             }
             Outcome::Gone => {
@@ -291,28 +378,61 @@ impl Lane {
                     self.failing_since_ms = Some(now_ms());
                     self.state_changed = true;
                 }
-                let attempts = pending.attempts;
-                let key = pending.event.change.key.to_string();
-                if attempts >= self.shared.config.schedule.attempts() {
-                    stats.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(subscription = %self.sub.def.id, url = %self.sub.def.callback_url, event = revision, %key, "gave up on a webhook event after {attempts} attempts: {why}");
-                    self.shared.log.append(SubscriptionOp::Failed {
-                        id: self.sub.def.id.clone(),
-                        revision,
-                        key,
-                        attempts,
-                        last_error: why.clone(),
-                    });
-                    self.done(revision);
+                let attempts = pending.attempts + 1;
+                let now = Instant::now();
+                // A failed probe stands for the other events due now.
+                let due = if was_probe {
+                    self.take_due(now);
+                    std::mem::take(&mut self.ready)
                 } else {
-                    stats.retried.fetch_add(1, Ordering::Relaxed);
+                    VecDeque::new()
+                };
+                self.charge(revision, &why, retry_after);
+                for other in due {
+                    self.charge(other, &why, retry_after);
+                }
+                // The step lasts as long as the failed attempt's own pause
+                // (an attempt started before the back-off began leaves it).
+                if self.backoff.is_none() || was_probe {
                     let pause =
                         retry_after.unwrap_or_else(|| self.shared.config.schedule.delay(attempts));
-                    tracing::debug!(subscription = %self.sub.def.id, event = revision, attempts, ?pause, "webhook attempt failed: {why}");
-                    self.timers.insert((Instant::now() + pause, revision));
+                    self.backoff = Some(Backoff {
+                        until: now + pause,
+                        probe: None,
+                        last_probe: was_probe.then_some(revision),
+                    });
                 }
                 self.last_error = Some(why);
             }
+        }
+    }
+
+    /// Counts a failed attempt of `revision`: gives it up after the last
+    /// one, else times its next attempt.
+    fn charge(&mut self, revision: u64, why: &str, retry_after: Option<Duration>) {
+        let stats = &self.shared.stats;
+        let Some(pending) = self.window.get_mut(&revision) else {
+            return;
+        };
+        pending.attempts += 1;
+        let attempts = pending.attempts;
+        if attempts >= self.shared.config.schedule.attempts() {
+            let key = pending.event.change.key.to_string();
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(subscription = %self.sub.def.id, url = %self.sub.def.callback_url, event = revision, %key, "gave up on a webhook event after {attempts} attempts: {why}");
+            self.shared.log.append(SubscriptionOp::Failed {
+                id: self.sub.def.id.clone(),
+                revision,
+                key,
+                attempts,
+                last_error: why.to_owned(),
+            });
+            self.done(revision);
+        } else {
+            stats.retried.fetch_add(1, Ordering::Relaxed);
+            let pause = retry_after.unwrap_or_else(|| self.shared.config.schedule.delay(attempts));
+            tracing::debug!(subscription = %self.sub.def.id, event = revision, attempts, ?pause, "webhook attempt failed: {why}");
+            self.timers.insert((Instant::now() + pause, revision));
         }
     }
 
@@ -408,6 +528,7 @@ impl Lane {
         self.ready.clear();
         self.timers.clear();
         self.in_flight = FuturesUnordered::new();
+        self.backoff = None;
         self.n_pending = 0;
         self.sub.pending.store(0, Ordering::Relaxed);
         *self.sub.read_next.lock().unwrap_or_else(|e| e.into_inner()) = self.cursor + 1;
