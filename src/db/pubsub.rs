@@ -56,7 +56,8 @@ pub struct SubscriptionStatus {
     pub def: Subscription,
     /// The durable delivery state: cursor, failed and lost events, status.
     pub state: DeliveryState,
-    /// Events read from the log and not yet delivered or given up on.
+    /// Events after the cursor not yet delivered or given up on (see
+    /// [`crate::events::webhook::DeliveryPool::pending`]).
     pub pending: u64,
 }
 
@@ -201,7 +202,7 @@ impl Db {
             .map(|sub| SubscriptionStatus {
                 def: sub.def.clone(),
                 state: sub.state(),
-                pending: sub.pending.load(Ordering::Relaxed),
+                pending: self.inner.pool.pending(sub),
             })
             .collect()
     }
@@ -216,7 +217,7 @@ impl Db {
         Ok(SubscriptionStatus {
             def: sub.def.clone(),
             state: sub.state(),
-            pending: sub.pending.load(Ordering::Relaxed),
+            pending: self.inner.pool.pending(&sub),
         })
     }
 

@@ -515,7 +515,7 @@ fn encode_webhook_metrics(db: &Db, e: &mut DescriptorEncoder) -> std::fmt::Resul
     gauge(
         e,
         "webhook_in_flight",
-        "Events not yet delivered or given up on (revisions not read yet count as events)",
+        "Events not yet delivered or given up on, over every subscription (each subscription's pending)",
         db.delivery_in_flight(),
     )?;
     counter(

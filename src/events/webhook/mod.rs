@@ -31,7 +31,7 @@ pub use attempt::sign;
 pub use schedule::RetrySchedule;
 
 use super::feed::FeedReader;
-use super::subscriptions::{Registry, SubscriptionOp};
+use super::subscriptions::{ActiveSubscription, Registry, SubscriptionOp};
 
 /// How often the dispatcher looks at the feed and the registry even when
 /// no hint came (a hint may have been dropped on a full queue).
@@ -211,24 +211,34 @@ impl DeliveryPool {
         self.hints.len()
     }
 
-    /// Events not yet delivered or given up on, over every subscription:
-    /// those read from the log, plus the revisions not read yet (counted
-    /// as events: an upper bound for a subscription to some keys only).
+    /// Events not yet delivered or given up on, over every subscription
+    /// (see [`DeliveryPool::pending`]).
     pub fn in_flight(&self) -> u64 {
-        let latest = self.shared.source.delivered();
-        self.registry
-            .all()
-            .iter()
-            .map(|s| {
-                let read_next = *s.read_next.lock().unwrap_or_else(|e| e.into_inner());
-                let unread = if s.is_disabled() {
-                    0
-                } else {
-                    latest.saturating_sub(read_next.saturating_sub(1))
-                };
-                s.pending.load(Ordering::Relaxed) + unread
-            })
-            .sum()
+        self.registry.all().iter().map(|s| self.pending(s)).sum()
+    }
+
+    /// The backlog of `sub`: its events after the cursor that were neither
+    /// delivered nor given up on. Those read into its window are counted
+    /// one by one; those not read yet are counted in the feed's ring of
+    /// recent changes, or, when they reach back beyond it, as every
+    /// revision not read yet (exact for a subscription to every key, an
+    /// upper bound for one to some keys).
+    pub fn pending(&self, sub: &ActiveSubscription) -> u64 {
+        let head = self.shared.source.delivered();
+        let read_through = sub
+            .read_next
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .saturating_sub(1);
+        let unread = if read_through >= head {
+            0
+        } else {
+            self.shared
+                .source
+                .count_after(read_through, |key| sub.def.target.matches(key))
+                .unwrap_or(head - read_through)
+        };
+        sub.pending.load(Ordering::Relaxed) + unread
     }
 
     /// The pool's counters.
