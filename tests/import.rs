@@ -284,3 +284,40 @@ async fn restore_builds_a_data_dir_offline_and_refuses_a_non_empty_one() {
     assert_eq!(got.len(), AWKWARD.len(), "--force replaced what was there");
     assert!(!got.contains_key("extra"));
 }
+
+/// An import whose body stops short, because the client went away or ran
+/// out of `--request-timeout-secs`, applies nothing, even as plain lines
+/// (which have no trailer that would notice the cut).
+#[tokio::test]
+async fn an_import_whose_body_is_cut_short_or_too_slow_applies_nothing() {
+    use std::io::Write;
+    let server = TestServer::start(&["--fsync", "never", "--request-timeout-secs", "1"]);
+    let lines: String = (0..200)
+        .map(|i| format!("{{\"key\":\"cut{i}\",\"value\":{i}}}\n"))
+        .collect();
+    let head = format!(
+        "POST /system/import HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        lines.len() + 1000
+    );
+
+    // The client stops sending, then closes its side: the body ends early.
+    let mut cut = common::tcp::connect(&server, std::time::Duration::from_secs(20));
+    cut.write_all(head.as_bytes()).expect("write");
+    cut.write_all(lines.as_bytes()).expect("write");
+    cut.shutdown(std::net::Shutdown::Write).expect("shutdown");
+    let answer = common::tcp::read_head(&mut cut);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // The client keeps the connection but never finishes the body.
+    let mut slow = common::tcp::connect(&server, std::time::Duration::from_secs(20));
+    slow.write_all(head.as_bytes()).expect("write");
+    slow.write_all(lines.as_bytes()).expect("write");
+    let answer = common::tcp::read_head(&mut slow);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+
+    // Both answers came after the import's checker gave up, so nothing can
+    // still be on its way in.
+    let after = stats(&server).await;
+    assert_eq!(after["keys"], 0, "{after}");
+    assert_eq!(after["revision"], 0, "{after}");
+}

@@ -145,10 +145,11 @@ fn bearer_matches(req: &Request, expected: &[u8; 32]) -> bool {
     presented.ct_eq(expected).into()
 }
 
-/// Live feed streams run for as long as the subscriber stays; a deadline
-/// would cut every one of them.
-fn is_stream(req: &Request) -> bool {
-    matches!(req.uri().path(), "/events" | "/ws")
+/// Requests the deadline leaves alone: live feed streams, which run for as
+/// long as the subscriber stays, and an import, whose handler times only
+/// the upload (an import being applied finishes before it answers).
+fn has_own_deadline(req: &Request) -> bool {
+    matches!(req.uri().path(), "/events" | "/ws" | "/system/import")
 }
 
 /// Wraps the router in an [`Admit`].
@@ -238,7 +239,7 @@ where
             }
         }
         let timeout = self.rules.request_timeout;
-        let deadline = (!is_stream(&req)).then(|| tokio::time::sleep(timeout));
+        let deadline = (!has_own_deadline(&req)).then(|| tokio::time::sleep(timeout));
         AdmitFuture::Admitted {
             inner: self.inner.call(req),
             deadline,

@@ -1,5 +1,8 @@
 //! Handlers of the `/system` routes (SPEC §7).
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::body::Body;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -9,7 +12,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::db::ImportMode;
+use crate::db::{DbError, ImportMode};
 
 use super::error::ApiError;
 use super::{AppState, json, rfc3339_ms};
@@ -276,39 +279,50 @@ pub(super) async fn import(
     }
     let db = state.db.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+    // Set only once the whole body has arrived. A body cut short (the
+    // client went away, or ran out of time) must not be applied as if it
+    // were all there: plain lines have no trailer to notice the cut.
+    let body_complete = Arc::new(AtomicBool::new(false));
+    let complete = Arc::clone(&body_complete);
     let checker = tokio::task::spawn_blocking(move || {
         let mut spool = db.import_spool()?;
         while let Some(chunk) = rx.blocking_recv() {
             spool.push(&chunk)?;
         }
+        if !complete.load(Ordering::Acquire) {
+            return Err(DbError::InvalidRequest(
+                "the body did not arrive whole; nothing was imported".into(),
+            ));
+        }
         let spooled = spool.finish()?;
         let metas = spooled.metas;
         db.apply_import(spooled, mode).map(|done| (done, metas))
     });
-    let mut body = body.into_data_stream();
-    let mut read_error = None;
-    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
-        match chunk {
-            // The checker stopped early (a bad line): its error says why.
-            Ok(chunk) => {
-                if tx.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-            Err(e) => {
-                read_error = Some(e);
-                break;
-            }
-        }
+    // The request deadline covers the upload only (admission leaves this
+    // route alone): once the body is whole, applying it is not cut short,
+    // so an answer never says "not done" about an import that goes on.
+    let timeout = state.db.config().request_timeout;
+    let read = tokio::time::timeout(timeout, forward_body(body, &tx)).await;
+    if let Ok(Ok(())) = read {
+        body_complete.store(true, Ordering::Release);
     }
     drop(tx);
     let outcome = checker
         .await
         .map_err(|e| ApiError::Internal(format!("import task failed: {e}")))?;
-    if let Some(e) = read_error {
-        return Err(ApiError::InvalidRequest(format!(
-            "could not read the body: {e}; nothing was imported"
-        )));
+    match read {
+        Err(_) => {
+            return Err(ApiError::Unavailable(format!(
+                "the body did not arrive within {} s (--request-timeout-secs); nothing was imported",
+                timeout.as_secs()
+            )));
+        }
+        Ok(Err(e)) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "could not read the body: {e}; nothing was imported"
+            )));
+        }
+        Ok(Ok(())) => {}
     }
     match outcome {
         Ok((done, metas)) => Ok(json(
@@ -328,4 +342,19 @@ pub(super) async fn import(
             Ok(response)
         }
     }
+}
+
+/// Streams the request body to the import's checker. Ends early, without
+/// an error, when the checker stopped (a bad line: its error says why).
+async fn forward_body(
+    body: Body,
+    tx: &tokio::sync::mpsc::Sender<Bytes>,
+) -> Result<(), axum::Error> {
+    let mut body = body.into_data_stream();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut body).await {
+        if tx.send(chunk?).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
 }
