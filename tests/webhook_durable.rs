@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::tcp::free_port;
-use common::webhook::{Answer, Receiver, subscribe, subscription};
+use common::webhook::{Answer, Receiver, recover, subscribe, subscription};
 use common::{Stop, TestServer, client, poll_until, put};
 use serde_json::{Value, json};
 
@@ -227,15 +227,7 @@ async fn failed_events_are_listed_then_recovered() {
     // a whole number however written, as JSON Schema's integer: N.0 is N).
     receiver.answer_from_now(Answer::Status(200));
     let since = versions[20];
-    let queued: Value = http
-        .post(server.at(&format!("/pubsub/subscriptions/{id}/recover")))
-        .body(format!("{{\"since\": {since}.0}}"))
-        .send()
-        .await
-        .expect("recover")
-        .json()
-        .await
-        .expect("json");
+    let queued = recover(&server, &id, format!("{{\"since\": {since}.0}}")).await;
     assert_eq!(queued, json!({"queued": 20}));
     let healed = poll_until("the recovered events", async || {
         let s = subscription(&server, &id).await;

@@ -12,7 +12,7 @@ mod common;
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::webhook::{Answer, Receiver, subscribe, subscription};
+use common::webhook::{Answer, Receiver, recover, subscribe, subscription};
 use common::{TestServer, client, poll_until};
 use serde_json::{Value, json};
 
@@ -80,7 +80,6 @@ async fn an_outage_ends_failed_then_recover_sends_every_event() {
     let during = receiver.got().len();
 
     // Every event is listed as failed after all its attempts.
-    let http = client();
     let mut listed = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
@@ -104,15 +103,7 @@ async fn an_outage_ends_failed_then_recover_sends_every_event() {
 
     // The receiver heals; recover from the start sends every event again.
     receiver.answer_from_now(Answer::Status(200));
-    let queued: Value = http
-        .post(server.at(&format!("/pubsub/subscriptions/{id}/recover")))
-        .json(&json!({"since": 0}))
-        .send()
-        .await
-        .expect("recover")
-        .json()
-        .await
-        .expect("json");
+    let queued = recover(&server, &id, json!({"since": 0}).to_string()).await;
     assert_eq!(queued, json!({"queued": versions.len()}));
     let healed = poll_until("every recovered event delivered", async || {
         let s = subscription(&server, &id).await;

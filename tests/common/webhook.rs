@@ -192,6 +192,21 @@ pub async fn subscription(server: &TestServer, id: &str) -> Value {
     get_json(server, &format!("/pubsub/subscriptions/{id}")).await
 }
 
+/// `POST /pubsub/subscriptions/{id}/recover` with `body` as sent; the
+/// answer's JSON (`{"queued": n}`).
+pub async fn recover(server: &TestServer, id: &str, body: String) -> Value {
+    server
+        .http()
+        .post(server.at(&format!("/pubsub/subscriptions/{id}/recover")))
+        .body(body)
+        .send()
+        .await
+        .expect("recover")
+        .json()
+        .await
+        .expect("json")
+}
+
 /// `GET /pubsub/subscriptions`: the listed subscriptions.
 pub async fn subscriptions(server: &TestServer) -> Vec<Value> {
     get_json(server, "/pubsub/subscriptions").await["subscriptions"]
