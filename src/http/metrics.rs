@@ -3,7 +3,8 @@
 //! per route template (`/kv/{key}`, never the raw path), method and status
 //! class, plus a debug-level log line.
 //!
-//! Database, feed and webhook figures are not recorded as they happen:
+//! Database, feed, webhook and (on a cluster member) Raft figures are not
+//! recorded as they happen:
 //! [`DbCollector`] reads the counters the engine keeps anyway
 //! ([`Db::stats`], the feed's and the delivery pool's) at scrape time.
 //! Recording a request costs a route lookup, two clock reads, one atomic
@@ -50,7 +51,8 @@ pub(super) struct Metrics {
 
 impl Metrics {
     /// Metrics of `db` and of the requests recorded by [`Metrics::layer`].
-    pub(super) fn new(db: Db) -> Metrics {
+    /// On a cluster member, `cluster`'s Raft figures too.
+    pub(super) fn new(db: Db, cluster: Option<Arc<crate::raft::Cluster>>) -> Metrics {
         let mut registry = Registry::with_prefix("dododb");
         let requests = Arc::new(RequestMetrics::default());
         registry.register(
@@ -64,6 +66,11 @@ impl Metrics {
             requests.latency.clone(),
         );
         registry.register_collector(Box::new(DbCollector { db }));
+        if let Some(cluster) = cluster {
+            registry.register_collector(Box::new(super::cluster_metrics::RaftCollector::new(
+                cluster,
+            )));
+        }
         Metrics { registry, requests }
     }
 
@@ -335,7 +342,7 @@ impl std::fmt::Debug for DbCollector {
     }
 }
 
-fn counter(
+pub(super) fn counter(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -345,7 +352,7 @@ fn counter(
     metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)
 }
 
-fn gauge(
+pub(super) fn gauge(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

@@ -3,6 +3,7 @@
 
 mod admission;
 mod cluster;
+mod cluster_metrics;
 mod conditions;
 mod cursor;
 mod error;
@@ -77,7 +78,7 @@ pub fn member_app(db: Db, cluster: Option<std::sync::Arc<Cluster>>) -> App {
     let config = db.config();
     let admission = admission::AdmissionLayer::new(config);
     let cors = config.cors_origin.as_deref().map(cors);
-    let metrics = std::sync::Arc::new(metrics::Metrics::new(db.clone()));
+    let metrics = std::sync::Arc::new(metrics::Metrics::new(db.clone(), cluster.clone()));
     // Benchmark hook: the load harness measures with and without request
     // recording (it is not a setting users should turn off).
     let record = metrics.layer(std::env::var_os("DODODB_BENCH_NO_REQUEST_METRICS").is_none());

@@ -43,6 +43,9 @@ struct StatsAnswer {
     webhooks: WebhookStats,
     feed: FeedStats,
     http: HttpStats,
+    /// On a cluster member only: its Raft figures.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cluster: Option<crate::raft::RaftStats>,
 }
 
 #[derive(Serialize)]
@@ -128,6 +131,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
             http: HttpStats {
                 requests: state.metrics.requests_answered(),
             },
+            cluster: state.cluster.as_ref().map(|c| c.stats()),
         },
     )
 }

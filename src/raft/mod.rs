@@ -22,22 +22,25 @@ mod log_store;
 pub mod network;
 mod read_batch;
 mod state_machine;
+mod stats;
 pub mod txn;
 pub mod types;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
 use bytes::Bytes;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, RaftError};
-use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use openraft::{ChangeMembers, SnapshotPolicy};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Storage};
 use crate::db::{Db, DbError, MetaLog, now_ms};
 pub use state_machine::SnapshotFile;
+pub use stats::{FollowerStats, RaftStats};
 use types::Raft;
 pub use types::{Command, Condition, Member, Reply};
 
@@ -128,6 +131,8 @@ pub struct Cluster {
     leader_reads: Arc<read_batch::ReadBatch>,
     /// Read-index rounds on this node as a follower (a call to the leader).
     follower_reads: Arc<read_batch::ReadBatch>,
+    /// Counters openraft does not keep.
+    counters: stats::Counters,
 }
 
 impl Cluster {
@@ -227,6 +232,7 @@ impl Cluster {
             machine,
             leader_reads,
             follower_reads,
+            counters: stats::Counters::default(),
         });
         db.set_meta_log(Arc::new(MetaProposer {
             cluster: Arc::downgrade(&cluster),
@@ -430,13 +436,7 @@ impl Cluster {
     /// This node's view of the group.
     pub fn status(&self) -> Status {
         let metrics = self.raft.metrics().borrow().clone();
-        let role = match metrics.state {
-            ServerState::Leader => "leader",
-            ServerState::Follower => "follower",
-            ServerState::Candidate => "candidate",
-            ServerState::Learner => "learner",
-            ServerState::Shutdown => "shutdown",
-        };
+        let role = stats::role_name(metrics.state);
         let leader_url = self.leader().map(|(_, m)| m.url);
         Status {
             node_id: self.node_id,
@@ -448,6 +448,17 @@ impl Cluster {
             committed: self.log.committed().map_or(0, |l| l.index),
             applied: metrics.last_applied.map_or(0, |l| l.index),
         }
+    }
+
+    /// This member's Raft figures (`/system/stats`, `/metrics`).
+    pub fn stats(&self) -> RaftStats {
+        let committed = self.log.committed().map_or(0, |l| l.index);
+        stats::collect(
+            &self.raft,
+            committed,
+            self.machine.installed(),
+            &self.counters,
+        )
     }
 
     /// Builds a snapshot of everything applied so far and returns it once
@@ -635,17 +646,22 @@ impl MetaLog for MetaProposer {
     }
 }
 
-/// Turns webhook delivery on while this node leads, off otherwise. It
-/// watches the server metrics, which change with leadership and
+/// Turns webhook delivery on while this node leads, off otherwise, and
+/// counts the changes of leader it sees. It watches the server metrics, which change with leadership and
 /// membership only, not with every log entry.
 async fn watch_leadership(cluster: std::sync::Weak<Cluster>) {
     let Some(mut metrics) = cluster.upgrade().map(|c| c.raft.server_metrics()) else {
         return;
     };
+    let mut known = None;
     loop {
         let Some(c) = cluster.upgrade() else { return };
-        let leads = metrics.borrow().current_leader == Some(c.node_id);
-        c.db.set_delivering(leads);
+        let leader = metrics.borrow().current_leader;
+        if leader != known {
+            known = leader;
+            c.counters.leader_changes.fetch_add(1, Relaxed);
+        }
+        c.db.set_delivering(leader == Some(c.node_id));
         drop(c);
         if metrics.changed().await.is_err() {
             return;

@@ -77,6 +77,8 @@ struct Shared {
     gate: Arc<tokio::sync::Mutex<Applied>>,
     current: Mutex<Option<OnDisk>>,
     built: AtomicU64,
+    /// Snapshots installed from a leader since start.
+    installed: AtomicU64,
 }
 
 /// The state machine and its snapshot builder (a clone).
@@ -208,6 +210,7 @@ impl StateMachine {
                 gate: Arc::new(tokio::sync::Mutex::new(applied)),
                 current: Mutex::new(recovered_current.map(|c| c.0)),
                 built: AtomicU64::new(0),
+                installed: AtomicU64::new(0),
             }),
         }
     }
@@ -221,6 +224,11 @@ impl StateMachine {
         if let Err(e) = self.prune() {
             tracing::warn!("could not remove old Raft snapshots: {e}");
         }
+    }
+
+    /// Snapshots installed from a leader since start.
+    pub(super) fn installed(&self) -> u64 {
+        self.shared.installed.load(Ordering::Relaxed)
     }
 
     /// The newest snapshot on disk, if any.
@@ -459,6 +467,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         applied.log_id = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
         drop(applied);
+        self.shared.installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(file = %path.display(), index = last.index, "installed a snapshot from the leader");
         self.set_current(OnDisk {
             meta: meta.clone(),
