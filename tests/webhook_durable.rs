@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::tcp::free_port;
 use common::webhook::{Answer, Receiver, recover, subscribe, subscription};
-use common::{Stop, TestServer, client, poll_until, put};
+use common::{Stop, TestServer, client, poll_until, put, stats};
 use serde_json::{Value, json};
 
 /// One delivery a receiver got: its webhook-id, key and version.
@@ -284,6 +284,53 @@ async fn a_dead_receiver_disables_and_enable_resumes_from_the_cursor() {
         .map(|g| g.version)
         .collect();
     assert_eq!(delivered, acked, "in order, from the cursor on");
+}
+
+#[tokio::test]
+async fn pending_counts_the_backlog_beyond_the_ring_and_the_window() {
+    // A dead receiver, a ring of 100 changes and a window of 16 events:
+    // most of the backlog is neither in the window nor in the ring.
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}/hook");
+    let schedule = vec!["200ms"; 300].join(",");
+    let server = TestServer::start(&[
+        "--webhook-retry-schedule",
+        &schedule,
+        "--feed-retained-events",
+        "100",
+        "--webhook-window-events",
+        "16",
+    ]);
+    let every = subscribe(&server, &json!({"prefix": "", "callback_url": url})).await;
+    let some = subscribe(&server, &json!({"prefix": "a", "callback_url": url})).await;
+    const N: u64 = 600;
+    for i in 0..N {
+        let key = if i % 3 == 0 { "a" } else { "b" };
+        put(&server, &format!("{key}{i}"), &i.to_string()).await;
+    }
+    let matching = N.div_ceil(3);
+    // Exact for a subscription to every key; for one to some keys never
+    // below its backlog (beyond the ring it may count revisions).
+    let (all, part) = poll_until("pending to count every write", async || {
+        let all = subscription(&server, &every).await["pending"].as_u64();
+        let part = subscription(&server, &some).await["pending"].as_u64();
+        (all == Some(N) && part >= Some(matching)).then_some((all, part))
+    })
+    .await;
+    assert_eq!(all, Some(N));
+    assert!(part <= Some(N), "pending {part:?} beyond every write");
+    let in_flight = stats(&server).await["webhooks"]["in_flight"].as_u64();
+    assert!(in_flight >= Some(N + matching), "in_flight {in_flight:?}");
+    // The receiver comes up: both backlogs drain to 0.
+    let _receiver = Receiver::start_on(port, &[], Answer::Status(200)).await;
+    for id in [&every, &some] {
+        poll_until("pending to drop to 0", async || {
+            let s = subscription(&server, id).await;
+            (s["pending"] == 0 && s["cursor"].as_u64() >= Some(N)).then_some(())
+        })
+        .await;
+    }
+    assert_eq!(stats(&server).await["webhooks"]["in_flight"], 0);
 }
 
 /// Writes `n` values to `key` one after another; returns their versions.

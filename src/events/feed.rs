@@ -653,23 +653,6 @@ impl FeedReader {
         lock(&self.shared.state).floor
     }
 
-    /// How many changes after `after` (up to what the feed passed on) have
-    /// a key that `matches`: counted in the ring when it reaches back that
-    /// far, else `None` (counting them on disk would mean reading them).
-    pub fn count_after(&self, after: u64, matches: impl Fn(&str) -> bool) -> Option<u64> {
-        let st = lock(&self.shared.state);
-        if after < st.floor {
-            return None;
-        }
-        let from = st.ring.partition_point(|e| e.version() <= after);
-        Some(
-            st.ring
-                .range(from..)
-                .filter(|e| matches(&e.change.key))
-                .count() as u64,
-        )
-    }
-
     /// The changes after `after`, at most `max`, in revision order: from
     /// the ring when it reaches back that far, else from the disk.
     pub fn read_after(&self, after: u64, max: usize) -> ReadAfter {

@@ -195,6 +195,9 @@ pub struct ActiveSubscription {
     pub read_next: Mutex<u64>,
     /// Events read and not yet delivered or given up (the task's window).
     pub pending: AtomicU64,
+    /// The subscription's events after those read, as far as the task has
+    /// counted them (while its window is full or it is stopped).
+    pub unread: AtomicU64,
     /// Failed events that `recover` asked to send again, for the task.
     pub recover_requests: Mutex<Vec<u64>>,
     /// Wakes the delivery task after a control change (recover, enable,
@@ -212,6 +215,7 @@ impl ActiveSubscription {
             state: Mutex::new(DeliveryState::default()),
             read_next: Mutex::new(1),
             pending: AtomicU64::new(0),
+            unread: AtomicU64::new(0),
             recover_requests: Mutex::new(Vec::new()),
             wake: tokio::sync::Notify::new(),
         }

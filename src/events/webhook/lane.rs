@@ -55,6 +55,13 @@ const PROGRESS_EVERY: Duration = Duration::from_millis(10);
 /// How often a stopped (disabled, gone) task looks at its state again.
 const IDLE_CHECK: Duration = Duration::from_millis(250);
 
+/// While its window is full (or it is stopped), a task counts the events it
+/// has not read yet, for `pending`, at most this often.
+const COUNT_EVERY: Duration = Duration::from_millis(20);
+
+/// Read batches a task counts at most per look.
+const COUNT_BATCHES: usize = 16;
+
 type Attempt = Pin<Box<dyn Future<Output = (u64, Outcome)> + Send>>;
 
 /// An event read and not yet finished.
@@ -98,6 +105,16 @@ pub(super) struct Lane {
     backoff: Option<Backoff>,
     /// Events in the window that count in the cursor.
     n_pending: usize,
+    /// The last revision read into the window, as this task left it (log
+    /// retention and [`Lane::clear`] move it).
+    read_through: u64,
+    /// Counted through this revision so far, for `pending` (never behind
+    /// `read_through`).
+    counted_through: u64,
+    /// The subscription's events after `read_through` up to
+    /// `counted_through`: its backlog not yet read.
+    unread: u64,
+    counted_at: Instant,
     last_success_at_ms: Option<u64>,
     failing_since_ms: Option<u64>,
     last_error: Option<String>,
@@ -117,6 +134,7 @@ impl Lane {
     pub(super) fn new(sub: Arc<ActiveSubscription>, shared: Arc<PoolShared>, epoch: u64) -> Lane {
         let state = sub.state();
         *sub.read_next.lock().unwrap_or_else(|e| e.into_inner()) = state.cursor + 1;
+        sub.unread.store(0, Ordering::Relaxed);
         Lane {
             epoch,
             sub,
@@ -129,6 +147,10 @@ impl Lane {
             in_flight: FuturesUnordered::new(),
             backoff: None,
             n_pending: 0,
+            read_through: state.cursor,
+            counted_through: state.cursor,
+            unread: 0,
+            counted_at: Instant::now(),
             last_success_at_ms: state.last_success_at_ms,
             failing_since_ms: state.failing_since_ms,
             last_error: state.last_error,
@@ -145,6 +167,7 @@ impl Lane {
         loop {
             if self.sub.is_removed() {
                 self.sub.pending.store(0, Ordering::Relaxed);
+                self.sub.unread.store(0, Ordering::Relaxed);
                 return;
             }
             if self.shared.is_stopping() {
@@ -163,28 +186,36 @@ impl Lane {
             if disabled || self.disabling || self.gone {
                 self.clear();
                 self.log_progress(true);
+                self.count_ahead();
                 let _ = tokio::time::timeout(IDLE_CHECK, self.sub.wake.notified()).await;
                 continue;
             }
             self.take_recover_requests();
             self.fill();
+            let has_room = self.n_pending < self.shared.config.window;
+            if !has_room && self.counted_at.elapsed() >= COUNT_EVERY {
+                self.count_ahead();
+            }
             self.start_due();
             self.advance_cursor();
             self.check_disable();
             self.log_progress(false);
             let next_timer = self.next_wake();
-            let has_room = self.n_pending < self.shared.config.window;
             let unlogged = self.cursor != self.logged_cursor || !self.recovered.is_empty();
+            // A full window stops reading; the newer events are counted
+            // instead, at most every COUNT_EVERY.
+            let count_due = !has_room && self.counted_through < *latest.borrow();
             tokio::select! {
                 Some((revision, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
                     self.finish(revision, outcome);
                 }
                 () = sleep_until(next_timer), if next_timer.is_some() => {}
-                changed = latest.changed(), if has_room => {
+                changed = latest.changed(), if has_room || !count_due => {
                     if changed.is_err() {
                         return;
                     }
                 }
+                () = tokio::time::sleep_until((self.counted_at + COUNT_EVERY).into()), if count_due => {}
                 () = self.sub.wake.notified() => {}
                 () = tokio::time::sleep_until((self.logged_at + PROGRESS_EVERY).into()), if unlogged => {}
             }
@@ -197,14 +228,21 @@ impl Lane {
         while self.n_pending < self.shared.config.window {
             let mut read_next = sub.read_next.lock().unwrap_or_else(|e| e.into_inner());
             let after = *read_next - 1;
+            if after != self.read_through {
+                self.count_from(after);
+            }
             match self.shared.source.read_after(after, READ_BATCH) {
                 ReadAfter::Events { events, through } => {
+                    let mut matched = 0;
                     for event in events {
                         if sub.def.target.matches(&event.change.key) {
                             self.admit(event, false);
+                            matched += 1;
                         }
                     }
-                    *read_next = through.max(after) + 1;
+                    let through = through.max(after);
+                    *read_next = through + 1;
+                    self.read(through, matched);
                     if through <= after {
                         return;
                     }
@@ -217,6 +255,7 @@ impl Lane {
                     let n = floor.saturating_sub(after);
                     *read_next = floor + 1;
                     drop(read_next);
+                    self.count_from(floor.max(after));
                     let lost_events = self.sub.state().lost_events + n;
                     tracing::warn!(subscription = %self.sub.def.id, first = after + 1, last = floor, "webhook events lost: no longer retained");
                     self.shared
@@ -231,6 +270,74 @@ impl Lane {
                 }
             }
         }
+    }
+
+    /// Notes that the events up to `through` were read, `matched` of them
+    /// the subscription's: those already counted leave the unread backlog.
+    fn read(&mut self, through: u64, matched: u64) {
+        if through >= self.counted_through {
+            self.count_from(through);
+        } else {
+            self.read_through = through;
+            self.unread = self.unread.saturating_sub(matched);
+            self.sub.unread.store(self.unread, Ordering::Relaxed);
+        }
+    }
+
+    /// Starts counting the unread backlog over after `revision`, the last
+    /// one read.
+    fn count_from(&mut self, revision: u64) {
+        self.read_through = revision;
+        self.counted_through = revision;
+        self.unread = 0;
+        self.sub.unread.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts the subscription's events that the task has not read yet (its
+    /// window is full, or it is stopped), from where it counted last: in the
+    /// feed's ring, one batch at a time and never while holding the feed's
+    /// lock longer than a read, or, for revisions older than the ring, one
+    /// per revision (exact for a subscription to every key, an upper bound
+    /// for one to some keys). `pending` is then a sum of two counters.
+    fn count_ahead(&mut self) {
+        self.counted_at = Instant::now();
+        let sub = Arc::clone(&self.sub);
+        // Held so that log retention does not move the reading point while
+        // counting.
+        let read_next = sub.read_next.lock().unwrap_or_else(|e| e.into_inner());
+        if *read_next - 1 != self.read_through {
+            self.count_from(*read_next - 1);
+        }
+        let source = &self.shared.source;
+        let head = source.delivered();
+        let ring_floor = source.ring_floor();
+        if self.counted_through < ring_floor.min(head) {
+            self.unread += ring_floor.min(head) - self.counted_through;
+            self.counted_through = ring_floor.min(head);
+        }
+        for _ in 0..COUNT_BATCHES {
+            if self.counted_through >= head {
+                break;
+            }
+            match source.read_after(self.counted_through, READ_BATCH) {
+                ReadAfter::Events { events, through } => {
+                    self.unread += events
+                        .iter()
+                        .filter(|e| sub.def.target.matches(&e.change.key))
+                        .count() as u64;
+                    if through <= self.counted_through {
+                        break;
+                    }
+                    self.counted_through = through;
+                }
+                ReadAfter::Gone { floor } => {
+                    self.unread += floor.saturating_sub(self.counted_through);
+                    self.counted_through = self.counted_through.max(floor);
+                }
+            }
+        }
+        drop(read_next);
+        self.sub.unread.store(self.unread, Ordering::Relaxed);
     }
 
     fn admit(&mut self, event: Arc<FeedEvent>, recovery: bool) {

@@ -218,27 +218,15 @@ impl DeliveryPool {
     }
 
     /// The backlog of `sub`: its events after the cursor that were neither
-    /// delivered nor given up on. Those read into its window are counted
-    /// one by one; those not read yet are counted in the feed's ring of
-    /// recent changes, or, when they reach back beyond it, as every
-    /// revision not read yet (exact for a subscription to every key, an
-    /// upper bound for one to some keys).
+    /// delivered nor given up on. Two counters its delivery task keeps: the
+    /// events read into its window, and those not read yet, which it counts
+    /// as they come while its window is full (in the feed's ring of recent
+    /// changes, or, for revisions older than the ring, one per revision:
+    /// exact for a subscription to every key, an upper bound for one to
+    /// some keys). Nothing is scanned here, and no lock of the write path
+    /// is taken.
     pub fn pending(&self, sub: &ActiveSubscription) -> u64 {
-        let head = self.shared.source.delivered();
-        let read_through = sub
-            .read_next
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .saturating_sub(1);
-        let unread = if read_through >= head {
-            0
-        } else {
-            self.shared
-                .source
-                .count_after(read_through, |key| sub.def.target.matches(key))
-                .unwrap_or(head - read_through)
-        };
-        sub.pending.load(Ordering::Relaxed) + unread
+        sub.pending.load(Ordering::Relaxed) + sub.unread.load(Ordering::Relaxed)
     }
 
     /// The pool's counters.
