@@ -126,6 +126,71 @@ pub struct Spooled {
     pub metas: u64,
 }
 
+impl Spooled {
+    /// The checked entries, read back in the export's order.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Unavailable`] when the spool cannot be opened.
+    pub fn entries(&self) -> Result<SpoolReader<'_>, DbError> {
+        let file = File::open(&self.path).map_err(|e| spool_io(&self.path, e))?;
+        Ok(SpoolReader {
+            reader: BufReader::with_capacity(1 << 20, file),
+            path: &self.path,
+            left: self.entries,
+            key: Vec::new(),
+            value: Vec::new(),
+        })
+    }
+}
+
+/// Reads a [`Spooled`] export's entries back, one at a time.
+pub struct SpoolReader<'a> {
+    reader: BufReader<File>,
+    path: &'a Path,
+    left: u64,
+    key: Vec<u8>,
+    value: Vec<u8>,
+}
+
+/// One checked entry of an export: its key, its value's JSON text and its
+/// expiry (Unix ms, 0 for none).
+pub struct SpooledEntry<'a> {
+    /// The key.
+    pub key: &'a str,
+    /// The value's JSON text.
+    pub value: &'a [u8],
+    /// Unix ms of expiry, 0 for none.
+    pub expires_at_ms: u64,
+}
+
+impl SpoolReader<'_> {
+    /// The next entry, `None` after the last.
+    ///
+    /// # Errors
+    ///
+    /// [`DbError::Unavailable`] when the spool cannot be read.
+    pub fn next_entry(&mut self) -> Result<Option<SpooledEntry<'_>>, DbError> {
+        if self.left == 0 {
+            return Ok(None);
+        }
+        self.left -= 1;
+        let path = self.path;
+        let io = |e| spool_io(path, e);
+        read_field(&mut self.reader, &mut self.key).map_err(io)?;
+        let mut expires = [0u8; 8];
+        self.reader.read_exact(&mut expires).map_err(io)?;
+        read_field(&mut self.reader, &mut self.value).map_err(io)?;
+        let key = std::str::from_utf8(&self.key)
+            .map_err(|_| DbError::Unavailable("import spool: a key is not UTF-8".into()))?;
+        Ok(Some(SpooledEntry {
+            key,
+            value: &self.value,
+            expires_at_ms: u64::from_le_bytes(expires),
+        }))
+    }
+}
+
 impl Drop for Spooled {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);

@@ -21,7 +21,7 @@ use crate::config::Config;
 use crate::events::EventHub;
 use crate::events::subscriptions::Registry;
 use crate::snapshot;
-use crate::store::{Mutation, NoJournal, Precondition, Store};
+use crate::store::{Mutation, NoJournal, Precondition, Store, copy_value};
 
 /// Where a cluster member logs a subscription change: it returns once the
 /// change is committed and applied (through [`Db::apply_meta`]).
@@ -203,6 +203,42 @@ impl Db {
                     .is_ok()
             })
             .count()
+    }
+
+    /// The expiry an imported entry without one gets (`--retention`),
+    /// from `now_ms` on the leader.
+    pub(crate) fn import_expiry(&self, expires_at_ms: u64, now_ms: u64) -> u64 {
+        if expires_at_ms == 0 {
+            self.inner.expiry(None, now_ms)
+        } else {
+            expires_at_ms
+        }
+    }
+
+    /// Applies a committed batch of imported entries `(key, value JSON
+    /// text, expiry)` as puts at `now_ms`, leaving out those whose expiry
+    /// has passed by then. Returns how many were written, how many left
+    /// out, and the revision after the last.
+    pub(crate) fn apply_import_batch<'a>(
+        &self,
+        entries: impl Iterator<Item = (&'a str, &'a [u8], u64)>,
+        now_ms: u64,
+    ) -> (u64, u64, u64) {
+        let (mut imported, mut expired) = (0, 0);
+        for (key, value, expires_at_ms) in entries {
+            if expires_at_ms != 0 && expires_at_ms <= now_ms {
+                expired += 1;
+                continue;
+            }
+            let put = Mutation::Put {
+                value: copy_value(value),
+                expires_at_ms,
+            };
+            if self.apply(key, put, Precondition::None, now_ms).is_ok() {
+                imported += 1;
+            }
+        }
+        (imported, expired, self.revision())
     }
 
     /// Applies a committed subscription change.

@@ -254,12 +254,23 @@ pub(super) struct ImportQuery {
     mode: Option<String>,
 }
 
+/// An import's refusal, which may come before its body was read to the
+/// end: it closes the connection.
+fn closing(e: ApiError) -> Response {
+    let mut response = e.into_response();
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
+}
+
 /// `POST /system/import`: the body is streamed to a blocking task that
 /// checks every line and spools the entries; only a wholly good export is
 /// then applied. A refusal may come before the body is read to its end, so
 /// it closes the connection.
 pub(super) async fn import(
     State(state): State<AppState>,
+    uri: Uri,
     q: Result<Query<ImportQuery>, QueryRejection>,
     body: Body,
 ) -> Result<Response, ApiError> {
@@ -275,11 +286,11 @@ pub(super) async fn import(
             )));
         }
     };
-    if state.cluster.is_some() {
-        // Its puts would bypass the Raft log; the database refuses them.
-        return Err(ApiError::Unavailable(
-            "import is not available on a cluster member; write the entries through the leader (PUT /kv/{key} or POST /txn)".into(),
-        ));
+    // On a member only the leader imports, through the log; a follower
+    // redirects before reading the body.
+    let cluster = state.cluster.clone();
+    if let Some(Err(e)) = cluster.as_ref().map(|c| c.check_leader()) {
+        return Ok(closing(super::cluster::cluster_error(e, &uri)));
     }
     let db = state.db.clone();
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
@@ -288,19 +299,26 @@ pub(super) async fn import(
     // were all there: plain lines have no trailer to notice the cut.
     let body_complete = Arc::new(AtomicBool::new(false));
     let complete = Arc::clone(&body_complete);
+    let runtime = tokio::runtime::Handle::current();
     let checker = tokio::task::spawn_blocking(move || {
-        let mut spool = db.import_spool()?;
+        let mut spool = db.import_spool().map_err(ApiError::from)?;
         while let Some(chunk) = rx.blocking_recv() {
-            spool.push(&chunk)?;
+            spool.push(&chunk).map_err(ApiError::from)?;
         }
         if !complete.load(Ordering::Acquire) {
-            return Err(DbError::InvalidRequest(
+            return Err(ApiError::from(DbError::InvalidRequest(
                 "the body did not arrive whole; nothing was imported".into(),
-            ));
+            )));
         }
-        let spooled = spool.finish()?;
+        let spooled = spool.finish().map_err(ApiError::from)?;
         let metas = spooled.metas;
-        db.apply_import(spooled, mode).map(|done| (done, metas))
+        let done = match &cluster {
+            Some(cluster) => cluster
+                .import_blocking(&spooled, mode, &runtime)
+                .map_err(|e| super::cluster::cluster_error(e, &uri))?,
+            None => db.apply_import(spooled, mode)?,
+        };
+        Ok::<_, ApiError>((done, metas))
     });
     // The request deadline covers the upload only (admission leaves this
     // route alone): once the body is whole, applying it is not cut short,
@@ -338,13 +356,7 @@ pub(super) async fn import(
                 "skipped_subscriptions": metas,
             }),
         )),
-        Err(e) => {
-            let mut response = ApiError::from(e).into_response();
-            response
-                .headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Ok(response)
-        }
+        Err(e) => Ok(closing(e)),
     }
 }
 

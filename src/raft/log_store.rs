@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
-use openraft::{RaftLogReader, StorageIOError, Vote};
+use openraft::{EntryPayload, RaftLogReader, StorageIOError, Vote};
 use serde::{Deserialize, Serialize};
 
 use super::types::{Entry, LogId, StorageError, TypeConfig};
@@ -197,7 +197,35 @@ impl RaftLogReader<TypeConfig> for LogStore {
             .map(|(_, e)| e.clone())
             .collect())
     }
+
+    /// What one append RPC carries: entries from `start` until they pass
+    /// [`RPC_BYTES`] (at least one). openraft gives an append RPC one
+    /// heartbeat interval, so a member that lags behind large entries
+    /// (transactions, import batches) gets them a few at a time.
+    async fn limited_get_log_entries(
+        &mut self,
+        start: u64,
+        end: u64,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let state = self.lock();
+        let mut bytes = 0;
+        let mut out = Vec::new();
+        for (_, entry) in state.entries.range(start..end) {
+            if !out.is_empty() && bytes >= RPC_BYTES {
+                break;
+            }
+            bytes += match &entry.payload {
+                EntryPayload::Normal(command) => command.weight(),
+                _ => 0,
+            } + 64;
+            out.push(entry.clone());
+        }
+        Ok(out)
+    }
 }
+
+/// About how many bytes of entries one append RPC carries.
+const RPC_BYTES: usize = 256 << 10;
 
 impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = LogStore;

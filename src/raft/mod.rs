@@ -18,6 +18,7 @@
 // helpers beside them return the same type rather than boxing it twice.
 #![allow(clippy::result_large_err)]
 
+mod import;
 mod log_store;
 pub mod network;
 mod read_batch;
@@ -42,7 +43,7 @@ use crate::db::{Db, DbError, MetaLog, now_ms};
 pub use state_machine::SnapshotFile;
 pub use stats::{FollowerStats, RaftStats};
 use types::Raft;
-pub use types::{Command, Condition, Member, Reply};
+pub use types::{Command, Condition, ImportEntry, Member, Reply};
 
 /// Why the cluster could not do what was asked.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -298,6 +298,20 @@ fn apply_command(db: &Db, command: Command) -> Reply {
         Command::Txn { txn, at_ms } => db
             .apply_txn(txn.into(), at_ms)
             .map(|r| Reply::Txn(r.into())),
+        Command::Import { entries, at_ms } => {
+            let batch = entries
+                .iter()
+                .map(|e| (e.key.as_str(), e.value.as_bytes(), e.expires_at_ms));
+            // A batch is many puts: the runtime moves the tasks queued on
+            // this worker (heartbeats among them) to another meanwhile.
+            let (imported, expired, revision) =
+                tokio::task::block_in_place(|| db.apply_import_batch(batch, at_ms));
+            Ok(Reply::Imported {
+                imported,
+                expired,
+                revision,
+            })
+        }
         Command::Meta { doc } => {
             db.apply_meta(doc.as_bytes());
             Ok(Reply::Done)

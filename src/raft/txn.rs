@@ -21,6 +21,24 @@ pub struct LoggedTxn {
     pub failure: Vec<LoggedOp>,
 }
 
+impl LoggedTxn {
+    /// About how many bytes it carries (keys and values).
+    pub fn weight(&self) -> usize {
+        let op = |op: &LoggedOp| match op {
+            LoggedOp::Put { key, value, .. } => key.len() + value.len(),
+            LoggedOp::Delete { key } | LoggedOp::Get { key } => key.len(),
+        };
+        let compares: usize = self.compare.iter().map(|c| c.key.len() + 16).sum();
+        compares
+            + self
+                .success
+                .iter()
+                .chain(&self.failure)
+                .map(op)
+                .sum::<usize>()
+    }
+}
+
 /// One compare of a logged transaction.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LoggedCompare {

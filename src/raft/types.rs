@@ -117,11 +117,49 @@ pub enum Command {
         /// When it was proposed (Unix ms).
         at_ms: u64,
     },
+    /// `POST /system/import`: one batch of an export's checked entries,
+    /// written as puts; those whose expiry has passed at `at_ms` are left
+    /// out, the same on every member.
+    Import {
+        /// The entries, in the export's order.
+        entries: Vec<ImportEntry>,
+        /// When it was proposed (Unix ms).
+        at_ms: u64,
+    },
     /// A subscription change: its control document (JSON text).
     Meta {
         /// The document.
         doc: String,
     },
+}
+
+/// One entry of an imported batch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportEntry {
+    /// The key.
+    pub key: String,
+    /// The value's JSON text.
+    pub value: String,
+    /// Unix ms of expiry, 0 for never (`--retention` already applied by
+    /// the leader).
+    pub expires_at_ms: u64,
+}
+
+impl Command {
+    /// About how many bytes it carries (keys, values, documents): what the
+    /// log reader counts to keep one append RPC small.
+    pub fn weight(&self) -> usize {
+        match self {
+            Command::Put { key, value, .. } => key.len() + value.len(),
+            Command::Delete { key, .. } | Command::Expire { key, .. } => key.len(),
+            Command::Clear { prefix, .. } => prefix.len(),
+            Command::Txn { txn, .. } => txn.weight(),
+            Command::Import { entries, .. } => {
+                entries.iter().map(|e| e.key.len() + e.value.len()).sum()
+            }
+            Command::Meta { doc } => doc.len(),
+        }
+    }
 }
 
 /// What applying a command gave.
@@ -150,6 +188,15 @@ pub enum Reply {
     },
     /// A transaction ran.
     Txn(TxnReply),
+    /// An import batch was written.
+    Imported {
+        /// Entries written.
+        imported: u64,
+        /// Entries left out because their expiry had passed.
+        expired: u64,
+        /// The revision after the batch.
+        revision: u64,
+    },
     /// The key did not exist.
     NotFound,
     /// The condition did not hold; the key's version then, if any.
