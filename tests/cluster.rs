@@ -286,15 +286,6 @@ fn a_transaction_is_one_entry_decided_on_the_leader() {
     assert_eq!(refused.status(), 400);
     let absent = read_retrying(&leader_node.at("/kv/c"));
     assert_eq!(absent.status(), 404);
-    // An import would bypass the log: a member refuses it, changing nothing.
-    let import = http()
-        .post(leader_node.at("/system/import"))
-        .body("")
-        .send()
-        .expect("POST /system/import");
-    assert_eq!(import.status(), 503);
-    let envelope: Value = import.json().expect("envelope");
-    assert_eq!(envelope["error"]["code"], "unavailable");
 }
 
 /// Writes `w<writer>-<n>` keys to whoever leads, following redirects and
