@@ -10,7 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::{TestCluster, eventually, http, read as read_retrying, redirect_target};
+use common::cluster::{
+    TestCluster, eventually, exported_entries, http, read as read_retrying, redirect_target,
+};
 use serde_json::{Value, json};
 
 /// The default timing, spelled out: heartbeats every 100 ms, elections
@@ -476,24 +478,8 @@ fn a_member_that_was_down_catches_up_by_snapshot() {
         "{}",
         cluster.nodes[down].log()
     );
-    let export = |url: String| -> Vec<String> {
-        let text = client
-            .get(url)
-            .send()
-            .expect("export")
-            .text()
-            .expect("text");
-        // Entries only: the header and trailer carry times and sizes.
-        let mut lines: Vec<String> = text
-            .lines()
-            .filter(|l| l.starts_with("{\"key\""))
-            .map(str::to_string)
-            .collect();
-        lines.sort();
-        lines
-    };
-    let on_leader = export(cluster.nodes[leader].at("/system/export"));
-    let on_member = export(cluster.nodes[down].at("/system/export"));
+    let on_leader = exported_entries(&cluster.nodes[leader].url());
+    let on_member = exported_entries(&cluster.nodes[down].url());
     assert_eq!(on_leader.len(), writes - 1);
     assert!(
         on_leader == on_member,

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{TestCluster, eventually, http};
+use common::cluster::{TestCluster, eventually, exported_entries, http, http_waiting};
 use serde_json::{Value, json};
 
 const FAST: [&str; 4] = ["--raft-heartbeat-ms", "100", "--raft-election-ms", "500"];
@@ -33,33 +33,11 @@ fn export(prefix: &str, n: usize) -> String {
 /// `POST /system/import`, waiting as long as a loaded machine needs (a
 /// hang guard only).
 fn import(url: &str, query: &str, body: String) -> reqwest::blocking::Response {
-    reqwest::blocking::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(120))
-        .build()
-        .expect("client")
+    http_waiting(120)
         .post(format!("{url}/system/import{query}"))
         .body(body)
         .send()
         .expect("POST /system/import")
-}
-
-/// The entries of a member's export (key, version and value), sorted.
-fn entries(url: &str) -> Vec<String> {
-    let text = http()
-        .get(format!("{url}/system/export"))
-        .send()
-        .expect("export")
-        .text()
-        .expect("text");
-    let mut lines: Vec<String> = text
-        .lines()
-        .filter(|l| l.starts_with("{\"key\""))
-        .map(str::to_string)
-        .collect();
-    lines.sort();
-    lines
 }
 
 fn applied(status: &Value) -> u64 {
@@ -131,11 +109,11 @@ fn import_on_a_member_goes_through_the_leader_to_every_member() {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
-    let on_leader = entries(&leader_url);
+    let on_leader = exported_entries(&leader_url);
     assert_eq!(on_leader.len(), n + 1);
     for node in &cluster.nodes {
         assert!(
-            entries(&node.url()) == on_leader,
+            exported_entries(&node.url()) == on_leader,
             "node {} differs from the leader",
             node.id
         );
@@ -159,7 +137,7 @@ fn import_on_a_member_goes_through_the_leader_to_every_member() {
             "the member applying the replace",
             || (applied(&node.status()?) >= committed).then_some(()),
         );
-        let keys = entries(&node.url());
+        let keys = exported_entries(&node.url());
         assert_eq!(keys.len(), 10, "node {}", node.id);
         assert!(keys.iter().all(|l| l.starts_with("{\"key\":\"new-")));
     }
@@ -185,11 +163,7 @@ fn a_leader_killed_mid_import_leaves_whole_batches_and_a_second_import_finishes(
     let importer = {
         let (url, body) = (leader_url.clone(), body.clone());
         std::thread::spawn(move || {
-            reqwest::blocking::Client::builder()
-                .no_proxy()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .expect("client")
+            http_waiting(120)
                 .post(format!("{url}/system/import"))
                 .body(body)
                 .send()
@@ -244,11 +218,11 @@ fn a_leader_killed_mid_import_leaves_whole_batches_and_a_second_import_finishes(
             || (applied(&node.status()?) >= committed).then_some(()),
         );
     }
-    let on_leader = entries(&new_url);
+    let on_leader = exported_entries(&new_url);
     assert_eq!(on_leader.len(), n);
     for node in &cluster.nodes {
         assert!(
-            entries(&node.url()) == on_leader,
+            exported_entries(&node.url()) == on_leader,
             "node {} differs from the leader",
             node.id
         );

@@ -13,12 +13,37 @@ use super::TestServer;
 
 /// A blocking client with no proxy, no redirects and a short timeout.
 pub fn http() -> Client {
+    http_waiting(10)
+}
+
+/// A client like [`http`] that waits up to `secs` for an answer (a hang
+/// guard for long requests such as an import on a loaded machine).
+pub fn http_waiting(secs: u64) -> Client {
     Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(secs))
         .build()
         .expect("client")
+}
+
+/// The entries of the export of the member at `url` (key, version and
+/// value), sorted: its data, without the header and trailer, which carry
+/// times and sizes.
+pub fn exported_entries(url: &str) -> Vec<String> {
+    let text = http()
+        .get(format!("{url}/system/export"))
+        .send()
+        .expect("export")
+        .text()
+        .expect("text");
+    let mut lines: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("{\"key\""))
+        .map(str::to_string)
+        .collect();
+    lines.sort();
+    lines
 }
 
 /// `GET url`, again while it answers 503 (no leader for a moment, during
