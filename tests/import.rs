@@ -9,7 +9,9 @@ mod common;
 use std::collections::BTreeMap;
 use std::process::Stdio;
 
-use common::{Stop, TestServer, assert_error, dododb_client, get_json, kv, put, put_ttl, stats};
+use common::{
+    Stop, TestServer, assert_error, client, dododb_client, get_json, kv, put, put_ttl, stats,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -320,4 +322,89 @@ async fn an_import_whose_body_is_cut_short_or_too_slow_applies_nothing() {
     let after = stats(&server).await;
     assert_eq!(after["keys"], 0, "{after}");
     assert_eq!(after["revision"], 0, "{after}");
+}
+
+/// An import larger than one of its batches (each is one log record, like
+/// a transaction): every entry takes its own revision in the export's
+/// order and reaches the live feed as its own event (old values included,
+/// a key repeated in the export twice), and after `kill -9` every
+/// acknowledged entry is there with its version.
+#[tokio::test]
+async fn a_large_import_gives_each_entry_its_own_revision_and_event() {
+    const N: usize = 10_000;
+    let mut server = TestServer::start(&["--fsync", "always"]);
+    put(&server, "big/00002", "\"old\"").await;
+    let since = stats(&server).await["revision"].as_u64().expect("revision");
+    let mut feed = client()
+        .get(server.at(&format!("/events?prefix=big/&since={since}")))
+        .send()
+        .await
+        .expect("feed");
+    let mut lines: Vec<(String, String)> = (0..N)
+        .map(|i| (format!("big/{i:05}"), format!("{{\"n\":{i}}}")))
+        .collect();
+    lines[6_000] = ("big/00001".into(), "\"again\"".into());
+    let body: String = lines
+        .iter()
+        .map(|(key, value)| format!("{{\"key\":\"{key}\",\"value\":{value}}}\n"))
+        .collect();
+    let reply = server
+        .http()
+        .post(server.at("/system/import"))
+        .body(body)
+        .send()
+        .await
+        .expect("import");
+    assert_eq!(reply.status(), StatusCode::OK);
+    let answer: Value = reply.json().await.expect("json");
+    assert_eq!(answer["imported"], N);
+    assert_eq!(answer["revision"], since + N as u64);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut text = String::new();
+    while text.matches("data: ").count() < N {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} events",
+            text.matches("data: ").count()
+        );
+        let chunk = tokio::time::timeout(std::time::Duration::from_secs(60), feed.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("chunk")
+            .expect("stream open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    let events: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("payload"))
+        .collect();
+    for (i, (event, (key, value))) in events.iter().zip(&lines).enumerate() {
+        let new: Value = serde_json::from_str(value).expect("value");
+        assert_eq!(event["version"], since + 1 + i as u64, "{event}");
+        assert_eq!(event["key"], *key, "{event}");
+        assert_eq!(event["event"], "update", "{event}");
+        assert_eq!(event["new_value"], new, "{event}");
+        let old = match i {
+            2 => json!("old"),
+            6_000 => json!({"n": 1}),
+            _ => Value::Null,
+        };
+        assert_eq!(event["old_value"], old, "{event}");
+    }
+
+    server.restart(Stop::Kill9, &["--fsync", "always"]);
+    let after = stats(&server).await;
+    assert_eq!(after["revision"], since + N as u64, "{after}");
+    // One line repeated a key: one key fewer than lines.
+    assert_eq!(after["keys"], N - 1, "{after}");
+    let repeated = get_json(&server, &format!("{}/meta", kv("big/00001"))).await;
+    assert_eq!(repeated["version"], since + 6_001, "{repeated}");
+    let listed = get_json(&server, "/kv?prefix=big/&limit=3").await;
+    assert_eq!(
+        listed["keys"],
+        json!(["big/00000", "big/00001", "big/00002"]),
+        "{listed}"
+    );
 }

@@ -2,12 +2,13 @@
 //! line is checked while the entries are spooled to a file (so memory stays
 //! bounded whatever the size), and only when the whole export is good are
 //! they applied, as puts with new versions and events, through the group
-//! commit in large batches.
+//! commit in large batches, each one log record written the way a
+//! transaction is (one revision and one event per entry).
 //!
-//! A crash in the middle of applying leaves the entries applied so far (in
-//! the export's order) and, with `replace`, the clear before them; applying
-//! the same export again finishes the job. Spool files left by a crash are
-//! removed at start-up.
+//! A crash in the middle of applying leaves the batches applied so far,
+//! whole, in the export's order, and, with `replace`, the clear before
+//! them; applying the same export again finishes the job. Spool files left
+//! by a crash are removed at start-up.
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -15,12 +16,14 @@ use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::txn::CheckedTxn;
 use super::{Db, DbError, Inner, now_ms};
 use crate::snapshot::{ExportLine, parse_line};
-use crate::store::{Mutation, Precondition, copy_value};
+use crate::store::{TxnOp, copy_value};
 
 /// What happens to the keys already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -43,9 +46,15 @@ pub struct ImportResult {
     pub revision: u64,
 }
 
-/// Entries written before the import waits for the batch before last: two
-/// batches in flight keep the log busy while bounding what is queued.
-const BATCH: u64 = 16_384;
+/// Entries of one batch of an import's writes: one log record, like a
+/// transaction (see [`Inner::write_batch`]).
+const BATCH: usize = 4096;
+
+/// ... or fewer, once their keys and values come to this many bytes.
+const BATCH_BYTES: usize = 4 << 20;
+
+/// Batches queued before the import waits for the oldest of them.
+const IN_FLIGHT: usize = 4;
 
 const SPOOL_PREFIX: &str = "import-";
 const SPOOL_SUFFIX: &str = ".spool";
@@ -89,6 +98,7 @@ pub struct ImportSpool {
     trailer: bool,
     /// No valid line is longer than this.
     max_line_bytes: usize,
+    started: Instant,
 }
 
 /// A batch of whole lines for a checking thread, and where its result goes.
@@ -328,6 +338,12 @@ impl ImportSpool {
             ));
         }
         self.file.flush().map_err(|e| spool_io(&self.path, e))?;
+        tracing::info!(
+            lines = self.line,
+            entries = self.entries,
+            millis = self.started.elapsed().as_millis(),
+            "import: every line read and checked"
+        );
         Ok(Spooled {
             path: std::mem::take(&mut self.path),
             entries: self.entries,
@@ -514,6 +530,7 @@ impl Db {
             header: false,
             trailer: false,
             max_line_bytes,
+            started: Instant::now(),
         })
     }
 
@@ -533,58 +550,88 @@ impl Db {
     ) -> Result<ImportResult, DbError> {
         let inner = &self.inner;
         let _importing = Importing::new(inner);
-        let mut in_flight = None;
+        let started = Instant::now();
+        let mut in_flight = VecDeque::with_capacity(IN_FLIGHT + 1);
         if mode == ImportMode::Replace {
-            in_flight = inner.begin_clear(None)?.1;
+            in_flight.extend(inner.begin_clear(None)?.1);
         }
+        // Room for every entry at once, not a table growing step by step
+        // (never more than the store will hold: each entry is written).
+        inner
+            .store
+            .reserve(usize::try_from(spooled.entries).unwrap_or(usize::MAX));
         let file = File::open(&spooled.path).map_err(|e| spool_io(&spooled.path, e))?;
         let mut reader = BufReader::with_capacity(1 << 20, file);
         let io = |e| spool_io(&spooled.path, e);
         let (mut key, mut value) = (Vec::new(), Vec::new());
         let (mut imported, mut expired) = (0u64, 0u64);
-        let mut last_ticket = None;
-        let mut revision = 0;
+        let mut revision = None;
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut batch_bytes = 0;
         for i in 0..spooled.entries {
             read_field(&mut reader, &mut key).map_err(io)?;
             let mut expires = [0u8; 8];
             reader.read_exact(&mut expires).map_err(io)?;
             read_field(&mut reader, &mut value).map_err(io)?;
-            let now = now_ms();
             let mut expires_at_ms = u64::from_le_bytes(expires);
-            if expires_at_ms != 0 && expires_at_ms <= now {
+            if expires_at_ms != 0 && expires_at_ms <= now_ms() {
                 expired += 1;
-                continue;
+            } else {
+                if expires_at_ms == 0 {
+                    expires_at_ms = inner.expiry(None, now_ms());
+                }
+                let key = std::str::from_utf8(&key)
+                    .map_err(|_| DbError::Unavailable("import spool: a key is not UTF-8".into()))?;
+                batch_bytes += key.len() + value.len();
+                batch.push(TxnOp::Put {
+                    key: Box::from(key),
+                    value: copy_value(&value),
+                    expires_at_ms,
+                });
             }
-            if expires_at_ms == 0 {
-                expires_at_ms = inner.expiry(None, now);
-            }
-            let key = std::str::from_utf8(&key)
-                .map_err(|_| DbError::Unavailable("import spool: a key is not UTF-8".into()))?;
-            let put = Mutation::Put {
-                value: copy_value(&value),
-                expires_at_ms,
-            };
-            let outcome = inner.mutate(key, put, Precondition::None)?;
-            revision = outcome.version;
-            last_ticket = outcome.ticket.or(last_ticket);
-            imported += 1;
-            if (i + 1) % BATCH == 0 {
-                // Wait for the batch before this one; this one is on its way.
-                inner.finish_blocking(in_flight)?;
-                in_flight = last_ticket;
+            let last = i + 1 == spooled.entries;
+            if batch.len() == BATCH || batch_bytes >= BATCH_BYTES || (last && !batch.is_empty()) {
+                imported += batch.len() as u64;
+                batch_bytes = 0;
+                let (last_revision, ticket) =
+                    inner.write_batch(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
+                revision = Some(last_revision);
+                in_flight.extend(ticket);
+                // Tickets are ordered: waiting for the oldest of too many
+                // keeps the log busy with the rest while bounding the queue.
+                while in_flight.len() > IN_FLIGHT {
+                    inner.finish_blocking(in_flight.pop_front())?;
+                }
             }
         }
-        inner.finish_blocking(in_flight)?;
-        inner.finish_blocking(last_ticket)?;
+        inner.finish_blocking(in_flight.pop_back())?;
+        tracing::info!(
+            imported,
+            expired,
+            millis = started.elapsed().as_millis(),
+            "import: entries written"
+        );
         Ok(ImportResult {
             imported,
             expired,
-            revision: if imported > 0 {
-                revision
-            } else {
-                inner.store.revision()
-            },
+            revision: revision.unwrap_or_else(|| inner.store.revision()),
         })
+    }
+}
+
+impl Inner {
+    /// Writes a batch of an import's puts the way a transaction writes:
+    /// one revision each, one log record for all, applied with the shards
+    /// of its keys held. Returns the last revision and the ticket to wait
+    /// on.
+    fn write_batch(&self, puts: Vec<TxnOp>) -> Result<(u64, Option<u64>), DbError> {
+        let txn = CheckedTxn {
+            compare: Vec::new(),
+            success: puts,
+            failure: Vec::new(),
+        };
+        let outcome = self.run_txn(txn, now_ms())?;
+        Ok((outcome.revision, outcome.ticket))
     }
 }
 

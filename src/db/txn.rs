@@ -115,6 +115,12 @@ impl Inner {
     fn begin_txn(&self, txn: Txn) -> Result<TxnOutcome<u64>, DbError> {
         let now = now_ms();
         let txn = self.check_txn(txn, now)?;
+        self.run_txn(txn, now)
+    }
+
+    /// Runs a checked transaction (or an import's batch of puts) as one
+    /// log record; the caller waits on its ticket.
+    pub(super) fn run_txn(&self, txn: CheckedTxn, now: u64) -> Result<TxnOutcome<u64>, DbError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(DbError::Unavailable("the database is shutting down".into()));
         }

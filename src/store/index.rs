@@ -56,6 +56,16 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
     None
 }
 
+/// Reads the start of each entry in `keys`: loads with no branch between
+/// them, so the CPU waits for all of their cache misses at once.
+fn touch<'a>(keys: impl Iterator<Item = &'a KeyRef>) {
+    let mut sum = 0usize;
+    for key in keys {
+        sum = sum.wrapping_add(key.key().len());
+    }
+    std::hint::black_box(sum);
+}
+
 impl Ordered {
     /// Where `key` is, or would be inserted.
     fn find(&self, key: &[u8]) -> Result<usize, usize> {
@@ -149,6 +159,75 @@ impl Ordered {
                 self.keys.reserve_exact(self.keys.len() / 8 + 16);
             }
             self.keys.insert(at, key);
+        }
+    }
+
+    /// Adds the keys of many new entries at once (the caller holds the
+    /// shard's write lock), as a batch of writes does: one pass that moves
+    /// each key of the set at most once, instead of one insertion each.
+    ///
+    /// The places are found by bisecting for all of the new keys in step:
+    /// a comparison reads an entry, which at scale is a cache miss, and
+    /// each step first touches the entries that every search will compare
+    /// with, so their misses overlap instead of following one another.
+    pub(super) fn insert_many(&mut self, mut new: Vec<KeyRef>) {
+        if new.len() < 4 {
+            for key in new {
+                self.insert(key);
+            }
+            return;
+        }
+        new.sort_unstable();
+        new.dedup();
+        let keys = &self.keys;
+        // Branch-free lower bounds, as `partition_point` computes them:
+        // `base[j]` ends at the last key below `new[j]` (or 0).
+        let mut base = vec![0usize; new.len()];
+        let mut size = keys.len();
+        while size > 1 {
+            let half = size / 2;
+            touch(base.iter().map(|&b| &keys[b + half]));
+            for (b, key) in base.iter_mut().zip(&new) {
+                if keys[*b + half] < *key {
+                    *b += half;
+                }
+            }
+            size -= half;
+        }
+        if !keys.is_empty() {
+            touch(base.iter().map(|&b| &keys[b]));
+        }
+        // Where each new key goes, and whether the set has it already
+        // (which a new entry's key never is; kept exact all the same).
+        let mut places = Vec::with_capacity(new.len());
+        let mut fresh = Vec::with_capacity(new.len());
+        let mut present = Vec::new();
+        for (&b, key) in base.iter().zip(&new) {
+            let at = b + usize::from(keys.get(b).is_some_and(|k| k < key));
+            if keys.get(at).is_some_and(|k| k == key) {
+                present.push((at, *key));
+            } else {
+                places.push(at);
+                fresh.push(*key);
+            }
+        }
+        for (at, key) in present {
+            self.keys[at] = key;
+        }
+        let old_len = self.keys.len();
+        let room = old_len + fresh.len();
+        if room > self.keys.capacity() {
+            // Grow by an eighth (see `insert`), or to fit the batch.
+            self.keys
+                .reserve_exact((old_len / 8 + 16).max(room - old_len));
+        }
+        // Merged from the back: each old key moves once, to its final place.
+        self.keys.extend_from_slice(&fresh);
+        let mut end = old_len;
+        for (j, (&at, &key)) in places.iter().zip(&fresh).enumerate().rev() {
+            self.keys.copy_within(at..end, at + j + 1);
+            self.keys[at + j] = key;
+            end = at;
         }
     }
 
@@ -322,6 +401,22 @@ mod tests {
             self.entries.insert(key.to_owned(), entry);
         }
 
+        /// Inserts new keys as a batch of writes does: created first,
+        /// then added to each part's index in one go.
+        fn insert_batch(&mut self, keys: &[String]) {
+            let mut new: Vec<Vec<_>> = (0..PARTS).map(|_| Vec::new()).collect();
+            for key in keys {
+                if !self.entries.contains_key(key) {
+                    let entry = Packed::new(key, b"1", 1, 0);
+                    new[part_of(key)].push(entry.key_ref());
+                    self.entries.insert(key.clone(), entry);
+                }
+            }
+            for (part, keys) in self.parts.iter_mut().zip(new) {
+                part.insert_many(keys);
+            }
+        }
+
         fn remove(&mut self, key: &str) {
             // Out of the index first, then freed.
             self.parts[part_of(key)].remove(key);
@@ -476,6 +571,65 @@ mod tests {
     }
 
     #[test]
+    fn keys_added_in_one_batch_land_where_single_inserts_put_them() {
+        let mut rng = fastrand::Rng::with_seed(18);
+        for existing in [0, 1, 2, 5, 100, 3000] {
+            for batch in [0, 1, 4, 5, 17, 600] {
+                let key = |rng: &mut fastrand::Rng| format!("k{}", rng.u32(0..5000));
+                let old: Vec<String> = (0..existing).map(|_| key(&mut rng)).collect();
+                // Some before, after and among the others; some present.
+                let mut new: Vec<String> = (0..batch).map(|_| key(&mut rng)).collect();
+                new.extend(["", "a", "zz"].map(String::from));
+                new.extend(old.iter().take(3).cloned());
+                let mut batched = Fixture::new(&[]);
+                for key in &old {
+                    batched.insert(key);
+                }
+                batched.insert_batch(&new);
+                let mut single = Fixture::new(&[]);
+                for key in old.iter().chain(&new) {
+                    single.insert(key);
+                }
+                for (a, b) in batched.parts.iter().zip(&single.parts) {
+                    assert_eq!(a.keys(), b.keys(), "{existing} + {batch}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_batch_with_a_key_already_there_points_it_at_the_new_entry() {
+        let keys: Vec<String> = (0..50).map(|i| format!("k{i:02}")).collect();
+        let mut fixture = Fixture::new(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+        let part = part_of("k07");
+        let mut batch = vec![
+            Packed::new("k07", b"22", 2, 0),
+            Packed::new("k07x", b"1", 1, 0),
+        ];
+        batch.extend(["a", "b", "c"].map(|k| Packed::new(k, b"1", 1, 0)));
+        let refs = batch.iter().map(Packed::key_ref).collect();
+        fixture.parts[part].insert_many(refs);
+        // The old entry of "k07" may go now: the index points at the new one.
+        for entry in batch {
+            fixture.entries.insert(entry.key().to_owned(), entry);
+        }
+        let mut expected: Vec<String> = fixture
+            .entries
+            .keys()
+            .filter(|k| part_of(k) == part || ["k07x", "a", "b", "c"].contains(&k.as_str()))
+            .cloned()
+            .collect();
+        expected.sort();
+        assert_eq!(fixture.parts[part].keys(), expected);
+        let at = fixture.parts[part].find(b"k07").expect("k07");
+        assert_eq!(fixture.parts[part].keys[at].key(), "k07");
+        assert_eq!(
+            fixture.parts[part].keys[at].key().as_ptr(),
+            fixture.entries["k07"].key().as_ptr()
+        );
+    }
+
+    #[test]
     fn a_rebuilt_set_equals_one_built_key_by_key() {
         let fixture = Fixture::new(&["b", "a", "abcdefgh", "abcdefgh1", "abcdefgh0", "", "é"]);
         for part in &fixture.parts {
@@ -506,7 +660,17 @@ mod tests {
                     fixture.insert(&key);
                     model.insert(key);
                 }
-                4 => fixture.grow(&random_key(&mut rng, 6)),
+                4 => {
+                    if rng.bool() {
+                        fixture.grow(&random_key(&mut rng, 6));
+                    } else {
+                        let keys: Vec<String> = (0..rng.usize(0..40))
+                            .map(|_| random_key(&mut rng, 6))
+                            .collect();
+                        fixture.insert_batch(&keys);
+                        model.extend(keys);
+                    }
+                }
                 5..=6 => {
                     let key = random_key(&mut rng, 6);
                     fixture.remove(&key);

@@ -30,7 +30,7 @@ use hashbrown::raw::RawTable;
 pub use change::{Change, ChangeEvent, ChangeKind};
 use index::Ordered;
 pub use list::{EntryPage, ListPage};
-use packed::Packed;
+use packed::{KeyRef, Packed};
 use ttl::TtlIndex;
 pub use txn::{Compare, Condition, OpResult, TxnOp, TxnOutcome};
 pub use value_copy::copy_value;
@@ -328,10 +328,15 @@ struct Place {
 }
 
 /// What happens to the ordered index when a change is applied.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Indexing {
+enum Indexing<'a> {
     /// Keep it exact (every change after start-up).
     Keep,
+    /// Keep it exact, except that the keys of new entries wait in the list
+    /// (with their shards) for [`Store::index_new`], which the caller runs
+    /// before it lets go of the shard locks: a batch of writes adds them
+    /// to each shard's index in one pass. Any other change of the index
+    /// adds them first.
+    Batch(&'a mut Vec<(usize, KeyRef)>),
     /// Leave it alone: recovery rebuilds it in one pass at the end.
     Defer,
 }
@@ -736,7 +741,7 @@ impl Store {
         place: Place,
         change: Change,
         emit: Option<&mut dyn FnMut(ChangeEvent)>,
-        indexing: Indexing,
+        mut indexing: Indexing<'_>,
     ) {
         self.advance_revision(change.version);
         let side = &self.sides[place.shard];
@@ -755,7 +760,7 @@ impl Store {
         if current.is_some_and(|(e, _)| version <= e.version()) {
             return;
         }
-        let index = indexing == Indexing::Keep;
+        let index = !matches!(indexing, Indexing::Defer);
         // A value that had already expired is gone for subscribers too,
         // except in the expire event itself, which reports what expired.
         let emitting = emit.is_some();
@@ -772,13 +777,16 @@ impl Store {
                     let moved = entry.set(&value, version, expires_at_ms);
                     if moved.is_some() && index {
                         // The old allocation is still alive here.
+                        self.index_waiting(&mut indexing);
                         side.lock().order.replace(entry.key_ref());
                     }
                     drop(moved);
                 } else {
                     let entry = Packed::new(&key, &value, version, expires_at_ms);
-                    if index {
-                        side.lock().order.insert(entry.key_ref());
+                    match &mut indexing {
+                        Indexing::Keep => side.lock().order.insert(entry.key_ref()),
+                        Indexing::Batch(new) => new.push((place.shard, entry.key_ref())),
+                        Indexing::Defer => {}
                     }
                     let hasher = self.map.hasher();
                     table.insert(place.hash, (entry, SharedValue::new(())), |(e, _)| {
@@ -810,6 +818,7 @@ impl Store {
                     }
                     if index {
                         // Out of the index before the entry is freed.
+                        self.index_waiting(&mut indexing);
                         side.lock().order.remove(&key);
                     }
                     drop(entry);
@@ -827,6 +836,27 @@ impl Store {
                     });
                 }
             }
+        }
+    }
+
+    /// Adds the keys of new entries that wait in a batch's list to their
+    /// shards' indexes (the caller holds those shards' write locks).
+    fn index_new(&self, new: &mut Vec<(usize, KeyRef)>) {
+        if new.is_empty() {
+            return;
+        }
+        new.sort_unstable_by_key(|&(shard, _)| shard);
+        for group in new.chunk_by(|a, b| a.0 == b.0) {
+            let keys = group.iter().map(|&(_, key)| key).collect();
+            self.sides[group[0].0].lock().order.insert_many(keys);
+        }
+        new.clear();
+    }
+
+    /// [`Store::index_new`] of the keys waiting in `indexing`, if any.
+    fn index_waiting(&self, indexing: &mut Indexing<'_>) {
+        if let Indexing::Batch(new) = indexing {
+            self.index_new(new);
         }
     }
 

@@ -327,12 +327,15 @@ impl Store {
         })?;
         let ticket = match submitted {
             Submitted::ApplyNow(changes) => {
+                let mut new = Vec::new();
                 for change in changes {
                     let place = self.place(&change.key);
                     let table = locked.table(place);
-                    self.apply_locked(table, place, change, Some(&mut *emit), Indexing::Keep);
+                    let indexing = Indexing::Batch(&mut new);
+                    self.apply_locked(table, place, change, Some(&mut *emit), indexing);
                     self.settled();
                 }
+                self.index_new(&mut new);
                 None
             }
             Submitted::Deferred(ticket) => {
@@ -354,12 +357,15 @@ impl Store {
     /// shards of all its keys held, so readers see all of them or none.
     pub fn apply_many(&self, changes: Vec<Change>, emit: &mut dyn FnMut(ChangeEvent)) {
         let mut locked = self.lock_write(changes.iter().map(|c| &*c.key));
+        let mut new = Vec::new();
         for change in changes {
             let place = self.place(&change.key);
             let table = locked.table(place);
-            self.apply_locked(table, place, change, Some(&mut *emit), Indexing::Keep);
+            let indexing = Indexing::Batch(&mut new);
+            self.apply_locked(table, place, change, Some(&mut *emit), indexing);
             self.settled();
         }
+        self.index_new(&mut new);
     }
 
     /// Forgets the pending states of a transaction the log failed to take.
