@@ -560,36 +560,30 @@ impl Db {
         inner
             .store
             .reserve(usize::try_from(spooled.entries).unwrap_or(usize::MAX));
-        let file = File::open(&spooled.path).map_err(|e| spool_io(&spooled.path, e))?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let io = |e| spool_io(&spooled.path, e);
-        let (mut key, mut value) = (Vec::new(), Vec::new());
+        let mut entries = spooled.entries()?;
         let (mut imported, mut expired) = (0u64, 0u64);
         let mut revision = None;
         let mut batch = Vec::with_capacity(BATCH);
         let mut batch_bytes = 0;
-        for i in 0..spooled.entries {
-            read_field(&mut reader, &mut key).map_err(io)?;
-            let mut expires = [0u8; 8];
-            reader.read_exact(&mut expires).map_err(io)?;
-            read_field(&mut reader, &mut value).map_err(io)?;
-            let mut expires_at_ms = u64::from_le_bytes(expires);
-            if expires_at_ms != 0 && expires_at_ms <= now_ms() {
-                expired += 1;
-            } else {
+        loop {
+            let entry = entries.next_entry()?;
+            if let Some(entry) = &entry {
+                let mut expires_at_ms = entry.expires_at_ms;
+                if expires_at_ms != 0 && expires_at_ms <= now_ms() {
+                    expired += 1;
+                    continue;
+                }
                 if expires_at_ms == 0 {
                     expires_at_ms = inner.expiry(None, now_ms());
                 }
-                let key = std::str::from_utf8(&key)
-                    .map_err(|_| DbError::Unavailable("import spool: a key is not UTF-8".into()))?;
-                batch_bytes += key.len() + value.len();
+                batch_bytes += entry.key.len() + entry.value.len();
                 batch.push(TxnOp::Put {
-                    key: Box::from(key),
-                    value: copy_value(&value),
+                    key: Box::from(entry.key),
+                    value: copy_value(entry.value),
                     expires_at_ms,
                 });
             }
-            let last = i + 1 == spooled.entries;
+            let last = entry.is_none();
             if batch.len() == BATCH || batch_bytes >= BATCH_BYTES || (last && !batch.is_empty()) {
                 imported += batch.len() as u64;
                 batch_bytes = 0;
@@ -602,6 +596,9 @@ impl Db {
                 while in_flight.len() > IN_FLIGHT {
                     inner.finish_blocking(in_flight.pop_front())?;
                 }
+            }
+            if last {
+                break;
             }
         }
         inner.finish_blocking(in_flight.pop_back())?;
