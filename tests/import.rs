@@ -10,7 +10,8 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 
 use common::{
-    Stop, TestServer, assert_error, client, dododb_client, get_json, kv, put, put_ttl, stats,
+    Stop, TestServer, assert_error, client, dododb_client, get_json, kv, put, put_ttl, sse_events,
+    stats,
 };
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -38,6 +39,17 @@ async fn contents(server: &TestServer) -> BTreeMap<String, (Vec<u8>, Value)> {
         );
     }
     out
+}
+
+/// `POST /system/import` of `body`.
+async fn post_import(server: &TestServer, body: String) -> reqwest::Response {
+    server
+        .http()
+        .post(server.at("/system/import"))
+        .body(body)
+        .send()
+        .await
+        .expect("import")
 }
 
 /// `GET /system/export`: the whole body.
@@ -140,13 +152,7 @@ async fn a_bad_line_anywhere_is_named_and_nothing_is_written() {
         |i: usize| format!("{{\"key\":\"k{i}\",\"version\":1,\"expires_at_ms\":0,\"value\":{i}}}");
     let mut lines: Vec<String> = (0..5000).map(good).collect();
     let check = async |body: String, line: usize, mentions: &str| {
-        let response = server
-            .http()
-            .post(server.at("/system/import"))
-            .body(body)
-            .send()
-            .await
-            .expect("import");
+        let response = post_import(&server, body).await;
         let doc = assert_error(response, StatusCode::BAD_REQUEST, "invalid_request").await;
         let message = doc["error"]["message"].as_str().expect("message");
         assert!(message.starts_with(&format!("line {line}: ")), "{message}");
@@ -348,38 +354,13 @@ async fn a_large_import_gives_each_entry_its_own_revision_and_event() {
         .iter()
         .map(|(key, value)| format!("{{\"key\":\"{key}\",\"value\":{value}}}\n"))
         .collect();
-    let reply = server
-        .http()
-        .post(server.at("/system/import"))
-        .body(body)
-        .send()
-        .await
-        .expect("import");
+    let reply = post_import(&server, body).await;
     assert_eq!(reply.status(), StatusCode::OK);
     let answer: Value = reply.json().await.expect("json");
     assert_eq!(answer["imported"], N);
     assert_eq!(answer["revision"], since + N as u64);
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut text = String::new();
-    while text.matches("data: ").count() < N {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{} events",
-            text.matches("data: ").count()
-        );
-        let chunk = tokio::time::timeout(std::time::Duration::from_secs(60), feed.chunk())
-            .await
-            .expect("a chunk in time")
-            .expect("chunk")
-            .expect("stream open");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).expect("payload"))
-        .collect();
+    let events = sse_events(&mut feed, N, std::time::Duration::from_secs(60)).await;
     for (i, (event, (key, value))) in events.iter().zip(&lines).enumerate() {
         let new: Value = serde_json::from_str(value).expect("value");
         assert_eq!(event["version"], since + 1 + i as u64, "{event}");

@@ -7,12 +7,13 @@ mod common;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::files::segments;
 use common::ledger::revision;
 use common::{
     Stop, TestServer, assert_error, client, enc, get, get_json, poll_until, put, put_ttl,
+    sse_events,
 };
 use serde_json::{Value, json};
 
@@ -339,22 +340,7 @@ async fn the_live_feed_carries_each_write_with_its_own_revision() {
         .send()
         .await
         .expect("feed");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut text = String::new();
-    while text.matches("\nid: ").count() + usize::from(text.starts_with("id: ")) < 3 {
-        assert!(Instant::now() < deadline, "feed so far: {text}");
-        let chunk = tokio::time::timeout(Duration::from_secs(20), response.chunk())
-            .await
-            .expect("a chunk in time")
-            .expect("chunk")
-            .expect("stream open");
-        text.push_str(&String::from_utf8_lossy(&chunk));
-    }
-    let events: Vec<Value> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .map(|d| serde_json::from_str(d).expect("payload"))
-        .collect();
+    let events = sse_events(&mut response, 3, Duration::from_secs(20)).await;
     let seen: Vec<(u64, &str, &str)> = events
         .iter()
         .map(|e| {

@@ -251,3 +251,27 @@ pub async fn assert_error(response: reqwest::Response, status: StatusCode, code:
     reply.assert_error(status, code);
     reply.json()
 }
+
+/// Reads `n` events from an open `/events` (SSE) response, waiting up to
+/// `within` for them; returns their JSON payloads in the order they came.
+pub async fn sse_events(
+    response: &mut reqwest::Response,
+    n: usize,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + within;
+    let mut text = String::new();
+    while text.matches("data: ").count() < n {
+        assert!(std::time::Instant::now() < deadline, "feed so far: {text}");
+        let chunk = tokio::time::timeout(within, response.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("chunk")
+            .expect("stream open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(|d| serde_json::from_str(d).expect("payload"))
+        .collect()
+}
