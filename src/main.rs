@@ -1,6 +1,7 @@
 //! The `dododb` executable: parses the command line, sets up logging and
 //! runs the server or an offline tool.
 
+mod allocator;
 mod cli;
 mod client;
 mod config_file;
@@ -8,15 +9,11 @@ mod config_file;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use mimalloc::MiMalloc;
 use tracing_subscriber::EnvFilter;
 
 use cli::{Cli, Command, RepairArgs, RestoreArgs, ServeArgs};
 use client::{ClientCommand, Connect};
 use dododb::Db;
-
-#[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
 
 fn main() -> ExitCode {
     let cli = match config_file::parse() {
@@ -113,6 +110,7 @@ fn job(cli: Cli) -> Job {
 fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let config = args.to_config();
     config.validate().map_err(anyhow::Error::msg)?;
+    allocator::purge_freed_pages_promptly();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("dododb-http")

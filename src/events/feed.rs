@@ -21,6 +21,7 @@ use bytes::Bytes;
 use tokio::sync::Notify;
 
 use super::payload::encode_payload;
+use super::ring::Ring;
 use super::{ChangeEvent, Listener};
 
 /// Events a client may have queued before it is cut off for falling
@@ -240,7 +241,7 @@ struct Shared {
 
 struct State {
     /// The newest delivered changes, ascending by version.
-    ring: VecDeque<Arc<FeedEvent>>,
+    ring: Ring,
     /// The newest revision that can no longer be replayed: the last one
     /// evicted from the ring, or the revision the feed started at.
     floor: u64,
@@ -309,7 +310,7 @@ impl Feed {
     ) -> std::io::Result<Feed> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
-                ring: VecDeque::with_capacity(retained.clamp(1, 1024)),
+                ring: Ring::with_capacity(retained.clamp(1, 1024)),
                 floor: revision,
                 next: revision + 1,
                 pending: BTreeMap::new(),
@@ -404,12 +405,7 @@ impl Feed {
                         // Older than the ring but on disk: the disk part
                         // first, then the whole ring, then live.
                         backfill = Some((Arc::clone(disk), since, st.floor));
-                        local.extend(
-                            st.ring
-                                .iter()
-                                .filter(|e| e.change.key.starts_with(prefix))
-                                .cloned(),
-                        );
+                        local.extend(retained(&st.ring, 0, prefix));
                     }
                     disk => {
                         start = Some(Reset::NotRetained {
@@ -420,13 +416,7 @@ impl Feed {
                 }
             }
             Some(since) => {
-                let from = st.ring.partition_point(|e| e.version() <= since);
-                local.extend(
-                    st.ring
-                        .range(from..)
-                        .filter(|e| e.change.key.starts_with(prefix))
-                        .cloned(),
-                );
+                local.extend(retained(&st.ring, st.ring.first_after(since), prefix));
                 // `since` may lie among the pending changes: those up to it
                 // are not for this client when they are delivered.
                 after = since.max(delivered);
@@ -489,7 +479,7 @@ impl Feed {
             cut_off: shared.cut_off.load(Ordering::Relaxed),
             events: shared.events.load(Ordering::Relaxed),
             retained: st.ring.len(),
-            oldest_retained: st.ring.front().map(|e| e.version()),
+            oldest_retained: st.ring.oldest(),
             skipped_revisions: shared.skipped.load(Ordering::Relaxed),
         }
     }
@@ -547,18 +537,18 @@ impl Shared {
     /// Appends the change that is next in version order to the ring and to
     /// every matching client's queue; cuts off clients whose queue is full.
     fn deliver(&self, st: &mut State, change: Arc<ChangeEvent>) {
-        let event = Arc::new(FeedEvent::new(change));
-        st.next = event.version() + 1;
-        st.ring.push_back(Arc::clone(&event));
+        st.next = change.version + 1;
+        st.ring.push(&change);
         if st.ring.len() > self.retained
             && let Some(evicted) = st.ring.pop_front()
         {
-            st.floor = evicted.version();
+            st.floor = evicted;
         }
         self.events.fetch_add(1, Ordering::Relaxed);
         if st.clients.is_empty() {
             return;
         }
+        let event = Arc::new(FeedEvent::new(change));
         st.clients.retain(|client| {
             if event.version() <= client.after || !event.change.key.starts_with(&*client.prefix) {
                 return true;
@@ -635,6 +625,17 @@ impl Shared {
     }
 }
 
+/// The retained changes from position `from` on under `prefix`, as events
+/// for a reader.
+fn retained<'a>(
+    ring: &'a Ring,
+    from: usize,
+    prefix: &'a str,
+) -> impl Iterator<Item = Arc<FeedEvent>> + 'a {
+    ring.events_from(from, move |key| key.starts_with(prefix))
+        .map(|c| Arc::new(FeedEvent::new(Arc::new(c))))
+}
+
 /// Reads the feed by revision: the ring, or the disk behind it.
 #[derive(Clone)]
 pub struct FeedReader {
@@ -659,8 +660,13 @@ impl FeedReader {
         let st = lock(&self.shared.state);
         let delivered = st.next - 1;
         if after >= st.floor {
-            let from = st.ring.partition_point(|e| e.version() <= after);
-            let events: Vec<Arc<FeedEvent>> = st.ring.range(from..).take(max).cloned().collect();
+            let from = st.ring.first_after(after);
+            let events: Vec<Arc<FeedEvent>> = st
+                .ring
+                .events_from(from, |_| true)
+                .take(max)
+                .map(|c| Arc::new(FeedEvent::new(Arc::new(c))))
+                .collect();
             let through = match events.last() {
                 Some(last) if events.len() == max => last.version(),
                 _ => delivered.max(after),

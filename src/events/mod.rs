@@ -55,5 +55,6 @@ impl EventHub {
 
 pub mod feed;
 pub mod payload;
+mod ring;
 pub mod subscriptions;
 pub mod webhook;
