@@ -632,7 +632,7 @@ fn retained<'a>(
     from: usize,
     prefix: &'a str,
 ) -> impl Iterator<Item = Arc<FeedEvent>> + 'a {
-    ring.events_from(from, move |key| key.starts_with(prefix))
+    ring.events_in(from..ring.len(), move |key| key.starts_with(prefix))
         .map(|c| Arc::new(FeedEvent::new(Arc::new(c))))
 }
 
@@ -657,18 +657,30 @@ impl FeedReader {
     /// The changes after `after`, at most `max`, in revision order: from
     /// the ring when it reaches back that far, else from the disk.
     pub fn read_after(&self, after: u64, max: usize) -> ReadAfter {
+        self.read_after_matching(after, max, |_| true)
+    }
+
+    /// [`FeedReader::read_after`], keeping only the changes whose key
+    /// `matches`: of the `max` changes read, those that do not match are
+    /// not copied out of the ring. `through` is as if all were returned.
+    pub fn read_after_matching(
+        &self,
+        after: u64,
+        max: usize,
+        matches: impl Fn(&str) -> bool,
+    ) -> ReadAfter {
         let st = lock(&self.shared.state);
         let delivered = st.next - 1;
         if after >= st.floor {
             let from = st.ring.first_after(after);
+            let to = from.saturating_add(max).min(st.ring.len());
             let events: Vec<Arc<FeedEvent>> = st
                 .ring
-                .events_from(from, |_| true)
-                .take(max)
+                .events_in(from..to, &matches)
                 .map(|c| Arc::new(FeedEvent::new(Arc::new(c))))
                 .collect();
-            let through = match events.last() {
-                Some(last) if events.len() == max => last.version(),
+            let through = match st.ring.version_at(to.wrapping_sub(1)) {
+                Some(last) if to > from && to - from == max => last,
                 _ => delivered.max(after),
             };
             return ReadAfter::Events { events, through };
@@ -682,6 +694,7 @@ impl FeedReader {
             Ok((changes, through)) => ReadAfter::Events {
                 events: changes
                     .into_iter()
+                    .filter(|c| matches(&c.key))
                     .map(|c| Arc::new(FeedEvent::new(c)))
                     .collect(),
                 through,

@@ -143,15 +143,21 @@ impl Ring {
         std::str::from_utf8(key).expect("a retained key is UTF-8")
     }
 
-    /// The changes from position `from` on whose key passes `keep`, rebuilt,
+    /// The version of the change at position `at`.
+    pub(super) fn version_at(&self, at: usize) -> Option<u64> {
+        self.records.get(at).map(|r| r.version)
+    }
+
+    /// The changes at positions `range` whose key passes `keep`, rebuilt,
     /// oldest first.
-    pub(super) fn events_from(
+    pub(super) fn events_in(
         &self,
-        from: usize,
+        range: std::ops::Range<usize>,
         keep: impl Fn(&str) -> bool,
     ) -> impl Iterator<Item = ChangeEvent> {
+        let range = range.start.min(self.len())..range.end.min(self.len());
         self.records
-            .range(from..)
+            .range(range)
             .filter(move |r| keep(self.key_of(r)))
             .map(|r| self.event(r))
     }
@@ -213,12 +219,12 @@ mod tests {
         }
         assert_eq!(ring.len(), 4);
         assert_eq!(ring.oldest(), Some(3));
-        let all: Vec<ChangeEvent> = ring.events_from(0, |_| true).collect();
+        let all: Vec<ChangeEvent> = ring.events_in(0..usize::MAX, |_| true).collect();
         assert_eq!(all, changes);
-        let keys: Vec<Box<str>> = ring.events_from(1, |_| true).map(|e| e.key).collect();
+        let keys: Vec<Box<str>> = ring.events_in(1..4, |_| true).map(|e| e.key).collect();
         assert_eq!(keys, ["", "é/ü", "a/b"].map(Box::from));
         let under_a: Vec<u64> = ring
-            .events_from(0, |k| k.starts_with('a'))
+            .events_in(0..usize::MAX, |k| k.starts_with('a'))
             .map(|e| e.version)
             .collect();
         assert_eq!(under_a, [3, 9]);
@@ -229,7 +235,7 @@ mod tests {
         assert_eq!(ring.pop_front(), Some(3));
         assert_eq!(ring.oldest(), Some(4));
         assert_eq!(
-            ring.events_from(0, |_| true).collect::<Vec<_>>(),
+            ring.events_in(0..usize::MAX, |_| true).collect::<Vec<_>>(),
             changes[1..]
         );
     }
@@ -259,7 +265,7 @@ mod tests {
                 assert_eq!(ring.pop_front(), Some(v - 100));
             }
             if v % 997 == 0 {
-                let back: Vec<ChangeEvent> = ring.events_from(0, |_| true).collect();
+                let back: Vec<ChangeEvent> = ring.events_in(0..usize::MAX, |_| true).collect();
                 assert_eq!(back.len(), 100);
                 for (e, v) in back.iter().zip(v - 99..) {
                     assert_eq!(&*e.key, format!("k{v}"));

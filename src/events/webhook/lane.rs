@@ -231,7 +231,12 @@ impl Lane {
             if after != self.read_through {
                 self.count_from(after);
             }
-            match self.shared.source.read_after(after, READ_BATCH) {
+            let target = &sub.def.target;
+            match self
+                .shared
+                .source
+                .read_after_matching(after, READ_BATCH, |key| target.matches(key))
+            {
                 ReadAfter::Events { events, through } => {
                     let mut matched = 0;
                     for event in events {
@@ -319,7 +324,10 @@ impl Lane {
             if self.counted_through >= head {
                 break;
             }
-            match source.read_after(self.counted_through, READ_BATCH) {
+            let target = &sub.def.target;
+            match source
+                .read_after_matching(self.counted_through, READ_BATCH, |key| target.matches(key))
+            {
                 ReadAfter::Events { events, through } => {
                     self.unread += events
                         .iter()
