@@ -195,7 +195,7 @@ mod tests {
             key: Box::from(key),
             kind: match new {
                 Some(_) => ChangeKind::Update,
-                None if version % 2 == 0 => ChangeKind::Delete,
+                None if version.is_multiple_of(2) => ChangeKind::Delete,
                 None => ChangeKind::Expire,
             },
             old_value: old.map(Bytes::copy_from_slice),
@@ -254,7 +254,7 @@ mod tests {
         };
         for v in 1..=20_000u64 {
             let new = value(v);
-            let old = (v % 3 == 0).then(|| value(v - 1));
+            let old = v.is_multiple_of(3).then(|| value(v - 1));
             ring.push(&change(
                 v,
                 &format!("k{v}"),
@@ -264,13 +264,13 @@ mod tests {
             if ring.len() > 100 {
                 assert_eq!(ring.pop_front(), Some(v - 100));
             }
-            if v % 997 == 0 {
+            if v.is_multiple_of(997) {
                 let back: Vec<ChangeEvent> = ring.events_in(0..usize::MAX, |_| true).collect();
                 assert_eq!(back.len(), 100);
                 for (e, v) in back.iter().zip(v - 99..) {
                     assert_eq!(&*e.key, format!("k{v}"));
                     assert_eq!(e.new_value.as_deref(), Some(value(v).as_bytes()));
-                    let old = (v % 3 == 0).then(|| value(v - 1));
+                    let old = v.is_multiple_of(3).then(|| value(v - 1));
                     assert_eq!(e.old_value.as_deref(), old.as_deref().map(str::as_bytes));
                 }
                 let live: usize = back
