@@ -179,7 +179,7 @@ pub struct ServeArgs {
     /// The client URL other members redirect to (default: http://<--listen>).
     #[arg(long, env = "DODODB_ADVERTISE_URL", requires = "node_id")]
     pub advertise_url: Option<String>,
-    /// Build a Raft snapshot every this many log entries.
+    /// Build a Raft snapshot every this many applied writes.
     #[arg(long, default_value_t = 100_000, hide = true, value_parser = clap::value_parser!(u64).range(1..))]
     pub raft_snapshot_logs: u64,
     /// Raft heartbeat interval, in milliseconds (the leader's heartbeats,

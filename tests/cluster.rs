@@ -218,6 +218,118 @@ fn concurrent_linearizable_reads_see_every_write_acknowledged_before_them() {
 }
 
 #[test]
+fn concurrent_writes_on_the_leader_each_get_their_own_answer() {
+    // Concurrent writes share log entries on the leader; each must still
+    // be decided on its own (one create of the same key wins, the others
+    // fail their condition) and be answered with its own version. A 503
+    // (no leader for a moment on a loaded machine) leaves that write's
+    // outcome unknown, so it is left out of the checks.
+    let cluster = TestCluster::start(3, &FAST);
+    assert_eq!(cluster.init().status(), 200);
+    let leader = cluster.nodes[cluster.leader()].url();
+    let writers = 48;
+    let start = Arc::new(std::sync::Barrier::new(writers));
+    let handles: Vec<_> = (0..writers)
+        .map(|w| {
+            let (leader, start) = (leader.clone(), Arc::clone(&start));
+            std::thread::spawn(move || {
+                let client = http();
+                start.wait();
+                let race = client
+                    .put(format!("{leader}/kv/only"))
+                    .header("If-None-Match", "*")
+                    .json(&json!({"writer": w}))
+                    .send()
+                    .expect("PUT If-None-Match");
+                let race_status = race.status().as_u16();
+                let race_version = race
+                    .json::<Value>()
+                    .ok()
+                    .and_then(|v| v["version"].as_u64());
+                let mut acked = Vec::new();
+                for n in 0..10 {
+                    let key = format!("w{w}-{n}");
+                    let answer = client
+                        .put(format!("{leader}/kv/{key}"))
+                        .json(&json!([w, n]))
+                        .send()
+                        .expect("PUT");
+                    match answer.status().as_u16() {
+                        201 => {
+                            let body: Value = answer.json().expect("JSON");
+                            acked.push((
+                                key,
+                                body["version"].as_u64().expect("version"),
+                                json!([w, n]),
+                            ));
+                        }
+                        503 => {}
+                        other => panic!("PUT {key}: {other}"),
+                    }
+                }
+                ((w, race_status, race_version), acked)
+            })
+        })
+        .collect();
+    let mut races = Vec::new();
+    let mut acked = Vec::new();
+    for handle in handles {
+        let (race, mine) = handle.join().expect("writer");
+        races.push(race);
+        acked.extend(mine);
+    }
+    let won: Vec<_> = races.iter().filter(|r| r.1 == 201).collect();
+    assert!(won.len() <= 1, "more than one create won: {races:?}");
+    assert!(
+        races.iter().all(|r| matches!(r.1, 201 | 412 | 503)),
+        "{races:?}"
+    );
+    let only = read_retrying(&format!("{leader}/kv/only"));
+    match won.first() {
+        Some((w, _, version)) => {
+            let etag = only.headers().get("etag").and_then(|v| v.to_str().ok());
+            assert_eq!(etag.map(String::from), version.map(|v| format!("\"{v}\"")));
+            assert_eq!(only.json::<Value>().expect("JSON"), json!({"writer": w}));
+        }
+        None => assert!(
+            races.iter().any(|r| r.1 == 503),
+            "no create won and none failed: {races:?}"
+        ),
+    }
+    let mut versions: Vec<u64> = acked.iter().map(|(_, v, _)| *v).collect();
+    versions.sort_unstable();
+    versions.dedup();
+    assert_eq!(versions.len(), acked.len(), "two writes got one version");
+    assert!(
+        acked.len() >= writers,
+        "only {} writes acknowledged",
+        acked.len()
+    );
+    // Each member's own copy, once it applied what the leader committed.
+    let committed = cluster.nodes[cluster.leader()]
+        .status()
+        .and_then(|s| s["committed"].as_u64())
+        .expect("committed");
+    for node in &cluster.nodes {
+        eventually(Duration::from_secs(30), "the member catching up", || {
+            (node.status()?["applied"].as_u64()? >= committed).then_some(())
+        });
+        for (key, version, value) in &acked {
+            let read = read_retrying(&node.at(&format!("/kv/{key}?consistency=stale")));
+            assert_eq!(read.status(), 200, "{key} on node {}", node.id);
+            let etag = read.headers().get("etag").and_then(|v| v.to_str().ok());
+            assert_eq!(
+                etag,
+                Some(format!("\"{version}\"").as_str()),
+                "{key} on node {}",
+                node.id
+            );
+            assert_eq!(&read.json::<Value>().expect("JSON"), value);
+        }
+    }
+}
+
+#[test]
 fn a_transaction_is_one_entry_decided_on_the_leader() {
     let cluster = TestCluster::start(3, &FAST);
     assert_eq!(cluster.init().status(), 200);

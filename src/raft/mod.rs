@@ -26,6 +26,7 @@ mod state_machine;
 mod stats;
 pub mod txn;
 pub mod types;
+mod write_batch;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -79,7 +80,7 @@ pub struct ClusterSettings {
     /// Where other members reach this node's Raft RPC (`--raft-listen`),
     /// when it is not the HTTP listener.
     pub raft_url: Option<String>,
-    /// A snapshot is built every this many log entries.
+    /// A snapshot is built every this many applied writes.
     pub snapshot_logs: u64,
     /// Raft heartbeat interval (`--raft-heartbeat-ms`).
     pub heartbeat: Duration,
@@ -134,6 +135,8 @@ pub struct Cluster {
     follower_reads: Arc<read_batch::ReadBatch>,
     /// Counters openraft does not keep.
     counters: stats::Counters,
+    /// Writes proposed on this node as the leader, batched into entries.
+    writes: write_batch::WriteBatch,
 }
 
 impl Cluster {
@@ -188,7 +191,14 @@ impl Cluster {
         let current = recovered.take_current();
         let applied = std::mem::take(&mut recovered.applied);
         let db = Db::open_replica(config, recovered.store, &recovered.docs, lock)?;
-        let machine = state_machine::StateMachine::new(db.clone(), dir, retain, applied, current);
+        let machine = state_machine::StateMachine::new(
+            db.clone(),
+            dir,
+            retain,
+            applied,
+            current,
+            settings.snapshot_logs,
+        );
         let network =
             network::Network::new(token, settings.local_ip).map_err(ClusterError::Unavailable)?;
         let election_ms = u64::try_from(settings.election_timeout.as_millis()).unwrap_or(1000);
@@ -197,8 +207,10 @@ impl Cluster {
             heartbeat_interval: u64::try_from(settings.heartbeat.as_millis()).unwrap_or(100),
             election_timeout_min: election_ms,
             election_timeout_max: election_ms * 2,
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(settings.snapshot_logs),
-            max_in_snapshot_log_to_keep: settings.snapshot_logs.min(1000),
+            // Snapshots follow applied writes (`snapshot_when_due`): an
+            // entry may carry a batch of them.
+            snapshot_policy: SnapshotPolicy::Never,
+            max_in_snapshot_log_to_keep: (settings.snapshot_logs / 10).min(1000),
             install_snapshot_timeout: 10_000,
             ..openraft::Config::default()
         }
@@ -225,6 +237,7 @@ impl Cluster {
                 remote_read_index(raft.clone(), network.clone(), node_id)
             })
         };
+        let writes = write_batch::WriteBatch::start(raft.clone(), log.flushed());
         let cluster = Arc::new(Cluster {
             raft,
             node_id: settings.node_id,
@@ -234,6 +247,7 @@ impl Cluster {
             leader_reads,
             follower_reads,
             counters: stats::Counters::default(),
+            writes,
         });
         db.set_meta_log(Arc::new(MetaProposer {
             cluster: Arc::downgrade(&cluster),
@@ -241,6 +255,7 @@ impl Cluster {
         }));
         tokio::spawn(watch_leadership(Arc::downgrade(&cluster)));
         tokio::spawn(expire_as_leader(Arc::downgrade(&cluster)));
+        tokio::spawn(snapshot_when_due(Arc::downgrade(&cluster)));
         Ok((db, cluster))
     }
 
@@ -258,23 +273,9 @@ impl Cluster {
         not_leader(&self.raft, self.node_id)
     }
 
-    fn write_error(&self, e: RaftError<u64, ClientWriteError<u64, Member>>) -> ClusterError {
-        match e {
-            RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_node {
-                Some(member) => ClusterError::NotLeader {
-                    leader_url: member.url,
-                },
-                None => ClusterError::NoLeader,
-            },
-            RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
-                ClusterError::Invalid(e.to_string())
-            }
-            RaftError::Fatal(e) => ClusterError::Unavailable(e.to_string()),
-        }
-    }
-
     /// Proposes `command` and returns what applying it gave, once a
-    /// majority has it in its log and this leader applied it.
+    /// majority has it in its log and this leader applied it. Concurrent
+    /// writes share log entries (`raft/write_batch.rs`).
     ///
     /// # Errors
     ///
@@ -285,10 +286,7 @@ impl Cluster {
         if self.raft.metrics().borrow().current_leader != Some(self.node_id) {
             return Err(self.not_leader());
         }
-        match self.raft.client_write(command).await {
-            Ok(response) => Ok(response.data),
-            Err(e) => Err(self.write_error(e)),
-        }
+        self.writes.write(command).await
     }
 
     /// Returns once this node's database reflects every write acknowledged
@@ -374,7 +372,7 @@ impl Cluster {
             .add_learner(id, member, true)
             .await
             .map(|_| ())
-            .map_err(|e| self.write_error(e))
+            .map_err(client_write_error)
     }
 
     /// Makes exactly `voters` the voting members (joint consensus); other
@@ -399,7 +397,7 @@ impl Cluster {
         self.raft
             .change_membership(ChangeMembers::ReplaceAllVoters(voters.clone()), false)
             .await
-            .map_err(|e| self.write_error(e))?;
+            .map_err(client_write_error)?;
         // Members that are neither voters nor wanted as learners go.
         let stale: BTreeSet<u64> = self
             .members()
@@ -411,7 +409,7 @@ impl Cluster {
             self.raft
                 .change_membership(ChangeMembers::RemoveNodes(stale), false)
                 .await
-                .map_err(|e| self.write_error(e))?;
+                .map_err(client_write_error)?;
         }
         Ok(())
     }
@@ -513,6 +511,22 @@ impl Cluster {
         }
         let log = self.log.clone();
         let _ = tokio::task::spawn_blocking(move || log.close()).await;
+    }
+}
+
+/// A failed proposal or membership change as a [`ClusterError`].
+fn client_write_error(e: RaftError<u64, ClientWriteError<u64, Member>>) -> ClusterError {
+    match e {
+        RaftError::APIError(ClientWriteError::ForwardToLeader(f)) => match f.leader_node {
+            Some(member) => ClusterError::NotLeader {
+                leader_url: member.url,
+            },
+            None => ClusterError::NoLeader,
+        },
+        RaftError::APIError(ClientWriteError::ChangeMembershipError(e)) => {
+            ClusterError::Invalid(e.to_string())
+        }
+        RaftError::Fatal(e) => ClusterError::Unavailable(e.to_string()),
     }
 }
 
@@ -665,6 +679,35 @@ async fn watch_leadership(cluster: std::sync::Weak<Cluster>) {
         c.db.set_delivering(leader == Some(c.node_id));
         drop(c);
         if metrics.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Asks openraft for a snapshot every `--raft-snapshot-logs` applied
+/// writes, on every member; ends when Raft stops.
+async fn snapshot_when_due(cluster: std::sync::Weak<Cluster>) {
+    let Some((machine, mut metrics)) = cluster
+        .upgrade()
+        .map(|c| (c.machine.clone(), c.raft.server_metrics()))
+    else {
+        return;
+    };
+    loop {
+        tokio::select! {
+            () = machine.snapshot_due() => {}
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        // openraft ignores the call while a snapshot is being built; that
+        // one holds most of these writes anyway.
+        machine.restart_count();
+        let Some(c) = cluster.upgrade() else { return };
+        if c.raft.trigger().snapshot().await.is_err() {
             return;
         }
     }

@@ -178,7 +178,19 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RPCError<u64, Member, RaftError<u64>>> {
-        self.call("append", &rpc, option.hard_ttl()).await
+        let entries = rpc.entries.len();
+        let started = std::time::Instant::now();
+        let result = self.call("append", &rpc, option.hard_ttl()).await;
+        if entries > 0 {
+            tracing::debug!(
+                target: "dododb::raft::timing",
+                to = self.target,
+                entries,
+                rtt_us = started.elapsed().as_micros() as u64,
+                "append entries call"
+            );
+        }
+        result
     }
 
     async fn install_snapshot(

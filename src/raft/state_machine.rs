@@ -79,6 +79,12 @@ struct Shared {
     built: AtomicU64,
     /// Snapshots installed from a leader since start.
     installed: AtomicU64,
+    /// A snapshot is due after this many writes.
+    snapshot_every: u64,
+    /// Writes applied since the last snapshot (an entry may carry many).
+    writes: AtomicU64,
+    /// Woken when `writes` reaches `snapshot_every`.
+    due: tokio::sync::Notify,
 }
 
 /// The state machine and its snapshot builder (a clone).
@@ -201,6 +207,7 @@ impl StateMachine {
         retain: usize,
         applied: Applied,
         recovered_current: Option<RecoveredCurrent>,
+        snapshot_every: u64,
     ) -> StateMachine {
         StateMachine {
             shared: Arc::new(Shared {
@@ -211,6 +218,9 @@ impl StateMachine {
                 current: Mutex::new(recovered_current.map(|c| c.0)),
                 built: AtomicU64::new(0),
                 installed: AtomicU64::new(0),
+                snapshot_every: snapshot_every.max(1),
+                writes: AtomicU64::new(0),
+                due: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -245,6 +255,32 @@ impl StateMachine {
             revision: current.revision,
             keys: current.keys,
         })
+    }
+
+    /// Returns once `snapshot_every` writes were applied since the last
+    /// snapshot. Snapshots follow writes, not log entries: an entry may
+    /// carry a batch of writes (`raft/write_batch.rs`).
+    pub(super) async fn snapshot_due(&self) {
+        loop {
+            let due = self.shared.due.notified();
+            if self.shared.writes.load(Ordering::Relaxed) >= self.shared.snapshot_every {
+                return;
+            }
+            due.await;
+        }
+    }
+
+    /// Starts counting towards the next snapshot again (one was asked for).
+    pub(super) fn restart_count(&self) {
+        self.shared.writes.store(0, Ordering::Relaxed);
+    }
+
+    /// Counts `n` applied writes towards the next snapshot.
+    fn count_writes(&self, n: u64) {
+        let total = self.shared.writes.fetch_add(n, Ordering::Relaxed) + n;
+        if total >= self.shared.snapshot_every {
+            self.shared.due.notify_waiters();
+        }
     }
 
     /// Keeps the newest `retain` snapshots.
@@ -316,6 +352,12 @@ fn apply_command(db: &Db, command: Command) -> Reply {
             db.apply_meta(doc.as_bytes());
             Ok(Reply::Done)
         }
+        Command::Batch(commands) => Ok(Reply::Batch(
+            commands
+                .into_iter()
+                .map(|command| apply_command(db, command))
+                .collect(),
+        )),
     };
     match outcome {
         Ok(reply) => reply,
@@ -401,17 +443,26 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     {
         let mut applied = self.shared.gate.lock().await;
         let mut replies = Vec::new();
+        let mut writes = 0;
         for entry in entries {
             applied.log_id = Some(entry.log_id);
             replies.push(match entry.payload {
                 EntryPayload::Blank => Reply::Done,
-                EntryPayload::Normal(command) => apply_command(&self.shared.db, command),
+                EntryPayload::Normal(command) => {
+                    writes += match &command {
+                        Command::Batch(commands) => commands.len() as u64,
+                        _ => 1,
+                    };
+                    apply_command(&self.shared.db, command)
+                }
                 EntryPayload::Membership(membership) => {
                     applied.membership = StoredMembership::new(Some(entry.log_id), membership);
                     Reply::Done
                 }
             });
         }
+        drop(applied);
+        self.count_writes(writes);
         Ok(replies)
     }
 
@@ -480,6 +531,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         }
         applied.log_id = meta.last_log_id;
         applied.membership = meta.last_membership.clone();
+        self.shared.writes.store(0, Ordering::Relaxed);
         drop(applied);
         self.shared.installed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(file = %path.display(), index = last.index, "installed a snapshot from the leader");

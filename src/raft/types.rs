@@ -131,6 +131,11 @@ pub enum Command {
         /// The document.
         doc: String,
     },
+    /// Writes of concurrent clients that the leader logged as one entry
+    /// (`raft/write_batch.rs`), applied one after another in this order;
+    /// each is decided on its own, as if it were an entry of its own.
+    /// Never nested.
+    Batch(Vec<Command>),
 }
 
 /// One entry of an imported batch.
@@ -204,6 +209,8 @@ pub enum Reply {
         /// The key's version, `None` when absent.
         current: Option<u64>,
     },
+    /// The replies of a [`Command::Batch`], in its order.
+    Batch(Vec<Reply>),
 }
 
 impl From<WriteResult> for Reply {
