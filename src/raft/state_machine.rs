@@ -449,10 +449,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             replies.push(match entry.payload {
                 EntryPayload::Blank => Reply::Done,
                 EntryPayload::Normal(command) => {
-                    writes += match &command {
-                        Command::Batch(commands) => commands.len() as u64,
-                        _ => 1,
-                    };
+                    writes += command.writes();
                     apply_command(&self.shared.db, command)
                 }
                 EntryPayload::Membership(membership) => {

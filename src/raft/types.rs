@@ -163,6 +163,17 @@ impl Command {
                 entries.iter().map(|e| e.key.len() + e.value.len()).sum()
             }
             Command::Meta { doc } => doc.len(),
+            Command::Batch(commands) => commands.iter().map(Command::weight).sum(),
+        }
+    }
+
+    /// How many writes it carries (a batch's, an import's entries), which
+    /// is what snapshots are counted in.
+    pub fn writes(&self) -> u64 {
+        match self {
+            Command::Import { entries, .. } => entries.len() as u64,
+            Command::Batch(commands) => commands.iter().map(Command::writes).sum(),
+            _ => 1,
         }
     }
 }

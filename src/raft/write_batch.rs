@@ -73,37 +73,15 @@ impl WriteBatch {
     }
 }
 
-/// Roughly how many bytes `command` puts in the log.
-fn weight(command: &Command) -> usize {
-    use super::txn::LoggedOp;
-    match command {
-        Command::Put { key, value, .. } => key.len() + value.len(),
-        Command::Delete { key, .. } | Command::Expire { key, .. } => key.len(),
-        Command::Clear { prefix, .. } => prefix.len(),
-        Command::Meta { doc } => doc.len(),
-        Command::Txn { txn, .. } => {
-            let compares: usize = txn.compare.iter().map(|c| c.key.len() + 16).sum();
-            let ops: usize = (txn.success.iter().chain(&txn.failure))
-                .map(|op| match op {
-                    LoggedOp::Put { key, value, .. } => key.len() + value.len(),
-                    LoggedOp::Delete { key } | LoggedOp::Get { key } => key.len(),
-                })
-                .sum();
-            compares + ops
-        }
-        Command::Batch(commands) => commands.iter().map(weight).sum(),
-    }
-}
-
 /// Takes the next batch: waits for one write, then takes what else is
 /// queued, within the limits. `None` once the queue is closed.
 async fn next_batch(queued: &mut mpsc::UnboundedReceiver<Queued>) -> Option<Vec<Queued>> {
     let first = queued.recv().await?;
-    let mut bytes = weight(&first.command);
+    let mut bytes = first.command.weight();
     let mut batch = vec![first];
     while batch.len() < MAX_WRITES && bytes < MAX_BYTES {
         let Ok(next) = queued.try_recv() else { break };
-        bytes += weight(&next.command);
+        bytes += next.command.weight();
         batch.push(next);
     }
     Some(batch)
