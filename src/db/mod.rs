@@ -3,6 +3,7 @@
 //! users call only this.
 
 mod background;
+mod event_log;
 mod import;
 mod log_source;
 mod pubsub;
@@ -211,6 +212,8 @@ pub(crate) struct Inner {
     replica: bool,
     /// Where a cluster member logs subscription changes (the Raft log).
     meta_log: std::sync::OnceLock<Arc<dyn MetaLog>>,
+    /// A cluster member's log of applied changes (`event_log.rs`).
+    event_log: std::sync::OnceLock<Arc<event_log::EventLog>>,
 }
 
 /// What [`Db::assemble`] builds a database from.
@@ -426,6 +429,7 @@ impl Db {
             crash_at_step,
             replica,
             meta_log: std::sync::OnceLock::new(),
+            event_log: std::sync::OnceLock::new(),
         });
         slot.set(&inner);
         // The feed first: the pool reads what the feed has when hinted.

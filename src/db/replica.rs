@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::{CheckedTxn, Db, DbError, Parts, Txn, TxnResult, WriteResult};
-use crate::config::Config;
+use super::{CheckedTxn, Db, DbError, Parts, Txn, TxnResult, WriteResult, event_log};
+use crate::config::{Config, Storage};
 use crate::events::EventHub;
 use crate::events::subscriptions::Registry;
 use crate::snapshot;
@@ -58,7 +58,12 @@ impl Db {
         for doc in metas {
             registry.apply_doc(doc).map_err(DbError::Storage)?;
         }
-        Db::assemble(
+        let revision = store.revision();
+        let data_dir = match &config.storage {
+            Storage::Dir(dir) => Some(dir.clone()),
+            Storage::InMemory => None,
+        };
+        let db = Db::assemble(
             config,
             Parts {
                 hub: Arc::new(EventHub::default()),
@@ -69,7 +74,18 @@ impl Db {
                 dir_lock: Some(dir_lock),
                 replica: true,
             },
-        )
+        )?;
+        if let Some(dir) = data_dir {
+            // Before any change is applied (the Raft log re-applies its
+            // entries after this) and before any client subscribes.
+            let log =
+                event_log::EventLog::open(&dir, revision, db.inner.config.event_retention_bytes)
+                    .map_err(|e| DbError::Storage(format!("cannot open the change log: {e}")))?;
+            db.inner.feed.set_backfill(log.backfill());
+            db.inner.hub.add(log.listener());
+            let _ = db.inner.event_log.set(log);
+        }
+        Ok(db)
     }
 
     /// Sets where subscription changes are logged (once).
@@ -312,6 +328,9 @@ impl Db {
     /// [`DbError::Storage`] when a control document is damaged.
     pub(crate) fn replace_state(&self, fresh: &Store, metas: &[Bytes]) -> Result<(), DbError> {
         self.inner.store.swap_contents(fresh);
+        if let Some(log) = self.inner.event_log.get() {
+            log.reset(self.inner.store.revision());
+        }
         self.inner.registry.replace(metas).map_err(DbError::Storage)
     }
 }
