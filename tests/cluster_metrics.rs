@@ -265,9 +265,10 @@ fn raft_figures_follow_replication_snapshot_install_and_failover() {
         let s = Scrape::of(&down_url)?;
         (s.int("dododb_raft_applied_index", &[]) >= committed).then_some(s)
     });
-    assert_eq!(
-        caught_up.int("dododb_raft_snapshots_installed_total", &[]),
-        1,
+    // At least one: the leader sends a newer snapshot again if it built
+    // one while the first was on its way.
+    assert!(
+        caught_up.int("dododb_raft_snapshots_installed_total", &[]) >= 1,
         "{}",
         cluster.nodes[down].log()
     );

@@ -9,20 +9,15 @@
 //! snapshot) drops them, and whole segments that hold nothing needed any
 //! more are deleted.
 //!
-//! The committed index costs no fsync of its own while writes flow: it
-//! rides with the next records submitted, or goes alone after 20 ms.
-//!
 //! Invariant: records are submitted under `state`'s lock, so their order
 //! in the file is the order the log saw them; replaying them in file order
-//! rebuilds exactly the log openraft was told about, with a committed
-//! index at most that delay old.
+//! rebuilds exactly the log openraft was told about.
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::RangeBounds;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
@@ -61,11 +56,6 @@ struct State {
     entries: BTreeMap<u64, Entry>,
     vote: Option<Vote<u64>>,
     committed: Option<LogId>,
-    /// Since when `committed` is newer than the last one submitted (it
-    /// rides with the next records, or goes alone after `COMMITTED_DELAY`).
-    committed_unsaved: Option<Instant>,
-    /// Whether a task waits to submit `committed` alone.
-    committed_timer: bool,
     last_purged: Option<LogId>,
     /// Segments numbered below `.0` hold no entry after index `.1`: once
     /// the log is purged past `.1` they can go.
@@ -98,10 +88,6 @@ impl State {
             .unwrap_or(0)
     }
 }
-
-/// The longest a new committed index waits for other records to ride
-/// with before it is logged alone.
-const COMMITTED_DELAY: Duration = Duration::from_millis(20);
 
 /// Raft items are applied by openraft, not by the writer.
 struct NoApply;
@@ -184,44 +170,14 @@ impl LogStore {
         self.lock().committed
     }
 
-    /// Submits `items` in order, then the committed index if it changed
-    /// since it was last submitted; returns the sequence number of the
-    /// last.
+    /// Submits `items` in order; returns the sequence number of the last.
     fn submit(&self, state: &mut State, items: Vec<Item>) -> Result<u64, StorageError> {
         let mut seq = 0;
         for item in items {
             seq = self.shared.wal.submit(item.record()?).map_err(io_err)?;
             state.visit(item);
         }
-        if state.committed_unsaved.take().is_some() {
-            let item = Item::Committed(state.committed);
-            seq = self.shared.wal.submit(item.record()?).map_err(io_err)?;
-        }
         Ok(seq)
-    }
-
-    /// Submits the committed index alone once it has waited
-    /// `COMMITTED_DELAY` for other records to ride with.
-    async fn save_committed_later(self) {
-        let mut wait = COMMITTED_DELAY;
-        loop {
-            tokio::time::sleep(wait).await;
-            let mut state = self.lock();
-            match state.committed_unsaved {
-                Some(since) if since.elapsed() < COMMITTED_DELAY => {
-                    wait = COMMITTED_DELAY.saturating_sub(since.elapsed());
-                }
-                unsaved => {
-                    state.committed_timer = false;
-                    if unsaved.is_some()
-                        && let Err(e) = self.submit(&mut state, Vec::new())
-                    {
-                        tracing::error!("the committed index was not logged: {e}");
-                    }
-                    return;
-                }
-            }
-        }
     }
 
     async fn wait(&self, seq: u64) -> Result<(), StorageError> {
@@ -233,16 +189,8 @@ impl LogStore {
         self.shared.flushed.subscribe()
     }
 
-    /// Logs the committed index if it waits, syncs and stops the writer.
+    /// Syncs and stops the writer.
     pub fn close(&self) {
-        {
-            let mut state = self.lock();
-            if state.committed_unsaved.is_some()
-                && let Err(e) = self.submit(&mut state, Vec::new())
-            {
-                tracing::error!("the committed index was not logged: {e}");
-            }
-        }
         self.shared.wal.close();
     }
 }
@@ -321,19 +269,15 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.lock().vote)
     }
 
-    /// Logged without waiting, with the next records submitted (the next
-    /// append, usually within milliseconds under load) or alone after
-    /// `COMMITTED_DELAY`, so that it costs no fsync of its own while
-    /// writes flow. A member restarted within that window re-applies up to
-    /// the index it logged last; its linearizable reads still wait for
-    /// the leader's read index.
+    /// Logged without waiting: it reaches the disk with the next batch, in
+    /// order, so a restarted member re-applies at least what it had
+    /// applied before and never answers from an older state (openraft
+    /// issue 1511). Deferring it to ride with later records saved little
+    /// once writes are batched, and let a member killed just after applying
+    /// come back with an older state.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
         let mut state = self.lock();
-        state.committed = committed;
-        state.committed_unsaved.get_or_insert_with(Instant::now);
-        if !std::mem::replace(&mut state.committed_timer, true) {
-            tokio::spawn(self.clone().save_committed_later());
-        }
+        self.submit(&mut state, vec![Item::Committed(committed)])?;
         Ok(())
     }
 
