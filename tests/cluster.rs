@@ -11,7 +11,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::cluster::{
-    TestCluster, eventually, exported_entries, http, read as read_retrying, redirect_target,
+    TestCluster, eventually, exported_entries, http, location, read as read_retrying,
+    redirect_target,
 };
 use serde_json::{Value, json};
 
@@ -67,10 +68,7 @@ fn three_members_replicate_redirect_and_read_consistently() {
             let redirected = put(&node.at("/kv/other?ttl=60"), &json!(1));
             assert_eq!(redirected.status(), 307, "node {}", node.id);
             assert_eq!(
-                redirected
-                    .headers()
-                    .get("location")
-                    .and_then(|v| v.to_str().ok()),
+                location(&redirected),
                 Some(leader_node.at("/kv/other?ttl=60").as_str())
             );
             let body: Value = redirected.json().expect("envelope");
@@ -354,13 +352,7 @@ fn a_transaction_is_one_entry_decided_on_the_leader() {
     let follower = (leader + 1) % 3;
     let redirected = txn(&cluster.nodes[follower].url(), &put_both);
     assert_eq!(redirected.status(), 307);
-    assert_eq!(
-        redirected
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok()),
-        Some(leader_node.at("/txn").as_str())
-    );
+    assert_eq!(location(&redirected), Some(leader_node.at("/txn").as_str()));
 
     let done = txn(&leader_node.url(), &put_both);
     assert_eq!(done.status(), 200);

@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::cluster::{TestCluster, eventually, exported_entries, http, http_waiting};
+use common::cluster::{TestCluster, eventually, exported_entries, http, http_waiting, location};
 use serde_json::{Value, json};
 
 const FAST: [&str; 4] = ["--raft-heartbeat-ms", "100", "--raft-election-ms", "500"];
@@ -57,10 +57,7 @@ fn import_on_a_member_goes_through_the_leader_to_every_member() {
     let redirected = import(&cluster.nodes[follower].url(), "", export("imp-", n));
     assert_eq!(redirected.status(), 307);
     assert_eq!(
-        redirected
-            .headers()
-            .get("location")
-            .and_then(|v| v.to_str().ok()),
+        location(&redirected),
         Some(format!("{leader_url}/system/import").as_str())
     );
 

@@ -18,16 +18,8 @@ use openmetrics_parser::prometheus::parse_prometheus;
 use openmetrics_parser::{OpenMetricsValue, PrometheusValue};
 use serde_json::{Value, json};
 
-/// Heartbeats every 100 ms, elections after 500–1000 ms, a snapshot every
-/// 100 entries (so a follower down for 300 writes needs one).
-const ARGS: [&str; 6] = [
-    "--raft-heartbeat-ms",
-    "100",
-    "--raft-election-ms",
-    "500",
-    "--raft-snapshot-logs",
-    "100",
-];
+/// A follower down for a few hundred writes needs a snapshot install.
+const ARGS: [&str; 6] = common::cluster::SNAPSHOT_EVERY_100;
 
 /// Longest wait for any one step; only a hang guard, never a timing assert.
 const STEP: Duration = Duration::from_secs(60);

@@ -8,20 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::cluster::{TestCluster, eventually, http};
+use common::cluster::{TestCluster, eventually, http, location};
 use serde_json::{Value, json};
 
-/// Heartbeats every 100 ms, elections after 500–1000 ms, and a snapshot
-/// every 100 log entries, so a member that misses a few hundred writes
-/// can only catch up by snapshot.
-const ARGS: [&str; 6] = [
-    "--raft-heartbeat-ms",
-    "100",
-    "--raft-election-ms",
-    "500",
-    "--raft-snapshot-logs",
-    "100",
-];
+/// A follower down for a few hundred writes needs a snapshot install.
+const ARGS: [&str; 6] = common::cluster::SNAPSHOT_EVERY_100;
 
 /// Keys that always change together, in one transaction.
 const PAIRS: usize = 16;
@@ -48,8 +39,8 @@ fn write(method: reqwest::Method, urls: &[String], path: &str, body: &Value) {
         match (status, response) {
             (200 | 201, _) => return Some(()),
             (307, Ok(r)) => {
-                if let Some(location) = r.headers().get("location").and_then(|v| v.to_str().ok()) {
-                    url = location.to_string();
+                if let Some(to) = location(&r) {
+                    url = to.to_string();
                     return None;
                 }
             }

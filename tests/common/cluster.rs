@@ -54,9 +54,26 @@ pub fn read(url: &str) -> Response {
     })
 }
 
+/// Heartbeats every 100 ms, elections after 500–1000 ms, and a snapshot
+/// every 100 applied writes, so a member that misses a few hundred writes
+/// can only catch up by a snapshot install.
+pub const SNAPSHOT_EVERY_100: [&str; 6] = [
+    "--raft-heartbeat-ms",
+    "100",
+    "--raft-election-ms",
+    "500",
+    "--raft-snapshot-logs",
+    "100",
+];
+
+/// The `Location` header of an answer, if it has a readable one.
+pub fn location(response: &Response) -> Option<&str> {
+    response.headers().get("location")?.to_str().ok()
+}
+
 /// The index in `urls` of the member a `307` answer points to.
 pub fn redirect_target(response: &Response, urls: &[String]) -> Option<usize> {
-    let location = response.headers().get("location")?.to_str().ok()?;
+    let location = location(response)?;
     urls.iter().position(|u| location.starts_with(u.as_str()))
 }
 
