@@ -309,9 +309,7 @@ fn concurrent_writes_on_the_leader_each_get_their_own_answer() {
         .and_then(|s| s["committed"].as_u64())
         .expect("committed");
     for node in &cluster.nodes {
-        eventually(Duration::from_secs(30), "the member catching up", || {
-            (node.status()?["applied"].as_u64()? >= committed).then_some(())
-        });
+        node.wait_applied(committed, Duration::from_secs(30));
         for (key, version, value) in &acked {
             let read = read_retrying(&node.at(&format!("/kv/{key}?consistency=stale")));
             assert_eq!(read.status(), 200, "{key} on node {}", node.id);
@@ -567,10 +565,7 @@ fn a_member_that_was_down_catches_up_by_snapshot() {
 
     cluster.nodes[down].restart();
     let restarted = Instant::now();
-    eventually(Duration::from_secs(120), "the member catching up", || {
-        let status = cluster.nodes[down].status()?;
-        (status["applied"].as_u64()? >= committed).then_some(())
-    });
+    cluster.nodes[down].wait_applied(committed, Duration::from_secs(120));
     eprintln!(
         "catch-up: {writes} writes while down, applied up to the leader's commit {} ms after restart",
         restarted.elapsed().as_millis()

@@ -40,10 +40,6 @@ fn import(url: &str, query: &str, body: String) -> reqwest::blocking::Response {
         .expect("POST /system/import")
 }
 
-fn applied(status: &Value) -> u64 {
-    status["applied"].as_u64().unwrap_or(0)
-}
-
 #[test]
 fn import_on_a_member_goes_through_the_leader_to_every_member() {
     let cluster = TestCluster::start(3, &FAST);
@@ -90,10 +86,10 @@ fn import_on_a_member_goes_through_the_leader_to_every_member() {
     assert!(revision > n as u64, "{done}");
 
     // Every member holds the same data once it applied what the leader did.
-    let committed = applied(&cluster.nodes[leader].status().expect("status"));
+    let committed = cluster.nodes[leader].applied().expect("status");
     for node in &cluster.nodes {
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while node.status().is_none_or(|s| applied(&s) < committed) {
+        while node.applied().is_none_or(|a| a < committed) {
             if std::time::Instant::now() > deadline {
                 for n in &cluster.nodes {
                     eprintln!("node {}: {:?}", n.id, n.status());
@@ -127,13 +123,9 @@ fn import_on_a_member_goes_through_the_leader_to_every_member() {
     assert_eq!(replaced.status(), 200);
     let replaced: Value = replaced.json().expect("JSON");
     assert_eq!(replaced["imported"].as_u64(), Some(10), "{replaced}");
-    let committed = applied(&cluster.nodes[leader].status().expect("status"));
+    let committed = cluster.nodes[leader].applied().expect("status");
     for node in &cluster.nodes {
-        eventually(
-            Duration::from_secs(30),
-            "the member applying the replace",
-            || (applied(&node.status()?) >= committed).then_some(()),
-        );
+        node.wait_applied(committed, Duration::from_secs(30));
         let keys = exported_entries(&node.url());
         assert_eq!(keys.len(), 10, "node {}", node.id);
         assert!(keys.iter().all(|l| l.starts_with("{\"key\":\"new-")));
@@ -183,11 +175,9 @@ fn a_leader_killed_mid_import_leaves_whole_batches_and_a_second_import_finishes(
     let survivors: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let new = cluster.leader_among(&survivors, Duration::from_secs(60));
     let new_url = cluster.nodes[new].url();
-    let committed = applied(&cluster.nodes[new].status().expect("status"));
+    let committed = cluster.nodes[new].applied().expect("status");
     for &i in &survivors {
-        eventually(Duration::from_secs(60), "the survivor applied", || {
-            (applied(&cluster.nodes[i].status()?) >= committed).then_some(())
-        });
+        cluster.nodes[i].wait_applied(committed, Duration::from_secs(60));
     }
     let counts: Vec<Option<u64>> = survivors
         .iter()
@@ -207,13 +197,9 @@ fn a_leader_killed_mid_import_leaves_whole_batches_and_a_second_import_finishes(
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["imported"].as_u64(), Some(n as u64), "{again}");
     cluster.nodes[leader].restart();
-    let committed = applied(&cluster.nodes[new].status().expect("status"));
+    let committed = cluster.nodes[new].applied().expect("status");
     for node in &cluster.nodes {
-        eventually(
-            Duration::from_secs(90),
-            "the member applying the import",
-            || (applied(&node.status()?) >= committed).then_some(()),
-        );
+        node.wait_applied(committed, Duration::from_secs(90));
     }
     let on_leader = exported_entries(&new_url);
     assert_eq!(on_leader.len(), n);

@@ -129,6 +129,19 @@ impl Node {
             .then(|| response.json().ok())?
     }
 
+    /// The index this member has applied, per `/cluster/status`; `None`
+    /// while it does not answer.
+    pub fn applied(&self) -> Option<u64> {
+        self.status()?["applied"].as_u64()
+    }
+
+    /// Waits (up to `within`, a hang guard) until this member applied
+    /// `upto`.
+    pub fn wait_applied(&self, upto: u64, within: Duration) {
+        let what = format!("member {} applying {upto}", self.id);
+        eventually(within, &what, || (self.applied()? >= upto).then_some(()));
+    }
+
     /// Kills the process with SIGKILL.
     pub fn kill9(&mut self) {
         if let Some(mut server) = self.server.take() {
