@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 
 use common::{
-    Stop, TestServer, assert_error, client, dododb_client, get_json, kv, put, put_ttl, sse_events,
+    Stop, TestServer, assert_error, client, dododb_client, get_json, kv, put, put_ttl, sse_changes,
     stats,
 };
 use reqwest::StatusCode;
@@ -333,7 +333,8 @@ async fn an_import_whose_body_is_cut_short_or_too_slow_applies_nothing() {
 /// An import larger than one of its batches (each is one log record, like
 /// a transaction): every entry takes its own revision in the export's
 /// order and reaches the live feed as its own event (old values included,
-/// a key repeated in the export twice), and after `kill -9` every
+/// a key repeated in the export twice; a reader cut off by the burst
+/// resumes from its last event), and after `kill -9` every
 /// acknowledged entry is there with its version.
 #[tokio::test]
 async fn a_large_import_gives_each_entry_its_own_revision_and_event() {
@@ -341,7 +342,7 @@ async fn a_large_import_gives_each_entry_its_own_revision_and_event() {
     let mut server = TestServer::start(&["--fsync", "always"]);
     put(&server, "big/00002", "\"old\"").await;
     let since = stats(&server).await["revision"].as_u64().expect("revision");
-    let mut feed = client()
+    let feed = client()
         .get(server.at(&format!("/events?prefix=big/&since={since}")))
         .send()
         .await
@@ -360,7 +361,8 @@ async fn a_large_import_gives_each_entry_its_own_revision_and_event() {
     assert_eq!(answer["imported"], N);
     assert_eq!(answer["revision"], since + N as u64);
 
-    let events = sse_events(&mut feed, N, std::time::Duration::from_secs(60)).await;
+    let within = std::time::Duration::from_secs(60);
+    let events = sse_changes(&server, feed, "prefix=big/", since, N, within).await;
     for (i, (event, (key, value))) in events.iter().zip(&lines).enumerate() {
         let new: Value = serde_json::from_str(value).expect("value");
         assert_eq!(event["version"], since + 1 + i as u64, "{event}");

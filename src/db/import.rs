@@ -47,14 +47,19 @@ pub struct ImportResult {
 }
 
 /// Entries of one batch of an import's writes: one log record, like a
-/// transaction (see [`Inner::write_batch`]).
-const BATCH: usize = 4096;
+/// transaction (see [`Inner::write_batch`]). No more than a live feed
+/// client may have queued (`CLIENT_BUFFER_EVENTS`): a batch's events are
+/// emitted in one go, and a larger one would cut off every client.
+const BATCH: usize = crate::events::feed::CLIENT_BUFFER_EVENTS;
 
 /// ... or fewer, once their keys and values come to this many bytes.
 const BATCH_BYTES: usize = 4 << 20;
 
-/// Batches queued before the import waits for the oldest of them.
-const IN_FLIGHT: usize = 4;
+/// Batches queued before the import waits for the oldest of them. The
+/// log writer takes all of them at once when it falls behind, so the more
+/// there are, the fewer fsyncs an import costs (each batch holds about
+/// 2 MiB until it is applied).
+const IN_FLIGHT: usize = 8;
 
 const SPOOL_PREFIX: &str = "import-";
 const SPOOL_SUFFIX: &str = ".spool";

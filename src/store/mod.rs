@@ -307,16 +307,40 @@ impl Side {
         }
     }
 
+    /// Records the newest logged states of several keys of this shard,
+    /// in order (a later state of a key replaces an earlier one), taking
+    /// the mutex once (under the shard's write lock).
+    fn set_pending_many(&self, heads: impl Iterator<Item = (Box<str>, Head)>) {
+        let mut state = self.lock();
+        let mut added = 0;
+        for (key, head) in heads {
+            if state.pending.insert(key, head).is_none() {
+                added += 1;
+            }
+        }
+        self.n_pending.fetch_add(added, Ordering::Relaxed);
+    }
+
     /// Forgets the pending state of `key` if it is the one of `version`.
     fn settle(&self, key: &str, version: u64) {
+        self.settle_many(std::iter::once((key, version)));
+    }
+
+    /// [`Side::settle`] of several keys of this shard, taking the mutex
+    /// once.
+    fn settle_many<'k>(&self, changes: impl Iterator<Item = (&'k str, u64)>) {
         if self.n_pending.load(Ordering::Relaxed) == 0 {
             return;
         }
         let mut state = self.lock();
-        if state.pending.get(key).is_some_and(|h| h.version == version) {
-            state.pending.remove(key);
-            self.n_pending.fetch_sub(1, Ordering::Relaxed);
+        let mut removed = 0;
+        for (key, version) in changes {
+            if state.pending.get(key).is_some_and(|h| h.version == version) {
+                state.pending.remove(key);
+                removed += 1;
+            }
         }
+        self.n_pending.fetch_sub(removed, Ordering::Relaxed);
     }
 }
 
@@ -627,6 +651,7 @@ impl Store {
     pub fn apply(&self, change: Change, emit: &mut dyn FnMut(ChangeEvent)) {
         let place = self.place(&change.key);
         let mut table = self.write_shard(place.shard);
+        self.sides[place.shard].settle(&change.key, change.version);
         self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
         drop(table);
         self.settled();
@@ -733,8 +758,9 @@ impl Store {
         self.settled();
     }
 
-    /// Applies `change` under its shard's write lock, held by the caller.
-    /// Builds an event only when there is an `emit`.
+    /// Applies `change` under its shard's write lock, held by the caller,
+    /// who has also settled its pending state, if it had one (see
+    /// [`Side::settle`]). Builds an event only when there is an `emit`.
     fn apply_locked(
         &self,
         table: &mut Table,
@@ -745,7 +771,6 @@ impl Store {
     ) {
         self.advance_revision(change.version);
         let side = &self.sides[place.shard];
-        side.settle(&change.key, change.version);
         let Change {
             key,
             kind,

@@ -31,23 +31,17 @@ use super::{Place, Store, Table};
 impl Store {
     /// The distinct shards of `keys`, ascending.
     fn shards_of<'k>(&self, keys: impl Iterator<Item = &'k str>) -> Vec<usize> {
-        let mut shards: Vec<usize> = keys.map(|k| self.place(k).shard).collect();
-        shards.sort_unstable();
-        shards.dedup();
-        shards
+        distinct(keys.map(|k| self.place(k).shard).collect())
     }
 
-    /// Write-locks the shards of `keys` in ascending order.
-    pub(super) fn lock_write<'k>(&self, keys: impl Iterator<Item = &'k str>) -> WriteLocked<'_> {
-        let guards = self
-            .shards_of(keys)
+    /// Write-locks the shards of `places` (keys already hashed) in
+    /// ascending order.
+    pub(super) fn lock_write_places(&self, places: &[Place]) -> WriteLocked<'_> {
+        let guards = distinct(places.iter().map(|p| p.shard).collect())
             .into_iter()
             .map(|i| (i, self.map.shards()[i].write()))
             .collect();
-        WriteLocked {
-            store: self,
-            guards,
-        }
+        WriteLocked { guards }
     }
 
     /// Read-locks the shards of `keys` in ascending order.
@@ -80,6 +74,13 @@ impl Store {
     }
 }
 
+/// `shards` sorted, each once.
+fn distinct(mut shards: Vec<usize>) -> Vec<usize> {
+    shards.sort_unstable();
+    shards.dedup();
+    shards
+}
+
 /// Shards held for reading; see the module docs.
 pub(super) struct ReadLocked<'a> {
     store: &'a Store,
@@ -107,7 +108,6 @@ impl ReadLocked<'_> {
 
 /// Shards held for writing; see the module docs.
 pub(super) struct WriteLocked<'a> {
-    store: &'a Store,
     guards: Vec<(usize, RwLockWriteGuard<'a, Table>)>,
 }
 
@@ -125,13 +125,13 @@ impl WriteLocked<'_> {
         &mut self.guards[at].1
     }
 
-    /// The committed entry of `key`, which must be in one of the held shards.
+    /// The committed entry of `key` (at `place`), which must be in one of
+    /// the held shards.
     ///
     /// # Panics
     ///
     /// As [`WriteLocked::table`].
-    pub(super) fn entry(&mut self, key: &str) -> Option<&Packed> {
-        let place = self.store.place(key);
+    pub(super) fn entry_at(&mut self, place: Place, key: &str) -> Option<&Packed> {
         self.table(place)
             .get(place.hash, |(e, _)| e.key() == key)
             .map(|(e, _)| e)
@@ -161,9 +161,13 @@ mod tests {
         // A read lock may be taken again while held.
         assert!(store.get("key-1", || 1).is_some());
         drop(locked);
-        let mut locked = store.lock_write(["absent", "key-1"].into_iter());
-        assert!(locked.entry("absent").is_none());
-        assert_eq!(locked.entry("key-1").map(|e| e.value()), Some(&b"1"[..]));
+        let (absent, key_1) = (store.place("absent"), store.place("key-1"));
+        let mut locked = store.lock_write_places(&[absent, key_1]);
+        assert!(locked.entry_at(absent, "absent").is_none());
+        assert_eq!(
+            locked.entry_at(key_1, "key-1").map(|e| e.value()),
+            Some(&b"1"[..])
+        );
         drop(locked);
         let all = store.lock_all_read();
         assert!(keys.iter().all(|key| all.entry(key).is_some()));

@@ -18,7 +18,8 @@ use bytes::Bytes;
 use super::multi::WriteLocked;
 use super::packed::Packed;
 use super::{
-    Change, ChangeEvent, ChangeKind, Entry, Head, Indexing, Journal, Store, StoreError, Submitted,
+    Change, ChangeEvent, ChangeKind, Entry, Head, Indexing, Journal, KeyHasher, Place, Store,
+    StoreError, Submitted,
 };
 use crate::json_eq::json_eq;
 
@@ -201,18 +202,24 @@ impl Store {
             });
         }
 
-        let mut locked = self.lock_write(keys());
+        // Each key hashed once: conditions, then success, then failure.
+        let places: Vec<Place> = keys().map(|key| self.place(key)).collect();
+        let mut locked = self.lock_write_places(&places);
         let mut saw_pending = false;
         // The state after the branch's earlier writes, for later gets.
-        let mut written: HashMap<&str, Option<View>> = HashMap::new();
+        let mut written: HashMap<&str, Option<View>, KeyHasher> = HashMap::with_capacity_and_hasher(
+            success.len().max(failure.len()),
+            KeyHasher::default(),
+        );
         let mut view = |locked: &mut WriteLocked<'_>,
-                        written: &HashMap<&str, Option<View>>,
+                        written: &HashMap<&str, Option<View>, KeyHasher>,
                         key: &str,
+                        place: Place,
                         need_value: bool| {
             if let Some(state) = written.get(key) {
                 return state.clone();
             }
-            match self.sides[self.place(key).shard].head(key) {
+            match self.sides[place.shard].head(key) {
                 Some(head) => {
                     saw_pending = true;
                     let live =
@@ -223,22 +230,30 @@ impl Store {
                         value: head.value.unwrap_or_default(),
                     })
                 }
-                None => View::committed(locked.entry(key), now_ms, need_value),
+                None => View::committed(locked.entry_at(place, key), now_ms, need_value),
             }
         };
-        let succeeded = conditions.iter().all(|c| {
+        let (condition_places, branch_places) = places.split_at(conditions.len());
+        let succeeded = conditions.iter().zip(condition_places).all(|(c, &place)| {
             let need_value = matches!(c.compare, Compare::Value(_));
             holds(
                 &c.compare,
-                view(&mut locked, &written, &c.key, need_value).as_ref(),
+                view(&mut locked, &written, &c.key, place, need_value).as_ref(),
             )
         });
-        let branch = if succeeded { success } else { failure };
+        let (success_places, failure_places) = branch_places.split_at(success.len());
+        let (branch, branch_places) = if succeeded {
+            (success, success_places)
+        } else {
+            (failure, failure_places)
+        };
         let mut results = Vec::with_capacity(branch.len());
         let mut changes = Vec::new();
-        for op in &branch {
+        // The place of each change's key.
+        let mut change_places = Vec::new();
+        for (op, &place) in branch.iter().zip(branch_places) {
             // Writes need the value too: it is logged as the old value.
-            let current = view(&mut locked, &written, op.key(), true);
+            let current = view(&mut locked, &written, op.key(), place, true);
             match op {
                 TxnOp::Get { .. } => results.push(OpResult::Get(current.map(View::entry))),
                 TxnOp::Put {
@@ -271,6 +286,7 @@ impl Store {
                         timestamp_ms: now_ms,
                         old_value,
                     });
+                    change_places.push(place);
                 }
                 TxnOp::Delete { key } => {
                     if current.is_none() {
@@ -294,9 +310,11 @@ impl Store {
                         timestamp_ms: now_ms,
                         old_value,
                     });
+                    change_places.push(place);
                 }
             }
         }
+        drop(written);
         let Some(last) = changes.last().map(|c| c.version) else {
             return Ok(TxnOutcome {
                 succeeded,
@@ -305,20 +323,22 @@ impl Store {
                 ticket: if saw_pending { journal.barrier() } else { None },
             });
         };
-        let heads: Vec<(Box<str>, Head)> = changes
+        // Each key's newest logged state, grouped by shard (a stable sort:
+        // a key written twice keeps its later state last).
+        let mut heads: Vec<(usize, Box<str>, Head)> = changes
             .iter()
-            .map(|c| {
-                (
-                    c.key.clone(),
-                    Head {
-                        exists: c.kind == ChangeKind::Update,
-                        version: c.version,
-                        expires_at_ms: c.expires_at_ms,
-                        value: c.value.clone(),
-                    },
-                )
+            .zip(&change_places)
+            .map(|(c, place)| {
+                let head = Head {
+                    exists: c.kind == ChangeKind::Update,
+                    version: c.version,
+                    expires_at_ms: c.expires_at_ms,
+                    value: c.value.clone(),
+                };
+                (place.shard, c.key.clone(), head)
             })
             .collect();
+        heads.sort_by_key(|&(shard, ..)| shard);
         let n_changes = changes.len();
         let submitted = journal.submit_txn(changes).inspect_err(|_| {
             for _ in 0..n_changes {
@@ -327,20 +347,14 @@ impl Store {
         })?;
         let ticket = match submitted {
             Submitted::ApplyNow(changes) => {
-                let mut new = Vec::new();
-                for change in changes {
-                    let place = self.place(&change.key);
-                    let table = locked.table(place);
-                    let indexing = Indexing::Batch(&mut new);
-                    self.apply_locked(table, place, change, Some(&mut *emit), indexing);
-                    self.settled();
-                }
-                self.index_new(&mut new);
+                self.apply_all(&mut locked, changes, &change_places, emit);
                 None
             }
             Submitted::Deferred(ticket) => {
-                for (key, head) in heads {
-                    self.sides[self.place(&key).shard].set_pending(&key, head);
+                let mut heads = heads.into_iter().peekable();
+                while let Some(&(shard, ..)) = heads.peek() {
+                    let of_shard = std::iter::from_fn(|| heads.next_if(|h| h.0 == shard));
+                    self.sides[shard].set_pending_many(of_shard.map(|(_, key, head)| (key, head)));
                 }
                 Some(ticket)
             }
@@ -356,10 +370,32 @@ impl Store {
     /// Applies a transaction's changes that the log has accepted, with the
     /// shards of all its keys held, so readers see all of them or none.
     pub fn apply_many(&self, changes: Vec<Change>, emit: &mut dyn FnMut(ChangeEvent)) {
-        let mut locked = self.lock_write(changes.iter().map(|c| &*c.key));
+        let places: Vec<Place> = changes.iter().map(|c| self.place(&c.key)).collect();
+        let mut locked = self.lock_write_places(&places);
+        // Their pending states go first, each shard's in one go: nobody
+        // reads them while these shards are held.
+        let mut order: Vec<usize> = (0..changes.len()).collect();
+        order.sort_by_key(|&i| places[i].shard);
+        for group in order.chunk_by(|&a, &b| places[a].shard == places[b].shard) {
+            let of_shard = group
+                .iter()
+                .map(|&i| (&*changes[i].key, changes[i].version));
+            self.sides[places[group[0]].shard].settle_many(of_shard);
+        }
+        self.apply_all(&mut locked, changes, &places, emit);
+    }
+
+    /// Applies changes in order with their shards held (`places` are their
+    /// keys'), their new keys joining the ordered index in one pass.
+    fn apply_all(
+        &self,
+        locked: &mut WriteLocked<'_>,
+        changes: Vec<Change>,
+        places: &[Place],
+        emit: &mut dyn FnMut(ChangeEvent),
+    ) {
         let mut new = Vec::new();
-        for change in changes {
-            let place = self.place(&change.key);
+        for (change, &place) in changes.into_iter().zip(places) {
             let table = locked.table(place);
             let indexing = Indexing::Batch(&mut new);
             self.apply_locked(table, place, change, Some(&mut *emit), indexing);

@@ -275,3 +275,65 @@ pub async fn sse_events(
         .map(|d| serde_json::from_str(d).expect("payload"))
         .collect()
 }
+
+/// Reads `n` changes from `/events?{query}` (opened as `response`, from
+/// `since`), waiting up to `within` for them. A burst of changes (an
+/// import's batch) may cut a client off for falling behind (a `lagged`
+/// reset, SPEC §6); it then resumes with `since=` the last change it read,
+/// as any client does, and reads on. Returns the changes in the order they
+/// came; any other reset fails the test.
+pub async fn sse_changes(
+    server: &TestServer,
+    mut response: reqwest::Response,
+    query: &str,
+    since: u64,
+    n: usize,
+    within: Duration,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + within;
+    let mut changes: Vec<Value> = Vec::new();
+    let mut text = String::new();
+    let mut lagged = false;
+    while changes.len() < n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} changes so far",
+            changes.len()
+        );
+        let chunk = tokio::time::timeout(within, response.chunk())
+            .await
+            .expect("a chunk in time")
+            .expect("chunk");
+        let Some(chunk) = chunk else {
+            assert!(lagged, "the stream ended after {} changes", changes.len());
+            let last = changes
+                .last()
+                .map_or(since, |c| c["version"].as_u64().expect("version"));
+            response = client()
+                .get(server.at(&format!("/events?{query}&since={last}")))
+                .send()
+                .await
+                .expect("feed");
+            (text, lagged) = (String::new(), false);
+            continue;
+        };
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        let Some(end) = text.rfind('\n') else {
+            continue;
+        };
+        for line in text[..end].lines() {
+            let Some(data) = line.strip_prefix("data: ") else {
+                continue;
+            };
+            let doc: Value = serde_json::from_str(data).expect("payload");
+            if doc["event"] == "reset" {
+                assert_eq!(doc["reason"], "lagged", "{doc}");
+                lagged = true;
+            } else {
+                changes.push(doc);
+            }
+        }
+        text.drain(..=end);
+    }
+    changes
+}
