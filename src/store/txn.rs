@@ -323,8 +323,8 @@ impl Store {
                 ticket: if saw_pending { journal.barrier() } else { None },
             });
         };
-        // Each key's newest logged state, grouped by shard (a stable sort:
-        // a key written twice keeps its later state last).
+        // Each key's newest logged state, grouped by shard (in version
+        // order within one: a key written twice keeps its later state last).
         let mut heads: Vec<(usize, Box<str>, Head)> = changes
             .iter()
             .zip(&change_places)
@@ -338,7 +338,7 @@ impl Store {
                 (place.shard, c.key.clone(), head)
             })
             .collect();
-        heads.sort_by_key(|&(shard, ..)| shard);
+        heads.sort_unstable_by_key(|(shard, _, head)| (*shard, head.version));
         let n_changes = changes.len();
         let submitted = journal.submit_txn(changes).inspect_err(|_| {
             for _ in 0..n_changes {
@@ -375,7 +375,7 @@ impl Store {
         // Their pending states go first, each shard's in one go: nobody
         // reads them while these shards are held.
         let mut order: Vec<usize> = (0..changes.len()).collect();
-        order.sort_by_key(|&i| places[i].shard);
+        order.sort_unstable_by_key(|&i| (places[i].shard, i));
         for group in order.chunk_by(|&a, &b| places[a].shard == places[b].shard) {
             let of_shard = group
                 .iter()
