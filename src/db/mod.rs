@@ -719,7 +719,13 @@ impl Inner {
     ) -> Result<(Bytes, u64), DbError> {
         self.check_key(key)?;
         self.check_value(value)?;
-        let expires_at_ms = self.expiry(ttl, now_ms());
+        // Most puts never expire: they skip the clock read here (the
+        // change reads it once more when it is made).
+        let expires_at_ms = if ttl.or(self.config.retention).is_some() {
+            self.expiry(ttl, now_ms())
+        } else {
+            0
+        };
         // A copy of its own: a slice of a request buffer would keep the
         // whole buffer alive for as long as the value lives.
         Ok((copy_value(value), expires_at_ms))

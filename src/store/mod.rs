@@ -178,6 +178,12 @@ pub trait Journal {
     /// What a writer waits on for a deferred change.
     type Ticket;
 
+    /// Whether the journal keeps a change's old value (a log does, for the
+    /// events it replays). A journal that only hands changes back for
+    /// immediate application does not, and the store then skips copying
+    /// it: the application reads the old value from the entry itself.
+    const KEEPS_OLD_VALUES: bool = true;
+
     /// Takes a change or hands it back for immediate application. The
     /// journal gives the change its version by calling `next_version`
     /// exactly once, at the point that orders its log: a log then holds
@@ -215,6 +221,8 @@ pub struct NoJournal;
 
 impl Journal for NoJournal {
     type Ticket = ();
+
+    const KEEPS_OLD_VALUES: bool = false;
 
     fn submit(
         &self,
@@ -594,6 +602,7 @@ impl Store {
         // What subscribers will see as the old value, decided now from the
         // newest logged state, so that it is logged with the change.
         let old_value = match pending {
+            _ if !J::KEEPS_OLD_VALUES => None,
             Some((exists, _, at, value)) => {
                 value.filter(|_| exists && (kind == ChangeKind::Expire || at == 0 || at > now_ms))
             }
