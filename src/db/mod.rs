@@ -697,6 +697,8 @@ impl Inner {
         value: &[u8],
         options: PutOptions,
     ) -> Result<Outcome<u64>, DbError> {
+        // The key's table slots load while the value is checked.
+        self.store.prefetch(key);
         let (value, expires_at_ms) = self.prepare_put(key, value, options.ttl, now_ms)?;
         self.mutate(
             key,

@@ -42,6 +42,22 @@ type KeyHasher = foldhash::fast::RandomState;
 /// listing, which walk one shard at a time.
 const SHARD_AMOUNT: usize = 256;
 
+/// Slots hashbrown compares at once (its SSE2 group), which
+/// [`Store::prefetch`] loads.
+const PROBE_GROUP: usize = 16;
+
+/// Asks the CPU to start loading the cache line at `at` (no-op off x86-64).
+fn prefetch_line(at: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch reads nothing the program sees and never faults,
+    // whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(at.cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = at;
+}
+
 /// The committed state of one key: what readers see.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
@@ -433,6 +449,32 @@ impl Store {
         }
     }
 
+    /// Starts loading the part of its shard's table that a change of
+    /// `key` will probe first (the control bytes and the slots of the
+    /// key's first probe group), so that those cache misses overlap
+    /// whatever the caller does before the change (checking the value).
+    /// A hint only: nothing is read through the addresses, and a prefetch
+    /// never faults.
+    pub fn prefetch(&self, key: &str) {
+        let place = self.place(key);
+        let table = self.map.shards()[place.shard].read();
+        // hashbrown's first probe position, and its layout: the control
+        // bytes start at `data_end`, slot `i` ends `i` slots before it.
+        let first = (place.hash as usize) & (table.buckets() - 1);
+        let end = table.data_end().as_ptr();
+        let control = end.cast::<u8>().wrapping_add(first);
+        let slots = end.wrapping_sub(first + PROBE_GROUP).cast::<u8>();
+        let slot_bytes = PROBE_GROUP * std::mem::size_of::<(Packed, SharedValue<()>)>();
+        for line in [
+            control,
+            slots,
+            slots.wrapping_add(slot_bytes / 2),
+            slots.wrapping_add(slot_bytes - 1),
+        ] {
+            prefetch_line(line);
+        }
+    }
+
     fn write_shard(&self, shard: usize) -> RwLockWriteGuard<'_, Table> {
         self.map.shards()[shard].write()
     }
@@ -790,7 +832,12 @@ impl Store {
             old_value: _,
         } = change;
         let eq = |(e, _): &(Packed, SharedValue<()>)| e.key() == &*key;
-        let current = table.get(place.hash, eq);
+        // One probe for the whole change.
+        let found = table.find(place.hash, eq);
+        // SAFETY: a bucket of this table, which the caller's write lock
+        // keeps in place; this reference is last used before the entry
+        // is changed below.
+        let current = found.as_ref().map(|bucket| unsafe { bucket.as_ref() });
         if current.is_some_and(|(e, _)| version <= e.version()) {
             return;
         }
@@ -804,7 +851,8 @@ impl Store {
         let (had_old, old_expiry) = current.map_or((false, 0), |(e, _)| (true, e.expires_at_ms()));
         match value {
             Some(value) => {
-                if let Some((entry, _)) = table.get_mut(place.hash, eq) {
+                // SAFETY: as for `current`, which is no longer used.
+                if let Some((entry, _)) = found.as_ref().map(|bucket| unsafe { bucket.as_mut() }) {
                     if wants_old(entry) {
                         old_value = Some(copy_value(entry.value()));
                     }
@@ -846,7 +894,8 @@ impl Store {
                 }
             }
             None => {
-                if let Some((entry, _)) = table.remove_entry(place.hash, eq) {
+                // SAFETY: as for `current`, which is no longer used.
+                if let Some((entry, _)) = found.map(|bucket| unsafe { table.remove(bucket) }.0) {
                     if wants_old(&entry) {
                         old_value = Some(copy_value(entry.value()));
                     }

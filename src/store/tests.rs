@@ -556,3 +556,24 @@ fn a_content_swap_replaces_entries_index_expiries_and_counts_at_once() {
     assert_eq!(value(&fresh, "gone", NOW).as_deref(), Some("1"));
     assert_eq!(fresh.count(None, NOW), 2);
 }
+
+/// A prefetch is a hint: on an empty store, a growing one and for keys
+/// that are there or not, it changes nothing a reader sees.
+#[test]
+fn a_prefetch_changes_nothing() {
+    let store = Store::new();
+    store.prefetch("absent");
+    store.prefetch("");
+    for i in 0..5_000 {
+        let key = format!("k{i}");
+        store.prefetch(&key);
+        put(&store, &key, &i.to_string(), Precondition::None).expect("put");
+        store.prefetch(&key);
+    }
+    store.prefetch("absent");
+    assert_eq!(store.count(None, NOW), 5_000);
+    for i in (0..5_000).step_by(97) {
+        assert_eq!(value(&store, &format!("k{i}"), NOW), Some(i.to_string()));
+    }
+    assert_eq!(value(&store, "absent", NOW), None);
+}
