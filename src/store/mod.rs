@@ -194,11 +194,13 @@ pub trait Journal {
     /// What a writer waits on for a deferred change.
     type Ticket;
 
-    /// Whether the journal keeps a change's old value (a log does, for the
-    /// events it replays). A journal that only hands changes back for
-    /// immediate application does not, and the store then skips copying
-    /// it: the application reads the old value from the entry itself.
-    const KEEPS_OLD_VALUES: bool = true;
+    /// Whether the journal logs changes, keeping their old values (for
+    /// the events it replays) and deferring some. A journal that hands
+    /// every change back for immediate application does not, and the
+    /// store then skips what only a logged change needs: the old value's
+    /// copy (the application reads it from the entry itself) and the
+    /// pending state's reference to the new value.
+    const LOGS: bool = true;
 
     /// Takes a change or hands it back for immediate application. The
     /// journal gives the change its version by calling `next_version`
@@ -238,7 +240,7 @@ pub struct NoJournal;
 impl Journal for NoJournal {
     type Ticket = ();
 
-    const KEEPS_OLD_VALUES: bool = false;
+    const LOGS: bool = false;
 
     fn submit(
         &self,
@@ -502,7 +504,11 @@ impl Store {
     /// Raises the revision counter to at least `revision` (used by recovery
     /// so versions keep growing across restarts).
     pub fn advance_revision(&self, revision: u64) {
-        self.revision.fetch_max(revision, Ordering::AcqRel);
+        // Usually already there (a change applies the revision it took):
+        // a load is cheaper than the locked compare-and-swap loop.
+        if self.revision.load(Ordering::Acquire) < revision {
+            self.revision.fetch_max(revision, Ordering::AcqRel);
+        }
     }
 
     /// Looks `key` up under its shard's read lock and hands its committed
@@ -644,7 +650,7 @@ impl Store {
         // What subscribers will see as the old value, decided now from the
         // newest logged state, so that it is logged with the change.
         let old_value = match pending {
-            _ if !J::KEEPS_OLD_VALUES => None,
+            _ if !J::LOGS => None,
             Some((exists, _, at, value)) => {
                 value.filter(|_| exists && (kind == ChangeKind::Expire || at == 0 || at > now_ms))
             }
@@ -652,7 +658,7 @@ impl Store {
                 .filter(|e| kind == ChangeKind::Expire || e.is_live_by(|| now_ms))
                 .map(|e| Bytes::copy_from_slice(e.value())),
         };
-        let pending_value = value.clone();
+        let pending_value = if J::LOGS { value.clone() } else { None };
         let change = Change {
             key: Box::from(key),
             kind,
