@@ -13,7 +13,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -242,6 +242,11 @@ struct Shared {
 struct State {
     /// The newest delivered changes, ascending by version.
     ring: Ring,
+    /// For each change in the ring, the event last built from it (for a
+    /// client or by [`FeedReader::read_after_matching`]) while any reader
+    /// still holds it: readers of the same change share one event and so
+    /// one payload encoding, however many webhook subscriptions read it.
+    built: VecDeque<Weak<FeedEvent>>,
     /// The newest revision that can no longer be replayed: the last one
     /// evicted from the ring, or the revision the feed started at.
     floor: u64,
@@ -311,6 +316,7 @@ impl Feed {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 ring: Ring::with_capacity(retained.clamp(1, 1024)),
+                built: VecDeque::with_capacity(retained.clamp(1, 1024)),
                 floor: revision,
                 next: revision + 1,
                 pending: BTreeMap::new(),
@@ -539,9 +545,11 @@ impl Shared {
     fn deliver(&self, st: &mut State, change: Arc<ChangeEvent>) {
         st.next = change.version + 1;
         st.ring.push(&change);
+        st.built.push_back(Weak::new());
         if st.ring.len() > self.retained
             && let Some(evicted) = st.ring.pop_front()
         {
+            st.built.pop_front();
             st.floor = evicted;
         }
         self.events.fetch_add(1, Ordering::Relaxed);
@@ -549,6 +557,9 @@ impl Shared {
             return;
         }
         let event = Arc::new(FeedEvent::new(change));
+        if let Some(slot) = st.built.back_mut() {
+            *slot = Arc::downgrade(&event);
+        }
         st.clients.retain(|client| {
             if event.version() <= client.after || !event.change.key.starts_with(&*client.prefix) {
                 return true;
@@ -669,16 +680,30 @@ impl FeedReader {
         max: usize,
         matches: impl Fn(&str) -> bool,
     ) -> ReadAfter {
-        let st = lock(&self.shared.state);
+        let mut st = lock(&self.shared.state);
         let delivered = st.next - 1;
         if after >= st.floor {
             let from = st.ring.first_after(after);
             let to = from.saturating_add(max).min(st.ring.len());
-            let events: Vec<Arc<FeedEvent>> = st
-                .ring
-                .events_in(from..to, &matches)
-                .map(|c| Arc::new(FeedEvent::new(Arc::new(c))))
-                .collect();
+            let st = &mut *st;
+            let mut events = Vec::new();
+            for at in from..to {
+                if !st.ring.key_at(at).is_some_and(&matches) {
+                    continue;
+                }
+                let event = match st.built[at].upgrade() {
+                    Some(event) => event,
+                    None => {
+                        let Some(change) = st.ring.event_at(at) else {
+                            continue;
+                        };
+                        let event = Arc::new(FeedEvent::new(Arc::new(change)));
+                        st.built[at] = Arc::downgrade(&event);
+                        event
+                    }
+                };
+                events.push(event);
+            }
             let through = match st.ring.version_at(to.wrapping_sub(1)) {
                 Some(last) if to > from && to - from == max => last,
                 _ => delivered.max(after),
@@ -887,6 +912,54 @@ mod tests {
             expected,
             "prefix {prefix:?} since {since:?}"
         );
+    }
+
+    fn read(reader: &FeedReader, after: u64, prefix: &str) -> Vec<Arc<FeedEvent>> {
+        match reader.read_after_matching(after, 100, |k| k.starts_with(prefix)) {
+            ReadAfter::Events { events, .. } => events,
+            ReadAfter::Gone { floor } => panic!("gone through {floor}"),
+        }
+    }
+
+    /// Webhook subscriptions reading the same changes get one event each,
+    /// shared, so its payload is encoded once; each still gets only its
+    /// own keys, and a change read again after every reader let go of it
+    /// comes back the same.
+    #[test]
+    fn readers_of_a_change_share_its_event_and_payload() {
+        let feed = Feed::new(100, 0).expect("feed");
+        let listener = feed.listener();
+        for v in 1..=6 {
+            let key = if v % 2 == 0 { "a/" } else { "b/" };
+            listener(&change(v, &format!("{key}{v}")));
+        }
+        let reader = feed.reader();
+        let all = read(&reader, 0, "");
+        let a = read(&reader, 0, "a/");
+        let b = read(&reader, 2, "b/");
+        let versions =
+            |events: &[Arc<FeedEvent>]| events.iter().map(|e| e.version()).collect::<Vec<_>>();
+        assert_eq!(versions(&all), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(versions(&a), [2, 4, 6]);
+        assert_eq!(versions(&b), [3, 5]);
+        for event in a.iter().chain(&b) {
+            let same = &all[usize::try_from(event.version()).expect("small") - 1];
+            assert!(Arc::ptr_eq(event, same), "revision {}", event.version());
+            assert!(std::ptr::eq(
+                event.payload().as_ptr(),
+                same.payload().as_ptr()
+            ));
+        }
+        let payload: serde_json::Value = serde_json::from_slice(a[1].payload()).expect("json");
+        assert_eq!(
+            (payload["key"].as_str(), payload["version"].as_u64()),
+            (Some("a/4"), Some(4))
+        );
+        let first = all[0].payload().clone();
+        drop((all, a, b));
+        let again = read(&reader, 0, "");
+        assert_eq!(versions(&again), [1, 2, 3, 4, 5, 6]);
+        assert_eq!(again[0].payload(), &first);
     }
 
     #[test]

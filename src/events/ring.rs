@@ -148,6 +148,16 @@ impl Ring {
         self.records.get(at).map(|r| r.version)
     }
 
+    /// The key of the change at position `at`.
+    pub(super) fn key_at(&self, at: usize) -> Option<&str> {
+        self.records.get(at).map(|r| self.key_of(r))
+    }
+
+    /// The change at position `at`, rebuilt.
+    pub(super) fn event_at(&self, at: usize) -> Option<ChangeEvent> {
+        self.records.get(at).map(|r| self.event(r))
+    }
+
     /// The changes at positions `range` whose key passes `keep`, rebuilt,
     /// oldest first.
     pub(super) fn events_in(

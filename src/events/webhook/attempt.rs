@@ -2,6 +2,7 @@
 //! what its answer means (acknowledged, gone, or retry, perhaps after a
 //! `Retry-After`). Knows HTTP, not ordering or schedules.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
@@ -12,6 +13,7 @@ use sha2::Sha256;
 
 use super::super::feed::FeedEvent;
 use super::super::subscriptions::ActiveSubscription;
+use super::http1::{Conn, Endpoint, Headers, post};
 
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -37,51 +39,112 @@ pub(super) fn webhook_id(event: &FeedEvent) -> String {
     format!("evt_{}", event.version())
 }
 
-/// POSTs `event` to the subscriber once.
+/// How an attempt reaches the subscriber: the pool's own HTTP/1.1 client
+/// for plain `http://` callbacks, reqwest (TLS, credentials) otherwise.
+pub(super) enum Transport {
+    /// [`http1`], with the connection to use if one is idle.
+    Plain(Arc<Endpoint>, Option<Conn>),
+    /// The pool's reqwest client.
+    Reqwest(reqwest::Client),
+}
+
+/// POSTs `event` to the subscriber once, within `timeout`. Returns the
+/// outcome and, for [`Transport::Plain`], the connection if it may carry
+/// the next attempt.
 pub(super) async fn attempt(
-    client: &reqwest::Client,
+    transport: Transport,
+    timeout: Duration,
     sub: &ActiveSubscription,
     event: &FeedEvent,
-) -> Outcome {
+) -> (Outcome, Option<Conn>) {
     let id = webhook_id(event);
-    let body = event.payload().clone();
+    let body = event.payload();
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-        .to_string();
-    let mut request = client
-        .post(&sub.def.callback_url)
-        .header("content-type", "application/json")
-        .header("webhook-id", &id)
-        .header("webhook-timestamp", &timestamp);
-    if let Some(key) = &sub.signing_key {
-        request = request.header("webhook-signature", sign(key, &id, &timestamp, &body));
-    }
-    match request.body(body).send().await {
-        Ok(response) => {
-            let status = response.status();
-            if status.is_success() {
-                Outcome::Acknowledged
-            } else if status == StatusCode::GONE {
-                Outcome::Gone
-            } else {
-                let retry_after = (status == StatusCode::TOO_MANY_REQUESTS
-                    || status == StatusCode::SERVICE_UNAVAILABLE)
-                    .then(|| response.headers().get("retry-after"))
-                    .flatten()
-                    .and_then(|v| v.to_str().ok())
-                    .and_then(|v| v.trim().parse::<u64>().ok())
-                    .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER));
-                Outcome::Retry {
-                    why: format!("HTTP {status}"),
-                    retry_after,
-                }
+        .map_or(0, |d| d.as_secs());
+    let mut stamp = itoa::Buffer::new();
+    let stamp = stamp.format(timestamp);
+    let signature = sub
+        .signing_key
+        .as_ref()
+        .map(|key| sign(key, &id, stamp, body));
+    match transport {
+        Transport::Plain(endpoint, conn) => {
+            let headers = Headers {
+                id: &id,
+                timestamp,
+                signature: signature.as_deref(),
+            };
+            match tokio::time::timeout(timeout, post(&endpoint, conn, &headers, body)).await {
+                Ok((Ok(answer), conn)) => (
+                    outcome(
+                        StatusCode::from_u16(answer.status).ok(),
+                        answer.status,
+                        answer.retry_after,
+                    ),
+                    conn,
+                ),
+                Ok((Err(why), _)) => (
+                    Outcome::Retry {
+                        why,
+                        retry_after: None,
+                    },
+                    None,
+                ),
+                Err(_) => (
+                    Outcome::Retry {
+                        why: format!("no answer within {timeout:?}"),
+                        retry_after: None,
+                    },
+                    None,
+                ),
             }
         }
-        Err(e) => Outcome::Retry {
-            why: error_text(&e),
-            retry_after: None,
-        },
+        Transport::Reqwest(client) => {
+            let mut request = client
+                .post(&sub.def.callback_url)
+                .header("content-type", "application/json")
+                .header("webhook-id", &id)
+                .header("webhook-timestamp", stamp);
+            if let Some(signature) = signature {
+                request = request.header("webhook-signature", signature);
+            }
+            let sent = match request.body(body.clone()).send().await {
+                Ok(response) => {
+                    let status = response.status();
+                    let retry_after = response
+                        .headers()
+                        .get("retry-after")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.trim().parse::<u64>().ok());
+                    outcome(Some(status), status.as_u16(), retry_after)
+                }
+                Err(e) => Outcome::Retry {
+                    why: error_text(&e),
+                    retry_after: None,
+                },
+            };
+            (sent, None)
+        }
+    }
+}
+
+/// What an answer with this status means; `Retry-After` (seconds) counts
+/// with 429 and 503 only.
+fn outcome(status: Option<StatusCode>, code: u16, retry_after: Option<u64>) -> Outcome {
+    match status {
+        Some(status) if status.is_success() => Outcome::Acknowledged,
+        Some(StatusCode::GONE) => Outcome::Gone,
+        _ => {
+            let honoured = status == Some(StatusCode::TOO_MANY_REQUESTS)
+                || status == Some(StatusCode::SERVICE_UNAVAILABLE);
+            Outcome::Retry {
+                why: status.map_or_else(|| format!("HTTP {code}"), |s| format!("HTTP {s}")),
+                retry_after: retry_after
+                    .filter(|_| honoured)
+                    .map(|secs| Duration::from_secs(secs).min(MAX_RETRY_AFTER)),
+            }
+        }
     }
 }
 

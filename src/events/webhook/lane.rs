@@ -31,12 +31,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
+use tokio::time::Sleep;
 
-use super::PoolShared;
-use super::attempt::{Outcome, attempt};
+use super::attempt::{Outcome, Transport, attempt};
+use super::http1::{Conn, Endpoint, IDLE_TIMEOUT};
+use super::{PoolShared, USER_AGENT};
 use crate::events::feed::{FeedEvent, ReadAfter};
 use crate::events::subscriptions::{ActiveSubscription, SubscriptionOp};
 
@@ -62,7 +64,9 @@ const COUNT_EVERY: Duration = Duration::from_millis(20);
 /// Read batches a task counts at most per look.
 const COUNT_BATCHES: usize = 16;
 
-type Attempt = Pin<Box<dyn Future<Output = (u64, Outcome)> + Send>>;
+/// An attempt in flight: its revision, and when over, its outcome and the
+/// connection if it may be used again.
+type Attempt = Pin<Box<dyn Future<Output = (u64, Outcome, Option<Conn>)> + Send>>;
 
 /// An event read and not yet finished.
 struct Pending {
@@ -101,6 +105,10 @@ pub(super) struct Lane {
     /// Heads waiting for their next attempt.
     timers: BTreeSet<(Instant, u64)>,
     in_flight: FuturesUnordered<Attempt>,
+    /// The receiver, for the pool's own HTTP/1.1 client (`None`: reqwest).
+    endpoint: Option<Arc<Endpoint>>,
+    /// Its idle keep-alive connections, the one used last at the back.
+    idle: VecDeque<Conn>,
     /// Set while the receiver fails.
     backoff: Option<Backoff>,
     /// Events in the window that count in the cursor.
@@ -120,6 +128,11 @@ pub(super) struct Lane {
     last_error: Option<String>,
     logged_cursor: u64,
     logged_at: Instant,
+    /// Runs out [`PROGRESS_EVERY`] after `logged_at` (kept, not made anew
+    /// on every turn of the loop).
+    progress_timer: Pin<Box<Sleep>>,
+    /// Runs out [`COUNT_EVERY`] after `counted_at`.
+    count_timer: Pin<Box<Sleep>>,
     /// A status change that is to be logged at once.
     state_changed: bool,
     /// Recovered events delivered, to be logged.
@@ -135,8 +148,14 @@ impl Lane {
         let state = sub.state();
         *sub.read_next.lock().unwrap_or_else(|e| e.into_inner()) = state.cursor + 1;
         sub.unread.store(0, Ordering::Relaxed);
+        let endpoint = Endpoint::for_url(&sub.def.callback_url, USER_AGENT).map(Arc::new);
+        let now = Instant::now();
         Lane {
             epoch,
+            endpoint,
+            idle: VecDeque::new(),
+            progress_timer: Box::pin(tokio::time::sleep_until((now + PROGRESS_EVERY).into())),
+            count_timer: Box::pin(tokio::time::sleep_until((now + COUNT_EVERY).into())),
             sub,
             shared,
             cursor: state.cursor,
@@ -150,12 +169,12 @@ impl Lane {
             read_through: state.cursor,
             counted_through: state.cursor,
             unread: 0,
-            counted_at: Instant::now(),
+            counted_at: now,
             last_success_at_ms: state.last_success_at_ms,
             failing_since_ms: state.failing_since_ms,
             last_error: state.last_error,
             logged_cursor: state.cursor,
-            logged_at: Instant::now(),
+            logged_at: now,
             state_changed: false,
             recovered: Vec::new(),
             disabling: false,
@@ -191,7 +210,8 @@ impl Lane {
                 continue;
             }
             self.take_recover_requests();
-            self.fill();
+            let newest = *latest.borrow();
+            self.fill(newest);
             let has_room = self.n_pending < self.shared.config.window;
             if !has_room && self.counted_at.elapsed() >= COUNT_EVERY {
                 self.count_ahead();
@@ -204,10 +224,22 @@ impl Lane {
             let unlogged = self.cursor != self.logged_cursor || !self.recovered.is_empty();
             // A full window stops reading; the newer events are counted
             // instead, at most every COUNT_EVERY.
-            let count_due = !has_room && self.counted_through < *latest.borrow();
+            let count_due = !has_room && self.counted_through < newest;
+            // Idle connections are closed here once the task is quiet; while
+            // it is busy, when one is taken.
+            let idle_expiry = self
+                .idle
+                .front()
+                .filter(|_| self.in_flight.is_empty())
+                .map(|c| c.idle_since + IDLE_TIMEOUT);
             tokio::select! {
-                Some((revision, outcome)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.finish(revision, outcome);
+                Some((revision, outcome, conn)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.finish_with(revision, outcome, conn);
+                    // Every other attempt that is over too, before the rest
+                    // of the loop runs again.
+                    while let Some(Some((revision, outcome, conn))) = self.in_flight.next().now_or_never() {
+                        self.finish_with(revision, outcome, conn);
+                    }
                 }
                 () = sleep_until(next_timer), if next_timer.is_some() => {}
                 changed = latest.changed(), if has_room || !count_due => {
@@ -215,19 +247,27 @@ impl Lane {
                         return;
                     }
                 }
-                () = tokio::time::sleep_until((self.counted_at + COUNT_EVERY).into()), if count_due => {}
+                () = &mut self.count_timer, if count_due => {}
                 () = self.sub.wake.notified() => {}
-                () = tokio::time::sleep_until((self.logged_at + PROGRESS_EVERY).into()), if unlogged => {}
+                () = &mut self.progress_timer, if unlogged => {}
+                () = sleep_until(idle_expiry), if idle_expiry.is_some() => {
+                    self.close_expired();
+                }
             }
         }
     }
 
-    /// Reads the subscription's next events from the log into the window.
-    fn fill(&mut self) {
+    /// Reads the subscription's next events from the log into the window
+    /// (`newest`: the newest revision the dispatcher has passed on; nothing
+    /// is read past it, and the feed is not asked while nothing is new).
+    fn fill(&mut self, newest: u64) {
         let sub = Arc::clone(&self.sub);
         while self.n_pending < self.shared.config.window {
             let mut read_next = sub.read_next.lock().unwrap_or_else(|e| e.into_inner());
             let after = *read_next - 1;
+            if after == self.read_through && after >= newest {
+                return;
+            }
             if after != self.read_through {
                 self.count_from(after);
             }
@@ -306,6 +346,9 @@ impl Lane {
     /// for one to some keys). `pending` is then a sum of two counters.
     fn count_ahead(&mut self) {
         self.counted_at = Instant::now();
+        self.count_timer
+            .as_mut()
+            .reset((self.counted_at + COUNT_EVERY).into());
         let sub = Arc::clone(&self.sub);
         // Held so that log retention does not move the reading point while
         // counting.
@@ -445,11 +488,38 @@ impl Lane {
         };
         let event = Arc::clone(&pending.event);
         let sub = Arc::clone(&self.sub);
-        let shared = Arc::clone(&self.shared);
+        let transport = match self.endpoint.clone() {
+            Some(endpoint) => {
+                self.close_expired();
+                Transport::Plain(endpoint, self.idle.pop_back())
+            }
+            None => Transport::Reqwest(self.shared.client.clone()),
+        };
+        let timeout = self.shared.config.timeout;
         self.in_flight.push(Box::pin(async move {
-            let outcome = attempt(&shared.client, &sub, &event).await;
-            (revision, outcome)
+            let (outcome, conn) = attempt(transport, timeout, &sub, &event).await;
+            (revision, outcome, conn)
         }));
+    }
+
+    /// Closes the idle connections unused for [`IDLE_TIMEOUT`].
+    fn close_expired(&mut self) {
+        while self
+            .idle
+            .front()
+            .is_some_and(|c| c.idle_since.elapsed() >= IDLE_TIMEOUT)
+        {
+            self.idle.pop_front();
+        }
+    }
+
+    /// Keeps the connection of an attempt that is over, then counts it.
+    fn finish_with(&mut self, revision: u64, outcome: Outcome, conn: Option<Conn>) {
+        if let Some(mut conn) = conn {
+            conn.idle_since = Instant::now();
+            self.idle.push_back(conn);
+        }
+        self.finish(revision, outcome);
     }
 
     fn finish(&mut self, revision: u64, outcome: Outcome) {
@@ -628,6 +698,9 @@ impl Lane {
         });
         self.logged_cursor = self.cursor;
         self.logged_at = Instant::now();
+        self.progress_timer
+            .as_mut()
+            .reset((self.logged_at + PROGRESS_EVERY).into());
         self.state_changed = false;
     }
 

@@ -14,6 +14,7 @@
 //! nothing: the dispatcher also looks at the feed on a short tick.
 
 mod attempt;
+mod http1;
 mod lane;
 pub mod schedule;
 
@@ -36,6 +37,13 @@ use super::subscriptions::{ActiveSubscription, Registry, SubscriptionOp};
 /// How often the dispatcher looks at the feed and the registry even when
 /// no hint came (a hint may have been dropped on a full queue).
 const TICK: Duration = Duration::from_millis(100);
+
+/// How long the dispatcher lets hints gather after the first one before
+/// it wakes the tasks.
+const COALESCE: Duration = Duration::from_millis(1);
+
+/// The `user-agent` of every attempt.
+const USER_AGENT: &str = concat!("DodoDB-Webhooks/", env!("CARGO_PKG_VERSION"));
 
 /// Settings of the pool.
 #[derive(Debug, Clone)]
@@ -143,7 +151,7 @@ impl DeliveryPool {
             .timeout(config.timeout)
             .pool_idle_timeout(Duration::from_secs(60))
             .no_proxy()
-            .user_agent(concat!("DodoDB-Webhooks/", env!("CARGO_PKG_VERSION")))
+            .user_agent(USER_AGENT)
             .build()
             .map_err(|e| format!("cannot build the webhook client: {e}"))?;
         let (hints, rx) = bounded(config.queue_capacity);
@@ -287,7 +295,14 @@ impl Dispatcher {
     fn run(mut self) {
         loop {
             match self.rx.recv_timeout(TICK) {
-                Ok(_) | Err(RecvTimeoutError::Timeout) => {}
+                Ok(_) => {
+                    // Let the hints of the next moment gather, so that the
+                    // tasks wake once for a burst of writes, not per write
+                    // (and writers meanwhile only push to the queue: no one
+                    // is waiting on it to be woken).
+                    std::thread::sleep(COALESCE);
+                }
+                Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => return,
             }
             while self.rx.try_recv().is_ok() {}
@@ -325,6 +340,8 @@ impl Dispatcher {
         let subs = self.registry.all();
         self.started
             .retain(|id| subs.iter().any(|s| s.def.id == *id));
+        // A task's timers belong to the pool's runtime.
+        let _runtime = self.handle.enter();
         for sub in subs {
             if self.started.insert(sub.def.id.clone()) {
                 let lane = lane::Lane::new(sub, Arc::clone(shared), self.epoch);
