@@ -2,15 +2,11 @@
 //!
 //! simd-json parses in place (it unescapes strings inside its input), so the
 //! document is parsed from a per-thread scratch copy and the caller's bytes
-//! stay untouched: the store keeps exactly what the client sent. Plain
-//! documents (most of them) are accepted by a one-pass check first
-//! (`value/quick.rs`), which leaves everything else to this full check.
+//! stay untouched: the store keeps exactly what the client sent.
 
 use std::cell::RefCell;
 
 use simd_json::{Buffers, Tape};
-
-mod quick;
 
 /// The deepest nesting of arrays and objects accepted. Deeper documents
 /// are rejected on write so that every stored value can be re-read by any
@@ -52,14 +48,6 @@ thread_local! {
 ///
 /// [`ValueError`] saying what is wrong.
 pub fn validate(doc: &[u8]) -> Result<(), ValueError> {
-    if quick::accepts(doc) {
-        return Ok(());
-    }
-    full_check(doc)
-}
-
-/// [`validate`] by simd-json and a scan of the tokens, for any document.
-fn full_check(doc: &[u8]) -> Result<(), ValueError> {
     VALIDATOR.with(|cell| {
         let mut guard = cell.borrow_mut();
         let validator = &mut *guard;
