@@ -5,7 +5,10 @@
 //! subscriptions and feed resumes, up to `--event-retention-bytes` (newest
 //! segments first). Before a segment goes, every subscription whose reader
 //! has not passed it is charged with the matching events it held, and that
-//! is logged and synced first, so a crash cannot lose the count.
+//! is logged and synced first, so a crash cannot lose the count. A segment
+//! holding a change that is still in the feed's ring and that a subscription
+//! has not read yet stays (with every later one): it is not lost while the
+//! reader can take it from memory, so it must not vanish with the ring.
 
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -60,11 +63,19 @@ impl Inner {
             .iter()
             .map(|s| s.read_next.lock().unwrap_or_else(|e| e.into_inner()))
             .collect();
-        // Events still in the feed's ring are read from there, not disk.
+        // Events still in the feed's ring are read from there, not disk, so
+        // they are not lost; but once the ring moves on they are on disk
+        // only. A segment holding one that a subscription has not read yet
+        // therefore stays, with every newer one, or that event would be
+        // neither read nor counted. Segments go oldest first up to it.
         let in_memory_from = self.feed.reader().ring_floor() + 1;
         let mut lost = vec![0u64; subs.len()];
         let mut through = reader.floor();
+        let mut dropped = 0;
         for &n in &doomed {
+            let mut in_ring = false;
+            let mut segment_lost = vec![0u64; subs.len()];
+            let mut segment_through = through;
             crate::wal::reader::scan(dir, n, 0, &mut |record| {
                 let changes = match record {
                     Record::Change(change) => vec![change],
@@ -72,21 +83,34 @@ impl Inner {
                     Record::Meta(_) | Record::Raft(_) => Vec::new(),
                 };
                 for change in changes {
-                    through = through.max(change.version);
-                    if change.version < in_memory_from {
-                        for (i, sub) in subs.iter().enumerate() {
-                            if change.version >= *readers[i] && sub.def.target.matches(&change.key)
-                            {
-                                lost[i] += 1;
+                    segment_through = segment_through.max(change.version);
+                    for (i, sub) in subs.iter().enumerate() {
+                        if change.version >= *readers[i] && sub.def.target.matches(&change.key) {
+                            if change.version >= in_memory_from {
+                                in_ring = true;
+                                return false;
                             }
+                            segment_lost[i] += 1;
                         }
                     }
                 }
                 true
             })
             .map_err(|e| DbError::Unavailable(e.to_string()))?;
+            if in_ring {
+                break;
+            }
+            for (total, more) in lost.iter_mut().zip(segment_lost) {
+                *total += more;
+            }
+            through = segment_through;
+            dropped += 1;
         }
-        let dropped_through = through.min(in_memory_from - 1);
+        doomed.truncate(dropped);
+        if doomed.is_empty() {
+            return Ok(());
+        }
+        let dropped_through = through;
         let mut last_seq = None;
         for (i, sub) in subs.iter().enumerate() {
             if *readers[i] <= dropped_through {

@@ -208,6 +208,14 @@ impl LogReader {
                 break;
             }
         }
+        // Revisions not found may have been in a segment deleted after the
+        // floor was checked above (retention raises the floor first): then
+        // they are gone, not "never logged".
+        if missing > 0 && after < self.floor() {
+            return Ok(ReadEnd::Gone {
+                floor: self.floor(),
+            });
+        }
         found.sort_unstable_by_key(|c| c.version);
         for change in found {
             visit(change);
