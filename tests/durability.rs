@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::files::{name, segments, snapshots};
 use common::ledger::{self, Ledger, MustKeep, dump};
-use common::{Stop, TestServer, client, get_json, put, put_ttl, stats};
+use common::{Stop, TestServer, client, get_json, put, put_ttl, snapshot, stats};
 use serde_json::{Value, json};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -254,9 +254,9 @@ async fn a_crash_at_each_snapshot_step_loses_nothing() {
             )
             .await;
         }
-        let snapshot = client().post(server.at("/system/snapshot")).send().await;
+        let aborted = client().post(server.at("/system/snapshot")).send().await;
         assert!(
-            snapshot.is_err() || !snapshot.as_ref().is_ok_and(|r| r.status().is_success()),
+            aborted.is_err() || !aborted.as_ref().is_ok_and(|r| r.status().is_success()),
             "step {step}: the hook must abort"
         );
         server.restart(Stop::Kill9, &[]);
@@ -280,12 +280,7 @@ async fn a_crash_at_each_snapshot_step_loses_nothing() {
             "temporary snapshot files are removed at start-up"
         );
         // The next snapshot works and a restart after it still has everything.
-        let answer = client()
-            .post(server.at("/system/snapshot"))
-            .send()
-            .await
-            .expect("snapshot");
-        assert_eq!(answer.status(), 200);
+        snapshot(&server).await;
         server.restart(Stop::Kill9, &[]);
         assert_eq!(dump(&server).await.len(), 50, "step {step}");
     }
@@ -481,17 +476,6 @@ async fn sigterm_exits_cleanly_with_a_final_snapshot() {
         dump(&server).await.get("a").map(|e| &e.1),
         Some(&json!({"x": 1}))
     );
-}
-
-/// `POST /system/snapshot`, which must succeed; returns its answer.
-async fn snapshot(server: &TestServer) -> Value {
-    let answer = client()
-        .post(server.at("/system/snapshot"))
-        .send()
-        .await
-        .expect("snapshot");
-    assert_eq!(answer.status(), 200);
-    answer.json().await.expect("json")
 }
 
 #[tokio::test]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Stop, TestServer, assert_error, client, poll_until, put, stats};
+use common::{Stop, TestServer, assert_error, client, poll_until, put, snapshot, stats};
 use futures_util::{SinkExt, Stream, StreamExt};
 use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::prometheus::parse_prometheus;
@@ -721,12 +721,7 @@ async fn metrics_parse_as_prometheus_text_and_move_with_traffic() {
         );
     }
 
-    let response = client()
-        .post(server.at("/system/snapshot"))
-        .send()
-        .await
-        .expect("snapshot");
-    assert_eq!(response.status(), 200);
+    snapshot(&server).await;
     let snapped = scrape(&http, &server).await;
     assert_eq!(metric(&snapped, "dododb_snapshots", &[]), 1.0);
     assert_eq!(metric(&snapped, "dododb_last_snapshot_keys", &[]), 3.0);

@@ -10,7 +10,7 @@ use base64::engine::general_purpose::STANDARD;
 use common::webhook::{
     Answer, Received, Receiver, subscribe, subscription, subscription_ids, subscriptions,
 };
-use common::{Stop, TestServer, assert_error, client, get_json, metric, poll_until, put};
+use common::{Stop, TestServer, assert_error, client, get_json, metric, poll_until, put, snapshot};
 use hmac::{Hmac, Mac};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
@@ -582,15 +582,7 @@ async fn subscriptions_survive_restart() {
         "the secret survived too"
     );
     // And through a snapshot.
-    assert_eq!(
-        client()
-            .post(server.at("/system/snapshot"))
-            .send()
-            .await
-            .expect("snap")
-            .status(),
-        200
-    );
+    snapshot(&server).await;
     server.restart(Stop::Term, &[]);
     assert_eq!(subscriptions(&server).await.len(), 1);
 }

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::tcp::free_port;
 use common::webhook::{Answer, Receiver, recover, subscribe, subscription};
-use common::{Stop, TestServer, client, poll_until, put, stats};
+use common::{Stop, TestServer, client, poll_until, put, snapshot, stats};
 use serde_json::{Value, json};
 
 /// One delivery a receiver got: its webhook-id, key and version.
@@ -407,19 +407,10 @@ async fn changes_still_in_the_ring_are_not_dropped_with_their_segment() {
         &vec!["1s"; 300].join(","),
     ]);
     let id = subscribe(&server, &json!({"prefix": "r", "callback_url": url})).await;
-    let http = client();
     let mut acked = write_key(&server, "r", 300).await;
-    let snapshot = async || {
-        let response = http
-            .post(server.at("/system/snapshot"))
-            .send()
-            .await
-            .expect("snapshot");
-        assert_eq!(response.status(), 200);
-    };
-    snapshot().await;
+    snapshot(&server).await;
     acked.extend(write_key(&server, "r", 300).await);
-    snapshot().await;
+    snapshot(&server).await;
     let lost = subscription(&server, &id).await["lost_events"]
         .as_u64()
         .expect("lost");

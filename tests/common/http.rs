@@ -118,6 +118,17 @@ pub async fn stats(server: &TestServer) -> Value {
     get_json(server, "/system/stats").await
 }
 
+/// `POST /system/snapshot`, which must succeed; returns its answer.
+pub async fn snapshot(server: &TestServer) -> Value {
+    let answer = client()
+        .post(server.at("/system/snapshot"))
+        .send()
+        .await
+        .expect("snapshot");
+    assert_eq!(answer.status(), 200);
+    answer.json().await.expect("json")
+}
+
 /// The value of the unlabelled series `name` in `/metrics` (a counter's
 /// `…_total`), or 0 when it is not there yet.
 pub async fn metric(server: &TestServer, name: &str) -> f64 {

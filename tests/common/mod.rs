@@ -24,8 +24,8 @@ pub mod webhook;
 // Each test file uses some of these.
 #[allow(unused_imports)]
 pub use http::{
-    Reply, assert_error, client, enc, get, get_json, kv, metric, put, put_ttl, sse_changes,
-    sse_events, stats,
+    Reply, assert_error, client, enc, get, get_json, kv, metric, put, put_ttl, snapshot,
+    sse_changes, sse_events, stats,
 };
 #[allow(unused_imports)]
 pub use poll::poll_until;
