@@ -24,9 +24,26 @@ pub fn connect(server: &TestServer, read_timeout: Duration) -> TcpStream {
 
 /// A loopback port nothing listens on now (for a receiver that is down,
 /// or a helper process to bind).
+///
+/// It is taken below Linux's ephemeral range (32768-60999 by default), so
+/// that no `bind(0)` of a parallel test and no outgoing connection can be
+/// given it before the test binds it: a client that keeps connecting to a
+/// dead port in that range can be given that very port as its own local
+/// port and connect to itself (TCP simultaneous open), which holds it.
 pub fn free_port() -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.local_addr().expect("addr").port()
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let start = nanos ^ std::process::id().wrapping_mul(2_654_435_761);
+    (0..COUNT)
+        .map(|i| {
+            u16::try_from(FIRST + (start.wrapping_add(i.wrapping_mul(7_919))) % COUNT)
+                .expect("port")
+        })
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free loopback port below the ephemeral range")
 }
 
 /// Reads one response head (up to the blank line) from `tcp`; what came
