@@ -10,7 +10,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::{Db, DbError, Inner, WalJournal, now_ms};
-use crate::store::{Compare, Condition, NoJournal, OpResult, TxnOp, TxnOutcome, copy_value};
+use crate::store::{
+    Compare, Condition, KeyHasher, NoJournal, OpResult, TxnOp, TxnOutcome, copy_value,
+};
 use crate::value;
 
 /// One operation of a transaction, as a caller asks for it.
@@ -192,40 +194,53 @@ impl Inner {
     /// Checks one branch and turns it into store operations: keys, values,
     /// expiry times, and no key written twice.
     fn check_branch(&self, name: &str, ops: Vec<Op>, now: u64) -> Result<Vec<TxnOp>, DbError> {
-        let mut written: HashMap<String, usize> = HashMap::new();
-        let mut checked = Vec::with_capacity(ops.len());
-        for (i, op) in ops.into_iter().enumerate() {
-            let at = format!("{name}[{i}]");
-            let key = match &op {
-                Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => key,
+        let n_writes = ops
+            .iter()
+            .filter(|op| !matches!(op, Op::Get { .. }))
+            .count();
+        // Where each key was first written, by the keys in `ops`.
+        let mut written: HashMap<&str, usize, KeyHasher> =
+            HashMap::with_capacity_and_hasher(n_writes, KeyHasher::default());
+        // The operation's name, built only for an error.
+        let at = |i: usize| format!("{name}[{i}]");
+        for (i, op) in ops.iter().enumerate() {
+            let (key, value) = match op {
+                Op::Put { key, value, .. } => (key, Some(value)),
+                Op::Delete { key } => (key, None),
+                Op::Get { key } => {
+                    self.check_key(key).map_err(|e| within(&at(i), e))?;
+                    continue;
+                }
             };
-            self.check_key(key).map_err(|e| within(&at, e))?;
-            if !matches!(op, Op::Get { .. }) {
-                if let Some(first) = written.get(key.as_str()) {
-                    return Err(DbError::InvalidRequest(format!(
-                        "{at}: key {key:?} is already written by {name}[{first}]; a transaction writes each key at most once"
-                    )));
-                }
-                written.insert(key.clone(), i);
+            self.check_key(key).map_err(|e| within(&at(i), e))?;
+            if let Some(&first) = written.get(key.as_str()) {
+                return Err(DbError::InvalidRequest(format!(
+                    "{}: key {key:?} is already written by {name}[{first}]; a transaction writes each key at most once",
+                    at(i)
+                )));
             }
-            checked.push(match op {
-                Op::Put { key, value, ttl } => {
-                    self.check_value(&value).map_err(|e| within(&at, e))?;
-                    TxnOp::Put {
-                        key: key.into_boxed_str(),
-                        value: copy_value(&value),
-                        expires_at_ms: self.expiry(ttl, now),
-                    }
-                }
+            written.insert(key, i);
+            if let Some(value) = value {
+                self.check_value(value).map_err(|e| within(&at(i), e))?;
+            }
+        }
+        drop(written);
+        Ok(ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put { key, value, ttl } => TxnOp::Put {
+                    key: key.into_boxed_str(),
+                    value: copy_value(&value),
+                    expires_at_ms: self.expiry(ttl, now),
+                },
                 Op::Delete { key } => TxnOp::Delete {
                     key: key.into_boxed_str(),
                 },
                 Op::Get { key } => TxnOp::Get {
                     key: key.into_boxed_str(),
                 },
-            });
-        }
-        Ok(checked)
+            })
+            .collect())
     }
 
     /// Unix ms at which a value written at `now` with `ttl` (or the

@@ -4,7 +4,7 @@
 //! value embedded byte for byte as stored.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -12,6 +12,7 @@ use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::Deserialize;
+use serde::de::{Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
 use super::error::ApiError;
@@ -25,15 +26,12 @@ use crate::store::{Compare, Condition, OpResult};
 #[serde(deny_unknown_fields)]
 struct TxnBody<'a> {
     #[serde(default, borrow)]
-    compare: Vec<&'a RawValue>,
+    compare: Vec<Fields<'a>>,
     #[serde(default, borrow)]
-    success: Vec<&'a RawValue>,
+    success: Vec<Fields<'a>>,
     #[serde(default, borrow)]
-    failure: Vec<&'a RawValue>,
+    failure: Vec<Fields<'a>>,
 }
-
-/// An operation or compare: its fields by name, each value as written.
-type Fields<'a> = BTreeMap<Cow<'a, str>, &'a RawValue>;
 
 pub(super) async fn txn(
     State(state): State<AppState>,
@@ -52,13 +50,16 @@ pub(super) async fn txn(
     Ok(json_bytes(StatusCode::OK, answer(&done)))
 }
 
-/// Parses a whole transaction document.
+/// Parses a whole transaction document in one pass. Keys without escapes
+/// and values are borrowed from `body` until they are built into the
+/// transaction, values as slices of it (the database copies what it
+/// keeps).
 ///
 /// # Errors
 ///
 /// `invalid_json` for a body that is not JSON, `invalid_request` naming
 /// the operation for anything else.
-pub(crate) fn parse(body: &[u8]) -> Result<Txn, ApiError> {
+pub(crate) fn parse(body: &Bytes) -> Result<Txn, ApiError> {
     let shape = |why: &dyn std::fmt::Display| {
         ApiError::InvalidRequest(format!(
             "a transaction is {{\"compare\": [...], \"success\": [...], \"failure\": [...]}}: {why}"
@@ -79,12 +80,14 @@ pub(crate) fn parse(body: &[u8]) -> Result<Txn, ApiError> {
         .compare
         .iter()
         .enumerate()
-        .map(|(i, raw)| condition(raw).map_err(|why| bad(&format!("compare[{i}]"), &why)))
+        .map(|(i, fields)| {
+            condition(body, fields).map_err(|why| bad(&format!("compare[{i}]"), &why))
+        })
         .collect::<Result<_, _>>()?;
-    let branch = |name: &str, ops: &[&RawValue]| -> Result<Vec<Op>, ApiError> {
+    let branch = |name: &str, ops: &[Fields<'_>]| -> Result<Vec<Op>, ApiError> {
         ops.iter()
             .enumerate()
-            .map(|(i, raw)| op(raw).map_err(|why| bad(&format!("{name}[{i}]"), &why)))
+            .map(|(i, fields)| op(body, fields).map_err(|why| bad(&format!("{name}[{i}]"), &why)))
             .collect()
     };
     Ok(Txn {
@@ -98,35 +101,185 @@ fn bad(at: &str, why: &str) -> ApiError {
     ApiError::InvalidRequest(format!("{at}: {why}"))
 }
 
-fn fields(raw: &RawValue) -> Result<Fields<'_>, String> {
-    serde_json::from_str(raw.get()).map_err(|_| "must be an object".to_string())
+/// An operation or compare as written: the fields either may have, each
+/// as its raw JSON (a field given twice keeps its last value), and the
+/// first of any other fields by name. Read in the body's one pass, so a
+/// non-object is recorded rather than refused there, and its error can
+/// name its place.
+#[derive(Default)]
+struct Fields<'a> {
+    /// Whether it is a JSON object at all.
+    object: bool,
+    op: Option<&'a RawValue>,
+    key: Option<&'a RawValue>,
+    value: Option<&'a RawValue>,
+    ttl: Option<&'a RawValue>,
+    version: Option<&'a RawValue>,
+    exists: Option<&'a RawValue>,
+    /// The smallest name of a field that neither has.
+    other: Option<Cow<'a, str>>,
 }
 
-fn key(fields: &Fields<'_>) -> Result<String, String> {
-    let raw = fields.get("key").ok_or("\"key\" is missing")?;
-    serde_json::from_str(raw.get()).map_err(|_| "\"key\" must be a string".into())
-}
+impl<'a> Fields<'a> {
+    /// The smallest name among the fields present that are not in
+    /// `allowed` (of those an operation or compare may have) and the
+    /// other fields.
+    fn unknown(&self, allowed: &[&str]) -> Option<&str> {
+        let known = [
+            ("exists", self.exists),
+            ("key", self.key),
+            ("op", self.op),
+            ("ttl", self.ttl),
+            ("value", self.value),
+            ("version", self.version),
+        ];
+        known
+            .iter()
+            .filter(|(name, raw)| raw.is_some() && !allowed.contains(name))
+            .map(|(name, _)| *name)
+            .chain(self.other.as_deref())
+            .min()
+    }
 
-fn only(fields: &Fields<'_>, allowed: &[&str], what: &str) -> Result<(), String> {
-    match fields.keys().find(|name| !allowed.contains(&name.as_ref())) {
-        Some(name) => Err(format!("unknown field {name:?} for {what}")),
-        None => Ok(()),
+    fn only(&self, allowed: &[&str], what: &str) -> Result<(), String> {
+        match self.unknown(allowed) {
+            Some(name) => Err(format!("unknown field {name:?} for {what}")),
+            None => Ok(()),
+        }
+    }
+
+    fn key(&self) -> Result<Cow<'a, str>, String> {
+        let raw = self.key.ok_or("\"key\" is missing")?;
+        string(raw).ok_or_else(|| "\"key\" must be a string".into())
     }
 }
 
-fn op(raw: &RawValue) -> Result<Op, String> {
-    let fields = fields(raw)?;
-    let name: String = match fields.get("op") {
+/// The text of a JSON string, borrowed when it has no escapes; `None` for
+/// any other JSON value. serde_json has checked the string (UTF-8, no raw
+/// control characters), so without a backslash its text is what is
+/// between the quotes.
+fn string(raw: &RawValue) -> Option<Cow<'_, str>> {
+    let text = raw.get();
+    match text.strip_prefix('"').and_then(|t| t.strip_suffix('"')) {
+        Some(plain) if !plain.contains('\\') => Some(Cow::Borrowed(plain)),
+        _ => serde_json::from_str::<String>(text).ok().map(Cow::Owned),
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Fields<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(FieldsVisitor(PhantomData))
+    }
+}
+
+struct FieldsVisitor<'a>(PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for FieldsVisitor<'a> {
+    type Value = Fields<'a>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Fields<'a>, A::Error> {
+        let mut fields = Fields {
+            object: true,
+            ..Fields::default()
+        };
+        while let Some(Name(name)) = map.next_key()? {
+            // Every value is read as a raw value, which serde_json checks
+            // whole (UTF-8 too), even those of fields that are refused.
+            let raw: &'de RawValue = map.next_value()?;
+            let slot = match &*name {
+                "op" => &mut fields.op,
+                "key" => &mut fields.key,
+                "value" => &mut fields.value,
+                "ttl" => &mut fields.ttl,
+                "version" => &mut fields.version,
+                "exists" => &mut fields.exists,
+                _ => {
+                    if fields.other.as_ref().is_none_or(|other| name < *other) {
+                        fields.other = Some(name);
+                    }
+                    continue;
+                }
+            };
+            *slot = Some(raw);
+        }
+        Ok(fields)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Fields<'a>, A::Error> {
+        while seq.next_element::<&'de RawValue>()?.is_some() {}
+        Ok(Fields::default())
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Fields<'a>, E> {
+        Ok(Fields::default())
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Fields<'a>, E> {
+        Ok(Fields::default())
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Fields<'a>, E> {
+        Ok(Fields::default())
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Fields<'a>, E> {
+        Ok(Fields::default())
+    }
+
+    fn visit_str<E>(self, _: &str) -> Result<Fields<'a>, E> {
+        Ok(Fields::default())
+    }
+
+    fn visit_unit<E>(self) -> Result<Fields<'a>, E> {
+        Ok(Fields::default())
+    }
+}
+
+/// A field's name, borrowed from the body unless it has escapes.
+struct Name<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Name<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct NameVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for NameVisitor<'a> {
+            type Value = Name<'a>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a field name")
+            }
+
+            fn visit_borrowed_str<E>(self, name: &'de str) -> Result<Name<'a>, E> {
+                Ok(Name(Cow::Borrowed(name)))
+            }
+
+            fn visit_str<E>(self, name: &str) -> Result<Name<'a>, E> {
+                Ok(Name(Cow::Owned(name.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(NameVisitor(PhantomData))
+    }
+}
+
+fn op(body: &Bytes, fields: &Fields<'_>) -> Result<Op, String> {
+    if !fields.object {
+        return Err("must be an object".into());
+    }
+    let name = match fields.op {
         None => return Err("\"op\" is missing (put, delete or get)".into()),
-        Some(raw) => serde_json::from_str(raw.get())
-            .map_err(|_| "\"op\" must be a string (put, delete or get)".to_string())?,
+        Some(raw) => {
+            string(raw).ok_or("\"op\" must be a string (put, delete or get)".to_string())?
+        }
     };
-    let key = key(&fields)?;
-    match name.as_str() {
+    let key = fields.key()?.into_owned();
+    match &*name {
         "put" => {
-            only(&fields, &["op", "key", "value", "ttl"], "a put")?;
-            let value = fields.get("value").ok_or("\"value\" is missing")?;
-            let ttl = match fields.get("ttl") {
+            fields.only(&["op", "key", "value", "ttl"], "a put")?;
+            let value = fields.value.ok_or("\"value\" is missing")?;
+            let ttl = match fields.ttl {
                 None => None,
                 Some(raw) => match whole_number(raw.get()) {
                     Some(secs) if secs > 0 => Some(Duration::from_secs(secs)),
@@ -140,16 +293,16 @@ fn op(raw: &RawValue) -> Result<Op, String> {
             };
             Ok(Op::Put {
                 key,
-                value: Bytes::copy_from_slice(value.get().as_bytes()),
+                value: body.slice_ref(value.get().as_bytes()),
                 ttl,
             })
         }
         "delete" => {
-            only(&fields, &["op", "key"], "a delete")?;
+            fields.only(&["op", "key"], "a delete")?;
             Ok(Op::Delete { key })
         }
         "get" => {
-            only(&fields, &["op", "key"], "a get")?;
+            fields.only(&["op", "key"], "a get")?;
             Ok(Op::Get { key })
         }
         other => Err(format!(
@@ -158,17 +311,26 @@ fn op(raw: &RawValue) -> Result<Op, String> {
     }
 }
 
-fn condition(raw: &RawValue) -> Result<Condition, String> {
-    let fields = fields(raw)?;
-    let key = key(&fields)?;
-    only(&fields, &["key", "version", "exists", "value"], "a compare")?;
-    let mut checks = fields.iter().filter(|(name, _)| name.as_ref() != "key");
-    let (Some((name, value)), None) = (checks.next(), checks.next()) else {
+fn condition(body: &Bytes, fields: &Fields<'_>) -> Result<Condition, String> {
+    if !fields.object {
+        return Err("must be an object".into());
+    }
+    let key = fields.key()?;
+    fields.only(&["key", "version", "exists", "value"], "a compare")?;
+    let checks = [
+        ("version", fields.version),
+        ("exists", fields.exists),
+        ("value", fields.value),
+    ];
+    let mut given = checks
+        .iter()
+        .filter_map(|(name, raw)| Some((*name, (*raw)?)));
+    let (Some((name, value)), None) = (given.next(), given.next()) else {
         return Err(
             "a compare has \"key\" and exactly one of \"version\", \"exists\" or \"value\"".into(),
         );
     };
-    let compare = match name.as_ref() {
+    let compare = match name {
         "version" => Compare::Version(
             whole_number(value.get())
                 .ok_or("\"version\" must be a whole number (0: the key is absent)")?,
@@ -176,10 +338,10 @@ fn condition(raw: &RawValue) -> Result<Condition, String> {
         "exists" => Compare::Exists(
             serde_json::from_str(value.get()).map_err(|_| "\"exists\" must be true or false")?,
         ),
-        _ => Compare::Value(Bytes::copy_from_slice(value.get().as_bytes())),
+        _ => Compare::Value(body.slice_ref(value.get().as_bytes())),
     };
     Ok(Condition {
-        key: key.into_boxed_str(),
+        key: key.into(),
         compare,
     })
 }
@@ -248,7 +410,7 @@ mod tests {
     use super::*;
 
     fn check_error(body: &str, expected: &str) {
-        match parse(body.as_bytes()) {
+        match parse(&Bytes::copy_from_slice(body.as_bytes())) {
             Err(ApiError::InvalidRequest(m)) => assert!(m.contains(expected), "{body}: {m}"),
             other => panic!("{body}: {other:?}"),
         }
@@ -296,15 +458,101 @@ mod tests {
         check_error(r#"{"success":[5]}"#, "success[0]: must be an object");
         check_error(r#"{"sucess":[]}"#, "sucess");
         check_error(r#"[]"#, "a transaction is");
-        assert!(matches!(parse(b"{oops"), Err(ApiError::InvalidJson(_))));
+        assert!(matches!(
+            parse(&Bytes::from_static(b"{oops")),
+            Err(ApiError::InvalidJson(_))
+        ));
+    }
+
+    fn parsed(body: &[u8]) -> Result<Txn, ApiError> {
+        parse(&Bytes::copy_from_slice(body))
+    }
+
+    #[test]
+    fn fields_are_read_as_json_reads_them() {
+        // Escapes in keys, op names and field names; a field given twice
+        // keeps its last value.
+        let txn = parsed(
+            br#"{"success":[{"o\u0070":"p\u0075t","key":"a\u0062","value":1},
+                {"op":"get","key":"\u00e9t\u00e9"},{"op":"delete","key":"x\"y"},
+                {"op":"put","key":"c","key":"d","value":1,"value":[ 2 ]},
+                {"op":"put","op":"get","key":"e"}]}"#,
+        )
+        .expect("parses");
+        let keys: Vec<&str> = txn
+            .success
+            .iter()
+            .map(|op| match op {
+                Op::Put { key, .. } | Op::Delete { key } | Op::Get { key } => key.as_str(),
+            })
+            .collect();
+        assert_eq!(keys, ["ab", "été", "x\"y", "d", "e"]);
+        assert!(matches!(&txn.success[3], Op::Put { value, .. } if &value[..] == b"[ 2 ]"));
+        assert!(matches!(&txn.success[4], Op::Get { .. }));
+        check_error(
+            r#"{"success":[{"op":"get","key":"a","zz":1,"exists":true,"version":1,"aa":2}]}"#,
+            "success[0]: unknown field \"aa\" for a get",
+        );
+        check_error(
+            r#"{"success":[{"op":"get","key":"a","zz":1,"exists":true}]}"#,
+            "success[0]: unknown field \"exists\" for a get",
+        );
+        check_error(
+            r#"{"compare":[{"key":"a","op":"get","version":1}]}"#,
+            "compare[0]: unknown field \"op\" for a compare",
+        );
+        check_error(
+            r#"{"success":[{"op":"get","key":"a","op":1}]}"#,
+            "success[0]: \"op\" must be a string",
+        );
+        check_error(
+            r#"{"success":[{"op":"put"}]}"#,
+            "success[0]: \"key\" is missing",
+        );
+        check_error(
+            r#"{"success":[[1,{"a":2}]]}"#,
+            "success[0]: must be an object",
+        );
+        check_error(r#"{"failure":[null]}"#, "failure[0]: must be an object");
+        check_error(r#"{"compare":["k"]}"#, "compare[0]: must be an object");
+        assert!(matches!(
+            parsed(br#"{"compare":[{"key":"a","version":1,"version":2}]}"#),
+            Ok(Txn { compare, .. }) if compare[0].compare == Compare::Version(2)
+        ));
+    }
+
+    #[test]
+    fn bad_json_anywhere_is_invalid_json() {
+        for body in [
+            &b"{\"success\":[{\"op\":\"get\",\"key\":\"a\",\"zz\":\"\xff\"}]}"[..],
+            b"{\"success\":[[\"\xff\"]]}",
+            b"{\"success\":[\"\xff\"]}",
+            b"{\"success\":[{\"op\":\"get\",\"key\":\"\xff\"}]}",
+            b"{\"success\":[{\"op\":\"get\",\"key\":\"tab\there\"}]}",
+            b"{\"success\":[{\"op\":\"put\",\"key\":\"a\",\"value\":01}]}",
+            b"{\"success\":[{\"op\":\"put\",\"key\":\"a\",\"value\":1}],}",
+        ] {
+            let got = parsed(body);
+            assert!(
+                matches!(got, Err(ApiError::InvalidJson(_))),
+                "{}: {got:?}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]
     fn values_are_kept_as_written() {
-        let txn = parse(br#"{"success":[{"op":"put","key":"k","value":{"b": 2, "a": [1.50]}}],"compare":[{"key":"k","value":null}]}"#).expect("parses");
-        assert!(
-            matches!(&txn.success[0], Op::Put { value, .. } if &value[..] == br#"{"b": 2, "a": [1.50]}"#)
+        let body = Bytes::from_static(
+            br#"{"success":[{"op":"put","key":"k","value":{"b": 2, "a": [1.50]}}],"compare":[{"key":"k","value":null}]}"#,
         );
+        let txn = parse(&body).expect("parses");
+        let Op::Put { value, .. } = &txn.success[0] else {
+            panic!("{txn:?}")
+        };
+        assert_eq!(&value[..], br#"{"b": 2, "a": [1.50]}"#);
+        // Not copied: the database copies what it keeps.
+        assert!(body.as_ptr_range().contains(&value.as_ptr()));
         assert!(matches!(&txn.compare[0].compare, Compare::Value(v) if &v[..] == b"null"));
     }
 }

@@ -36,7 +36,7 @@ pub use txn::{Compare, Condition, OpResult, TxnOp, TxnOutcome};
 pub use value_copy::copy_value;
 
 /// A fast, DoS-resistant hasher (randomly seeded per process).
-type KeyHasher = foldhash::fast::RandomState;
+pub(crate) type KeyHasher = foldhash::fast::RandomState;
 
 /// Many small shards keep each shard's lock short during snapshots and
 /// listing, which walk one shard at a time.
@@ -56,6 +56,27 @@ fn prefetch_line(at: *const u8) {
     }
     #[cfg(not(target_arch = "x86_64"))]
     let _ = at;
+}
+
+/// Starts loading the part of `table` that looking up a key hashed to
+/// `hash` probes first: the control bytes and the slots of its first
+/// probe group. A hint only, as [`prefetch_line`].
+fn prefetch_probe(table: &Table, hash: u64) {
+    // hashbrown's first probe position, and its layout: the control
+    // bytes start at `data_end`, slot `i` ends `i` slots before it.
+    let first = (hash as usize) & (table.buckets() - 1);
+    let end = table.data_end().as_ptr();
+    let control = end.cast::<u8>().wrapping_add(first);
+    let slots = end.wrapping_sub(first + PROBE_GROUP).cast::<u8>();
+    let slot_bytes = PROBE_GROUP * std::mem::size_of::<(Packed, SharedValue<()>)>();
+    for line in [
+        control,
+        slots,
+        slots.wrapping_add(slot_bytes / 2),
+        slots.wrapping_add(slot_bytes - 1),
+    ] {
+        prefetch_line(line);
+    }
 }
 
 /// The committed state of one key: what readers see.
@@ -459,22 +480,7 @@ impl Store {
     /// never faults.
     pub fn prefetch(&self, key: &str) {
         let place = self.place(key);
-        let table = self.map.shards()[place.shard].read();
-        // hashbrown's first probe position, and its layout: the control
-        // bytes start at `data_end`, slot `i` ends `i` slots before it.
-        let first = (place.hash as usize) & (table.buckets() - 1);
-        let end = table.data_end().as_ptr();
-        let control = end.cast::<u8>().wrapping_add(first);
-        let slots = end.wrapping_sub(first + PROBE_GROUP).cast::<u8>();
-        let slot_bytes = PROBE_GROUP * std::mem::size_of::<(Packed, SharedValue<()>)>();
-        for line in [
-            control,
-            slots,
-            slots.wrapping_add(slot_bytes / 2),
-            slots.wrapping_add(slot_bytes - 1),
-        ] {
-            prefetch_line(line);
-        }
+        prefetch_probe(&self.map.shards()[place.shard].read(), place.hash);
     }
 
     fn write_shard(&self, shard: usize) -> RwLockWriteGuard<'_, Table> {

@@ -17,6 +17,7 @@ use bytes::Bytes;
 
 use super::multi::WriteLocked;
 use super::packed::Packed;
+use super::value_copy::copy_value;
 use super::{
     Change, ChangeEvent, ChangeKind, Entry, Head, Indexing, Journal, KeyHasher, Place, Store,
     StoreError, Submitted,
@@ -141,7 +142,8 @@ impl View {
             version: e.version(),
             expires_at_ms: e.expires_at_ms(),
             value: if need_value {
-                Bytes::copy_from_slice(e.value())
+                // One allocation, shared by the change and its event.
+                copy_value(e.value())
             } else {
                 Bytes::new()
             },
