@@ -1,6 +1,7 @@
-//! `POST /txn` (SPEC §4): the transaction document parsed one operation at a
-//! time, so that every error names the operation's place
-//! (`success[2]: unknown op "frob"`), and the answer written with each
+//! `POST /txn` (SPEC §4): the transaction document read in one pass, each
+//! operation's fields kept as raw JSON borrowed from the body and checked
+//! afterwards, so that every error names the operation's place
+//! (`success[2]: unknown op "frob"`); and the answer written with each
 //! value embedded byte for byte as stored.
 
 use std::borrow::Cow;
