@@ -35,12 +35,37 @@ use super::packed::KeyRef;
 /// outward from there: a few comparisons of keys still in cache instead of
 /// a binary search over the whole shard, which costs a cache miss per step
 /// and, with 256 shards, made up most of a page's time.
+///
+/// New keys that come in batches ([`Ordered::insert_many`]) wait unsorted
+/// until the set is next used: a large import adds a few keys to every
+/// shard per batch, and sorting each batch in moved the shard's keys and
+/// searched among them once per batch, most of the cost of applying it.
+/// Waiting, they are sorted in once, by whatever uses the set next (a
+/// write of the shard, a listing, a count), in one pass like a rebuild
+/// when they are many. Every method but `insert_many` sorts them in first,
+/// so what the set answers is always exact.
+///
+/// Invariant: an entry whose key is in the set, sorted in or waiting,
+/// stays alive until the set is told it went ([`Ordered::remove`]) or
+/// moved ([`Ordered::replace`]).
 #[derive(Default)]
 pub(super) struct Ordered {
     keys: Vec<KeyRef>,
+    /// Keys added by [`Ordered::insert_many`] and not sorted in yet.
+    waiting: Vec<KeyRef>,
     /// Where the last [`Ordered::copy_out`] stopped: only a guess, checked
     /// before use, since keys come and go in between.
     hint: usize,
+}
+
+/// A key's first eight bytes as a number that sorts like them: most
+/// comparisons of a sort by it read no entry.
+fn head(key: &KeyRef) -> u64 {
+    let mut head = [0u8; 8];
+    let bytes = key.key().as_bytes();
+    let n = bytes.len().min(8);
+    head[..n].copy_from_slice(&bytes[..n]);
+    u64::from_be_bytes(head)
 }
 
 /// The smallest byte string greater than every string that starts with
@@ -152,6 +177,7 @@ impl Ordered {
 
     /// Adds an entry's key (the caller holds the shard's write lock).
     pub(super) fn insert(&mut self, key: KeyRef) {
+        self.sort_in();
         if let Err(at) = self.find(key.key().as_bytes()) {
             if self.keys.len() == self.keys.capacity() {
                 // Grow by an eighth, not by doubling: the slack is memory
@@ -163,14 +189,65 @@ impl Ordered {
     }
 
     /// Adds the keys of many new entries at once (the caller holds the
-    /// shard's write lock), as a batch of writes does: one pass that moves
-    /// each key of the set at most once, instead of one insertion each.
-    ///
-    /// The places are found by bisecting for all of the new keys in step:
-    /// a comparison reads an entry, which at scale is a cache miss, and
-    /// each step first touches the entries that every search will compare
-    /// with, so their misses overlap instead of following one another.
-    pub(super) fn insert_many(&mut self, mut new: Vec<KeyRef>) {
+    /// shard's write lock), as a batch of writes does. They wait, unsorted,
+    /// until the set is next used (see [`Ordered`]).
+    pub(super) fn insert_many(&mut self, new: Vec<KeyRef>) {
+        if self.waiting.is_empty() {
+            self.waiting = new;
+        } else {
+            self.waiting.extend(new);
+        }
+    }
+
+    /// Sorts the waiting keys in. When they are many beside the set, all
+    /// are sorted in one go, as a rebuild does; otherwise they are merged
+    /// in one pass that moves each key of the set at most once. A key that
+    /// is in the set already points at its newer entry afterwards.
+    fn sort_in(&mut self) {
+        if self.waiting.is_empty() {
+            return;
+        }
+        let new = std::mem::take(&mut self.waiting);
+        if new.len() >= 4 && new.len() >= self.keys.len() / 4 {
+            self.sort_all_in(new);
+        } else {
+            self.merge_in(new);
+        }
+    }
+
+    /// [`Ordered::sort_in`] of many keys: the set and `new` sorted
+    /// together, by their first eight bytes first; of two equal keys the
+    /// one from `new` stays.
+    fn sort_all_in(&mut self, new: Vec<KeyRef>) {
+        let old = std::mem::take(&mut self.keys);
+        let mut all: Vec<(u64, KeyRef, bool)> = old
+            .into_iter()
+            .map(|k| (head(&k), k, false))
+            .chain(new.into_iter().map(|k| (head(&k), k, true)))
+            .collect();
+        all.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| a.1.cmp(&b.1))
+                .then(a.2.cmp(&b.2))
+        });
+        let mut keys: Vec<KeyRef> = Vec::with_capacity(all.len());
+        let mut last_head = None;
+        for (head, key, _) in all {
+            match keys.last_mut() {
+                Some(last) if last_head == Some(head) && *last == key => *last = key,
+                _ => keys.push(key),
+            }
+            last_head = Some(head);
+        }
+        self.keys = keys;
+    }
+
+    /// [`Ordered::sort_in`] of a few keys. The places are found by
+    /// bisecting for all of the new keys in step: a comparison reads an
+    /// entry, which at scale is a cache miss, and each step first touches
+    /// the entries that every search will compare with, so their misses
+    /// overlap instead of following one another.
+    fn merge_in(&mut self, mut new: Vec<KeyRef>) {
         if new.len() < 4 {
             for key in new {
                 self.insert(key);
@@ -233,6 +310,7 @@ impl Ordered {
 
     /// Removes `key`, before its entry is freed (under the write lock).
     pub(super) fn remove(&mut self, key: &str) {
+        self.sort_in();
         if let Ok(at) = self.find(key.as_bytes()) {
             self.keys.remove(at);
         }
@@ -241,6 +319,7 @@ impl Ordered {
     /// Points the index at an entry that moved, while the old allocation
     /// is still alive (under the write lock).
     pub(super) fn replace(&mut self, key: KeyRef) {
+        self.sort_in();
         match self.find(key.key().as_bytes()) {
             Ok(at) => self.keys[at] = key,
             Err(_) => self.insert(key),
@@ -250,23 +329,16 @@ impl Ordered {
     /// Replaces the whole set with `keys`, in any order: sorted by their
     /// first eight bytes first, so that most comparisons read no entry.
     pub(super) fn rebuild(&mut self, keys: Vec<KeyRef>) {
-        let mut keys: Vec<(u64, KeyRef)> = keys
-            .into_iter()
-            .map(|k| {
-                let mut head = [0u8; 8];
-                let bytes = k.key().as_bytes();
-                let n = bytes.len().min(8);
-                head[..n].copy_from_slice(&bytes[..n]);
-                (u64::from_be_bytes(head), k)
-            })
-            .collect();
+        self.waiting = Vec::new();
+        let mut keys: Vec<(u64, KeyRef)> = keys.into_iter().map(|k| (head(&k), k)).collect();
         keys.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.cmp(&b.1)));
         self.keys = keys.into_iter().map(|(_, k)| k).collect();
     }
 
     /// Number of keys under `prefix` (expired ones included): two binary
     /// searches, no walk.
-    pub(super) fn count(&self, prefix: &str) -> usize {
+    pub(super) fn count(&mut self, prefix: &str) -> usize {
+        self.sort_in();
         self.range(prefix, None).len()
     }
 
@@ -285,6 +357,7 @@ impl Ordered {
         keep: impl Fn(&KeyRef) -> bool,
         out: &mut VecDeque<CompactString>,
     ) -> bool {
+        self.sort_in();
         let start = self.start(prefix, after, Some(self.hint));
         let mut copied = 0;
         for (at, key) in self.keys.iter().enumerate().skip(start) {
@@ -308,7 +381,8 @@ impl Ordered {
 
     /// Every key, for a consistency check in tests.
     #[cfg(test)]
-    pub(super) fn keys(&self) -> Vec<String> {
+    pub(super) fn keys(&mut self) -> Vec<String> {
+        self.sort_in();
         self.keys.iter().map(|k| k.key().to_owned()).collect()
     }
 }
@@ -451,8 +525,8 @@ mod tests {
             seen
         }
 
-        fn count(&self, prefix: &str) -> usize {
-            self.parts.iter().map(|p| p.count(prefix)).sum()
+        fn count(&mut self, prefix: &str) -> usize {
+            self.parts.iter_mut().map(|p| p.count(prefix)).sum()
         }
     }
 
@@ -590,7 +664,7 @@ mod tests {
                 for key in old.iter().chain(&new) {
                     single.insert(key);
                 }
-                for (a, b) in batched.parts.iter().zip(&single.parts) {
+                for (a, b) in batched.parts.iter_mut().zip(&mut single.parts) {
                     assert_eq!(a.keys(), b.keys(), "{existing} + {batch}");
                 }
             }
@@ -599,40 +673,48 @@ mod tests {
 
     #[test]
     fn a_batch_with_a_key_already_there_points_it_at_the_new_entry() {
-        let keys: Vec<String> = (0..50).map(|i| format!("k{i:02}")).collect();
-        let mut fixture = Fixture::new(&keys.iter().map(String::as_str).collect::<Vec<_>>());
-        let part = part_of("k07");
-        let mut batch = vec![
-            Packed::new("k07", b"22", 2, 0),
-            Packed::new("k07x", b"1", 1, 0),
-        ];
-        batch.extend(["a", "b", "c"].map(|k| Packed::new(k, b"1", 1, 0)));
-        let refs = batch.iter().map(Packed::key_ref).collect();
-        fixture.parts[part].insert_many(refs);
-        // The old entry of "k07" may go now: the index points at the new one.
-        for entry in batch {
-            fixture.entries.insert(entry.key().to_owned(), entry);
+        // A few new keys are merged in; many are sorted in with the rest.
+        for more in [0, 40] {
+            let keys: Vec<String> = (0..50).map(|i| format!("k{i:02}")).collect();
+            let mut fixture = Fixture::new(&keys.iter().map(String::as_str).collect::<Vec<_>>());
+            let part = part_of("k07");
+            let mut batch = vec![
+                Packed::new("k07", b"22", 2, 0),
+                Packed::new("k07x", b"1", 1, 0),
+            ];
+            batch.extend(["a", "b", "c"].map(|k| Packed::new(k, b"1", 1, 0)));
+            batch.extend((0..more).map(|i| Packed::new(&format!("m{i:02}"), b"1", 1, 0)));
+            let extra: Vec<String> = batch[1..].iter().map(|e| e.key().to_owned()).collect();
+            let refs = batch.iter().map(Packed::key_ref).collect();
+            fixture.parts[part].insert_many(refs);
+            // Once the set was used (and the waiting keys sorted in), the
+            // old entry of "k07" may go: the index points at the new one.
+            fixture.parts[part].sort_in();
+            for entry in batch {
+                fixture.entries.insert(entry.key().to_owned(), entry);
+            }
+            let mut expected: Vec<String> = fixture
+                .entries
+                .keys()
+                .filter(|k| part_of(k) == part || extra.contains(k))
+                .cloned()
+                .collect();
+            expected.sort();
+            assert_eq!(fixture.parts[part].keys(), expected, "{more}");
+            let at = fixture.parts[part].find(b"k07").expect("k07");
+            assert_eq!(fixture.parts[part].keys[at].key(), "k07");
+            assert_eq!(
+                fixture.parts[part].keys[at].key().as_ptr(),
+                fixture.entries["k07"].key().as_ptr(),
+                "{more}"
+            );
         }
-        let mut expected: Vec<String> = fixture
-            .entries
-            .keys()
-            .filter(|k| part_of(k) == part || ["k07x", "a", "b", "c"].contains(&k.as_str()))
-            .cloned()
-            .collect();
-        expected.sort();
-        assert_eq!(fixture.parts[part].keys(), expected);
-        let at = fixture.parts[part].find(b"k07").expect("k07");
-        assert_eq!(fixture.parts[part].keys[at].key(), "k07");
-        assert_eq!(
-            fixture.parts[part].keys[at].key().as_ptr(),
-            fixture.entries["k07"].key().as_ptr()
-        );
     }
 
     #[test]
     fn a_rebuilt_set_equals_one_built_key_by_key() {
-        let fixture = Fixture::new(&["b", "a", "abcdefgh", "abcdefgh1", "abcdefgh0", "", "é"]);
-        for part in &fixture.parts {
+        let mut fixture = Fixture::new(&["b", "a", "abcdefgh", "abcdefgh1", "abcdefgh0", "", "é"]);
+        for part in &mut fixture.parts {
             let mut rebuilt = Ordered::default();
             let refs = part.keys.iter().rev().copied().collect();
             rebuilt.rebuild(refs);

@@ -577,3 +577,59 @@ fn a_prefetch_changes_nothing() {
     }
     assert_eq!(value(&store, "absent", NOW), None);
 }
+
+#[test]
+fn a_large_deferred_batch_is_applied_whole_and_indexed_in_order() {
+    // An import-sized batch and a small one, over keys that exist
+    // (overwrites, entries that move) and keys that do not: the events come
+    // in version order, and the new keys are listed in byte order.
+    for n in [3000, 7] {
+        let store = Store::new();
+        for i in (0..n).step_by(3) {
+            put(&store, &format!("k{i:05}"), "1", Precondition::None).expect("put");
+        }
+        let journal = Deferring(std::sync::Mutex::new(Vec::new()));
+        let ops: Vec<TxnOp> = (0..n)
+            .map(|i| {
+                let value: &'static [u8] = if i % 2 == 0 { b"22" } else { &[b'7'; 300] };
+                txn_put(&format!("k{i:05}"), value)
+            })
+            .collect();
+        store
+            .txn(&[], ops, Vec::new(), NOW, &journal, &mut |_| {})
+            .expect("txn");
+        assert_eq!(store.changes_in_flight(), n as u64);
+        let changes = std::mem::take(&mut *journal.0.lock().expect("lock"));
+        let mut events = Vec::new();
+        store.apply_many(changes, &mut |e| events.push(e));
+        let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
+        let first = versions[0];
+        assert_eq!(
+            versions,
+            (first..first + n as u64).collect::<Vec<_>>(),
+            "{n}"
+        );
+        assert!(events.iter().enumerate().all(|(i, e)| {
+            *e.key == *format!("k{i:05}") && (e.old_value.is_some() == (i % 3 == 0))
+        }));
+        assert_eq!(store.changes_in_flight(), 0);
+        assert_eq!(store.count(None, NOW), n);
+        assert_eq!(value(&store, "k00001", NOW).map(|v| v.len()), Some(300));
+        assert_eq!(value(&store, "k00003", NOW).map(|v| v.len()), Some(300));
+        assert_eq!(value(&store, "k00006", NOW).as_deref(), Some("22"));
+        let listed: Vec<String> = store
+            .list("k", None, n + 1, NOW)
+            .keys
+            .into_iter()
+            .map(String::from)
+            .collect();
+        let expected: Vec<String> = (0..n).map(|i| format!("k{i:05}")).collect();
+        assert_eq!(listed, expected, "{n}");
+        assert!((0..n).all(|i| {
+            store
+                .sides
+                .iter()
+                .all(|s| s.head(&format!("k{i:05}")).is_none())
+        }));
+    }
+}
