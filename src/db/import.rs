@@ -22,7 +22,7 @@ use crossbeam_channel::{Receiver, Sender};
 
 use super::txn::CheckedTxn;
 use super::{Db, DbError, Inner, now_ms};
-use crate::snapshot::{ExportLine, parse_line};
+use crate::snapshot::{ExportLine, parse_line, plain_import_entry};
 use crate::store::{TxnOp, copy_value};
 
 /// What happens to the keys already there.
@@ -265,6 +265,15 @@ fn check_lines(db: &Db, lines: Vec<u8>) -> Checked {
 
 /// What one non-blank line is; an entry is checked and appended to `spool`.
 fn check_line(db: &Db, text: &[u8], spool: &mut Vec<u8>) -> Result<Kind, String> {
+    // Most lines are plain entries: read without the general parser when
+    // their value is a good document (else that parser says what is wrong).
+    if let Some((key, value, expires_at_ms)) = plain_import_entry(text)
+        && db.inner.check_value(value).is_ok()
+    {
+        db.inner.check_key(key).map_err(|e| e.to_string())?;
+        spool_entry(spool, key, value, expires_at_ms);
+        return Ok(Kind::Entry);
+    }
     Ok(match parse_line(text)? {
         ExportLine::Header(version) => Kind::Header(version),
         ExportLine::Meta => Kind::Meta,
@@ -276,15 +285,20 @@ fn check_line(db: &Db, text: &[u8], spool: &mut Vec<u8>) -> Result<Kind, String>
         } => {
             db.inner.check_key(&key).map_err(|e| e.to_string())?;
             db.inner.check_value(&value).map_err(|e| e.to_string())?;
-            let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
-            spool.extend_from_slice(&len(key.len()));
-            spool.extend_from_slice(key.as_bytes());
-            spool.extend_from_slice(&expires_at_ms.to_le_bytes());
-            spool.extend_from_slice(&len(value.len()));
-            spool.extend_from_slice(&value);
+            spool_entry(spool, &key, &value, expires_at_ms);
             Kind::Entry
         }
     })
+}
+
+/// Appends a checked entry to `spool`, as [`SpoolReader`] reads it back.
+fn spool_entry(spool: &mut Vec<u8>, key: &str, value: &[u8], expires_at_ms: u64) {
+    let len = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes();
+    spool.extend_from_slice(&len(key.len()));
+    spool.extend_from_slice(key.as_bytes());
+    spool.extend_from_slice(&expires_at_ms.to_le_bytes());
+    spool.extend_from_slice(&len(value.len()));
+    spool.extend_from_slice(value);
 }
 
 impl ImportSpool {

@@ -587,6 +587,43 @@ fn plain_entry(line: &[u8]) -> Option<SnapshotEntry<'_>> {
     })
 }
 
+/// An entry line of an export in one of the two forms most are written in
+/// (`{"key":"…","value":…}`, or as the encoder writes it,
+/// `{"key":"…","version":N,"expires_at_ms":N,"value":…}`, with a key that
+/// needs no unescaping), read without the general parser: its key, its
+/// value's bytes and its expiry (0 for none). `None` for any other line.
+///
+/// The value is NOT checked here: it is what lies between `"value":` and
+/// the line's last `}`, starting and ending with no whitespace, and the
+/// caller must check it is one JSON document (as it checks every value it
+/// stores) before taking the line as read: if it is, the general parser
+/// reads the same key, value and expiry from the line; if not, the general
+/// parser is the one to say what is wrong with the line.
+pub fn plain_import_entry(line: &[u8]) -> Option<(&str, &[u8], u64)> {
+    let rest = line.strip_prefix(b"{\"key\":\"")?;
+    let key_len = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let (key, rest) = rest.split_at(key_len);
+    let key = std::str::from_utf8(key).ok()?;
+    let (expires_at_ms, rest) = match rest.strip_prefix(b"\",\"version\":") {
+        Some(rest) => {
+            let (_, rest) = whole_number(rest)?;
+            let rest = rest.strip_prefix(b",\"expires_at_ms\":")?;
+            let (expires_at_ms, rest) = whole_number(rest)?;
+            (expires_at_ms, rest.strip_prefix(b",")?)
+        }
+        None => (0, rest.strip_prefix(b"\",")?),
+    };
+    let value = rest.strip_prefix(b"\"value\":")?.strip_suffix(b"}")?;
+    let (first, last) = (value.first()?, value.last()?);
+    (!first.is_ascii_whitespace() && !last.is_ascii_whitespace()).then_some((
+        key,
+        value,
+        expires_at_ms,
+    ))
+}
+
 /// A JSON whole number that fits in a `u64` at the start of `text`, and
 /// what follows it.
 fn whole_number(text: &[u8]) -> Option<(u64, &[u8])> {
@@ -793,6 +830,67 @@ mod tests {
                 }
                 None => assert!(i >= 2, "line {i} should have been read plainly"),
             }
+        }
+    }
+
+    #[test]
+    fn the_plain_reading_of_an_import_line_agrees_with_the_general_parser() {
+        let read: [&[u8]; 6] = [
+            br#"{"key":"a","value":{"x":[1,2]}}"#,
+            "{\"key\":\"k/é\",\"value\":\"s\"}".as_bytes(),
+            br#"{"key":"a","version":3,"expires_at_ms":7,"value":[1, {"b": null}]}"#,
+            br#"{"key":"a","version":18446744073709551615,"expires_at_ms":0,"value":1e400}"#,
+            br#"{"key":"","value":123456789012345678901234567890}"#,
+            br#"{"key":"a","value":"}"}"#,
+        ];
+        for line in read {
+            let (key, value, expires_at_ms) = plain_import_entry(line).expect("read plainly");
+            crate::value::validate(value).expect("a good value");
+            let general = parse_line(line).expect("the general parser reads it");
+            let plain = ExportLine::Entry {
+                key: Cow::Borrowed(key),
+                value: Cow::Borrowed(value),
+                expires_at_ms,
+            };
+            assert_eq!(general, plain, "{}", String::from_utf8_lossy(line));
+        }
+        // Read plainly, but the value is not one document: the general
+        // parser refuses the line too, and says why.
+        let bad_value: [&[u8]; 5] = [
+            br#"{"key":"a","value":1,"value":2}"#,
+            br#"{"key":"a","value":1,"end":true}"#,
+            br#"{"key":"a","value":{"x":}}"#,
+            br#"{"key":"a","value":1}}"#,
+            br#"{"key":"a","version":1,"expires_at_ms":0,"value":"\x"}"#,
+        ];
+        for line in bad_value {
+            let (_, value, _) = plain_import_entry(line).expect("read plainly");
+            assert!(crate::value::validate(value).is_err());
+            assert!(
+                parse_line(line).is_err(),
+                "{}",
+                String::from_utf8_lossy(line)
+            );
+        }
+        // Left to the general parser.
+        let declined: [&[u8]; 9] = [
+            br#"{"key":"a\"b","value":1}"#,
+            br#"{"key":"a","value": 1}"#,
+            br#"{"key":"a","value":1 }"#,
+            br#"{"key":"a","value_text":"1"}"#,
+            br#"{"key":"a","version":01,"expires_at_ms":0,"value":1}"#,
+            br#"{"key":"a","version":1,"expires_at_ms":1.5,"value":1}"#,
+            br#"{"value":1,"key":"a"}"#,
+            b"{\"key\":\"a\",\"value\":1}\r",
+            b"{\"key\":\"\x01\",\"value\":1}",
+        ];
+        for line in declined {
+            assert_eq!(
+                plain_import_entry(line),
+                None,
+                "{}",
+                String::from_utf8_lossy(line)
+            );
         }
     }
 

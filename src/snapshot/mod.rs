@@ -15,7 +15,10 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 
 pub use encode::{FORMAT_VERSION, Written, encode};
-pub use load::{ExportLine, Loaded, SnapshotEntry, load, load_bytes, load_parallel, parse_line};
+pub use load::{
+    ExportLine, Loaded, SnapshotEntry, load, load_bytes, load_parallel, parse_line,
+    plain_import_entry,
+};
 
 use crate::store::Store;
 use crate::wal::segment;
