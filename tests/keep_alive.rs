@@ -1,8 +1,9 @@
 //! HTTP/1.1 keep-alive after early answers (SPEC §3): when the server
 //! answers before it has read the request body (401, 404, 405, 413), it
 //! reads and discards the rest (bounded) and keeps the connection, or says
-//! `Connection: close` in that answer. Raw TCP for the exact sequences, and
-//! a pooled real client for what users run.
+//! `Connection: close` in that answer and lingers, reading the rest, so
+//! the client still reads it. Raw TCP for the exact sequences, and a
+//! pooled real client for what users run.
 
 mod common;
 
@@ -152,6 +153,29 @@ fn an_unread_body_the_server_will_not_read_closes_the_connection_and_says_so() {
         assert!(closed.is_ok(), "{method} {path}: {closed:?}");
         assert!(after.is_empty(), "nothing after a closing answer");
     }
+}
+
+/// A client that sends its whole body without waiting, as most do, still
+/// reads the early answer: the server half-closes after it and reads and
+/// discards the rest, instead of closing over unread bytes, which would
+/// reset the connection and lose the answer (a broken pipe for the client).
+#[test]
+fn a_client_still_sending_a_body_the_server_will_not_read_gets_the_answer() {
+    let server = TestServer::start(&["--in-memory"]);
+    let body_len = 16 * 1024 * 1024;
+    let mut tcp = connect(&server);
+    let head = format!("PUT /kv/x HTTP/1.1\r\nhost: x\r\ncontent-length: {body_len}\r\n\r\n");
+    tcp.write_all(head.as_bytes()).expect("write head");
+    let body = vec![b'1'; body_len];
+    let sent = tcp.write_all(&body);
+    assert!(sent.is_ok(), "the server reset the connection: {sent:?}");
+    let answer = read_answer(&mut tcp).expect("an answer");
+    assert_eq!(answer.status, 413, "{answer:?}");
+    assert!(answer.says_close(), "{answer:?}");
+    let mut after = Vec::new();
+    let closed = tcp.read_to_end(&mut after);
+    assert!(closed.is_ok(), "{closed:?}");
+    assert!(after.is_empty(), "nothing after a closing answer");
 }
 
 /// A client that stops sending in the middle of a body the server did not

@@ -12,6 +12,7 @@ mod feed;
 #[doc(hidden)]
 pub mod fuzz;
 mod kv;
+mod linger;
 mod metrics;
 mod pubsub;
 mod routes;

@@ -1,8 +1,9 @@
 //! The accept loop: HTTP/1.1 connections served by hyper with the limits
 //! axum's `serve` does not expose (a header read timeout against slowloris
 //! clients, a cap on the request head), keep-alive after answers that
-//! leave a body unread (`unread_body`), and a graceful shutdown that lets
-//! in-flight requests finish.
+//! leave a body unread (`unread_body`), a lingering close after those it
+//! will not read (`linger`), and a graceful shutdown that lets in-flight
+//! requests finish.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower_service::Service;
 
+use super::linger::{LingerFlag, LingeringStream};
 use super::{App, unread_body};
 
 /// The largest request head (request line and headers) hyper buffers. A
@@ -63,21 +65,26 @@ pub(super) async fn run(
         // Small responses should leave at once, not wait for Nagle.
         let _ = tcp.set_nodelay(true);
         let app = app.clone();
+        let linger = LingerFlag::default();
+        let closing = linger.clone();
         // Every layer of `App` is always ready, so `call` needs no
         // `poll_ready` first.
         let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
             let (request, watch) = unread_body::watch(request);
             let answer = app.clone().call(request);
+            let closing = closing.clone();
             async move {
                 let mut response = answer.await?;
-                if let Some(watch) = watch {
-                    watch.settle(&mut response, header_read_timeout);
+                if let Some(watch) = watch
+                    && watch.settle(&mut response, header_read_timeout)
+                {
+                    closing.set();
                 }
                 Ok::<_, Infallible>(response)
             }
         });
         let conn = http
-            .serve_connection(TokioIo::new(tcp), service)
+            .serve_connection(TokioIo::new(LingeringStream::new(tcp, linger)), service)
             .with_upgrades();
         let mut stop = stop_rx.clone();
         let running = running_rx.clone();

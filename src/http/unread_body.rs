@@ -148,7 +148,8 @@ impl Watch {
     /// Once the app answered: drains what it left unread (in a task of its
     /// own, bounded by `drain_timeout`), or marks `response` as the last
     /// on its connection.
-    pub(super) fn settle(self, response: &mut Response<Body>, drain_timeout: Duration) {
+    /// Returns whether the connection closes with the body unread.
+    pub(super) fn settle(self, response: &mut Response<Body>, drain_timeout: Duration) -> bool {
         let unread = self
             .slot
             .lock()
@@ -157,20 +158,22 @@ impl Watch {
         // Read to its end, or still held by the app (then dropping it later
         // lets hyper close the connection, as before).
         let Some(Unread { body, polled }) = unread else {
-            return;
+            return false;
         };
         let remaining = body.size_hint().exact();
         match verdict(remaining, self.expects_continue && !polled) {
             Verdict::Drain => {
                 tokio::spawn(drain(body, drain_timeout));
+                false
             }
             Verdict::Close => {
                 response
                     .headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 // Dropped unread: hyper stops reading and closes after the
-                // answer.
+                // answer, and the connection lingers (`linger`).
                 drop(body);
+                true
             }
         }
     }
