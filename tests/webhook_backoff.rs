@@ -15,7 +15,7 @@ use serde_json::json;
 
 /// Attempts a subscription may have in flight when its receiver starts
 /// failing (the server's limit of attempts in flight per subscription).
-const MAX_IN_FLIGHT: usize = 32;
+const MAX_IN_FLIGHT: usize = 64;
 
 const KEYS: usize = 400;
 

@@ -1,5 +1,6 @@
-//! One delivery attempt: the signed POST of an event to a subscriber, and
-//! what its answer means (acknowledged, gone, or retry, perhaps after a
+//! Delivery attempts: the signed POSTs of events to a subscriber (several
+//! pipelined on one connection, or one through reqwest), and what each
+//! answer means (acknowledged, gone, or retry, perhaps after a
 //! `Retry-After`). Knows HTTP, not ordering or schedules.
 
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use sha2::Sha256;
 
 use super::super::feed::FeedEvent;
 use super::super::subscriptions::ActiveSubscription;
-use super::http1::{Conn, Endpoint, Headers, post};
+use super::http1::{Conn, Endpoint, Headers, pipeline, write_request};
 
 /// The longest `Retry-After` honoured.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(24 * 3600);
@@ -31,101 +32,126 @@ pub(super) enum Outcome {
         why: String,
         retry_after: Option<Duration>,
     },
+    /// Pipelined after a request that was answered, on a connection that
+    /// then ended (or stalled) before this one's answer: it goes out again
+    /// and no attempt is counted (the receiver may have had it: at least
+    /// once).
+    Unanswered,
 }
 
 /// The `webhook-id` of an event: the same for every attempt and after a
 /// restart, since it is derived from the revision alone.
-pub(super) fn webhook_id(event: &FeedEvent) -> String {
-    format!("evt_{}", event.version())
+fn write_webhook_id(id: &mut String, event: &FeedEvent) {
+    id.clear();
+    id.push_str("evt_");
+    id.push_str(itoa::Buffer::new().format(event.version()));
 }
 
-/// How an attempt reaches the subscriber: the pool's own HTTP/1.1 client
-/// for plain `http://` callbacks, reqwest (TLS, credentials) otherwise.
-pub(super) enum Transport {
-    /// [`http1`], with the connection to use if one is idle.
-    Plain(Arc<Endpoint>, Option<Conn>),
-    /// The pool's reqwest client.
-    Reqwest(reqwest::Client),
+/// What a pipelined attempt came to.
+pub(super) struct Pipelined {
+    /// One outcome per event, in order.
+    pub(super) outcomes: Vec<Outcome>,
+    /// The receiver answered some of the requests and then nothing within
+    /// the timeout: it may not read pipelined requests.
+    pub(super) stalled: bool,
+    /// The connection, if it may carry the next attempts.
+    pub(super) conn: Option<Conn>,
 }
 
-/// POSTs `event` to the subscriber once, within `timeout`. Returns the
-/// outcome and, for [`Transport::Plain`], the connection if it may carry
-/// the next attempt.
-pub(super) async fn attempt(
-    transport: Transport,
+/// POSTs `events` (each of another key) to the subscriber's plain
+/// `http://` endpoint, pipelined on one connection (`conn` if one is idle,
+/// else a new one), each answer within `timeout`. If no answer came at
+/// all, the first event is charged the failure and the others are
+/// [`Outcome::Unanswered`]; after an answer, every event left without one
+/// is.
+pub(super) async fn attempt_pipelined(
+    endpoint: &Endpoint,
+    conn: Option<Conn>,
     timeout: Duration,
     sub: &ActiveSubscription,
+    events: &[Arc<FeedEvent>],
+) -> Pipelined {
+    let timestamp = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let mut stamp = itoa::Buffer::new();
+    let stamp = stamp.format(timestamp);
+    let mut requests = Vec::with_capacity(events.len() * 512);
+    let mut id = String::with_capacity(24);
+    for event in events {
+        write_webhook_id(&mut id, event);
+        let body = event.payload();
+        let signature = sub
+            .signing_key
+            .as_ref()
+            .map(|key| sign(key, &id, stamp, body));
+        let headers = Headers {
+            id: &id,
+            timestamp,
+            signature: signature.as_deref(),
+        };
+        write_request(&mut requests, endpoint, &headers, body);
+    }
+    let done = pipeline(endpoint, conn, &requests, events.len(), timeout).await;
+    let answered = done.answers.len();
+    let mut outcomes: Vec<Outcome> = done
+        .answers
+        .iter()
+        .map(|a| outcome(StatusCode::from_u16(a.status).ok(), a.status, a.retry_after))
+        .collect();
+    if answered < events.len() {
+        if answered == 0 {
+            outcomes.push(Outcome::Retry {
+                why: done.error.unwrap_or_else(|| "no answer".to_owned()),
+                retry_after: None,
+            });
+        }
+        outcomes.resize_with(events.len(), || Outcome::Unanswered);
+    }
+    Pipelined {
+        outcomes,
+        stalled: done.stalled,
+        conn: done.conn,
+    }
+}
+
+/// POSTs `event` to the subscriber once through reqwest (`https://`,
+/// credentials in the URL); the client's own timeout applies.
+pub(super) async fn attempt_reqwest(
+    client: &reqwest::Client,
+    sub: &ActiveSubscription,
     event: &FeedEvent,
-) -> (Outcome, Option<Conn>) {
-    let id = webhook_id(event);
+) -> Outcome {
+    let mut id = String::new();
+    write_webhook_id(&mut id, event);
     let body = event.payload();
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let mut stamp = itoa::Buffer::new();
     let stamp = stamp.format(timestamp);
-    let signature = sub
-        .signing_key
-        .as_ref()
-        .map(|key| sign(key, &id, stamp, body));
-    match transport {
-        Transport::Plain(endpoint, conn) => {
-            let headers = Headers {
-                id: &id,
-                timestamp,
-                signature: signature.as_deref(),
-            };
-            match tokio::time::timeout(timeout, post(&endpoint, conn, &headers, body)).await {
-                Ok((Ok(answer), conn)) => (
-                    outcome(
-                        StatusCode::from_u16(answer.status).ok(),
-                        answer.status,
-                        answer.retry_after,
-                    ),
-                    conn,
-                ),
-                Ok((Err(why), _)) => (
-                    Outcome::Retry {
-                        why,
-                        retry_after: None,
-                    },
-                    None,
-                ),
-                Err(_) => (
-                    Outcome::Retry {
-                        why: format!("no answer within {timeout:?}"),
-                        retry_after: None,
-                    },
-                    None,
-                ),
-            }
+    let mut request = client
+        .post(&sub.def.callback_url)
+        .header("content-type", "application/json")
+        .header("webhook-id", &id)
+        .header("webhook-timestamp", stamp);
+    if let Some(key) = &sub.signing_key {
+        request = request.header("webhook-signature", sign(key, &id, stamp, body));
+    }
+    match request.body(body.clone()).send().await {
+        Ok(response) => {
+            let status = response.status();
+            let retry_after = response
+                .headers()
+                .get("retry-after")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse::<u64>().ok());
+            outcome(Some(status), status.as_u16(), retry_after)
         }
-        Transport::Reqwest(client) => {
-            let mut request = client
-                .post(&sub.def.callback_url)
-                .header("content-type", "application/json")
-                .header("webhook-id", &id)
-                .header("webhook-timestamp", stamp);
-            if let Some(signature) = signature {
-                request = request.header("webhook-signature", signature);
-            }
-            let sent = match request.body(body.clone()).send().await {
-                Ok(response) => {
-                    let status = response.status();
-                    let retry_after = response
-                        .headers()
-                        .get("retry-after")
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.trim().parse::<u64>().ok());
-                    outcome(Some(status), status.as_u16(), retry_after)
-                }
-                Err(e) => Outcome::Retry {
-                    why: error_text(&e),
-                    retry_after: None,
-                },
-            };
-            (sent, None)
-        }
+        Err(e) => Outcome::Retry {
+            why: error_text(&e),
+            retry_after: None,
+        },
     }
 }
 

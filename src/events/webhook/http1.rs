@@ -1,21 +1,27 @@
-//! The pool's own HTTP/1.1 client for `http://` callbacks: one POST per
-//! event over keep-alive connections that the subscription's delivery task
+//! The pool's own HTTP/1.1 client for `http://` callbacks: POSTs of
+//! events over keep-alive connections that the subscription's delivery task
 //! owns, with nothing shared between tasks.
 //!
 //! A webhook POST is always the same request with three headers and a body
 //! changed, so the request line and the fixed headers are written once per
-//! subscription, each request is one buffer and one `write`, and the answer
-//! is parsed in place (`httparse`) and its body skipped. A general client
-//! (reqwest over hyper's pooled client) spent more CPU per event on parsing
-//! the URL, building and cloning header maps, its pool and redirect layers
-//! and a task hand-off per request than the POST itself cost.
+//! subscription, and answers are parsed in place (`httparse`) and their
+//! bodies skipped. Several POSTs (for different keys: the task never has
+//! two events of one key out) are pipelined on one connection: written in
+//! one `write`, their answers read in order, often several per `read`. On
+//! loopback, the kernel's send and receive path per call was most of the
+//! CPU an event cost. A general client (reqwest over hyper's pooled
+//! client) spent more CPU per event on parsing the URL, building and
+//! cloning header maps, its pool and redirect layers and a task hand-off
+//! per request than the POST itself cost.
 //!
 //! `https://` callbacks, and URLs with credentials, go through reqwest (see
 //! [`Endpoint::for_url`]).
 //!
-//! Invariant: a connection goes back to the idle list only after a whole
-//! answer was read and nothing followed it, and only if the answer allows
-//! keep-alive; anything unexpected closes it.
+//! Invariants: answers are matched to requests in order; a connection goes
+//! back to the idle list only after every request on it was answered and
+//! nothing followed the last answer, and only if the answers allow
+//! keep-alive; anything unexpected closes it, and the requests it left
+//! unanswered are the caller's to send again.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -87,9 +93,7 @@ impl Endpoint {
 #[derive(Debug)]
 pub(super) struct Conn {
     stream: TcpStream,
-    /// The request being written.
-    out: Vec<u8>,
-    /// What was read of the answer.
+    /// What was read of the answers.
     inbuf: Vec<u8>,
     /// When it was last put back idle.
     pub(super) idle_since: Instant,
@@ -111,12 +115,15 @@ struct Failed {
     /// Nothing came back at all: on a connection that was idle, the
     /// receiver may have closed it meanwhile, so a new one is tried.
     silent: bool,
+    /// No answer came in time.
+    timed_out: bool,
 }
 
 fn failed(text: impl Into<String>) -> Failed {
     Failed {
         text: text.into(),
         silent: false,
+        timed_out: false,
     }
 }
 
@@ -127,64 +134,14 @@ pub(super) struct Headers<'a> {
     pub(super) signature: Option<&'a str>,
 }
 
-/// POSTs `body` once: on `conn` if given (an idle connection), else on a
-/// new one. Returns the answer, or what went wrong, and the connection if
-/// it may be used again. An idle connection that turns out closed before
-/// anything came back is replaced by a new one, once (at least once: the
-/// receiver may have had the request, and de-duplicates by `webhook-id`).
-pub(super) async fn post(
-    endpoint: &Endpoint,
-    conn: Option<Conn>,
-    headers: &Headers<'_>,
-    body: &[u8],
-) -> (Result<Answer, String>, Option<Conn>) {
-    let reused = conn.is_some();
-    let mut conn = match conn {
-        Some(conn) => conn,
-        None => match connect(endpoint).await {
-            Ok(conn) => conn,
-            Err(e) => return (Err(e), None),
-        },
-    };
-    let mut result = exchange(&mut conn, endpoint, headers, body).await;
-    if reused && matches!(&result, Err(f) if f.silent) {
-        conn = match connect(endpoint).await {
-            Ok(conn) => conn,
-            Err(e) => return (Err(e), None),
-        };
-        result = exchange(&mut conn, endpoint, headers, body).await;
-    }
-    match result {
-        Ok((answer, true)) => (Ok(answer), Some(conn)),
-        Ok((answer, false)) => (Ok(answer), None),
-        Err(f) => (Err(f.text), None),
-    }
-}
-
-async fn connect(endpoint: &Endpoint) -> Result<Conn, String> {
-    let stream = TcpStream::connect((&*endpoint.host, endpoint.port))
-        .await
-        .map_err(|e| format!("cannot connect to {}: {e}", endpoint.authority))?;
-    // Requests are written whole; waiting to fill a segment only delays them.
-    let _ = stream.set_nodelay(true);
-    Ok(Conn {
-        stream,
-        out: Vec::with_capacity(1024),
-        inbuf: Vec::with_capacity(1024),
-        idle_since: Instant::now(),
-    })
-}
-
-/// Writes the request and reads the whole answer; also says whether the
-/// connection may carry another request.
-async fn exchange(
-    conn: &mut Conn,
+/// Appends one POST of `body` to `out`: several appended requests go out
+/// together, pipelined (see [`pipeline`]).
+pub(super) fn write_request(
+    out: &mut Vec<u8>,
     endpoint: &Endpoint,
     headers: &Headers<'_>,
     body: &[u8],
-) -> Result<(Answer, bool), Failed> {
-    let out = &mut conn.out;
-    out.clear();
+) {
     out.extend_from_slice(&endpoint.head);
     out.extend_from_slice(b"webhook-id: ");
     out.extend_from_slice(headers.id.as_bytes());
@@ -198,14 +155,186 @@ async fn exchange(
     out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
     out.extend_from_slice(b"\r\n\r\n");
     out.extend_from_slice(body);
-    if let Err(e) = conn.stream.write_all(out).await {
-        return Err(Failed {
-            text: format!("cannot send to {}: {e}", endpoint.authority),
-            silent: true,
-        });
+}
+
+/// What a pipeline came to.
+#[derive(Debug)]
+pub(super) struct Pipelined {
+    /// The answers, in the order of the requests: all of them, or fewer
+    /// when the connection ended (or stalled) first.
+    pub(super) answers: Vec<Answer>,
+    /// Why the requests after the answers got none (`None` when every
+    /// request was answered).
+    pub(super) error: Option<String>,
+    /// No answer came within the timeout after at least one did: the
+    /// receiver may not read pipelined requests.
+    pub(super) stalled: bool,
+    /// The connection, if it may carry the next requests.
+    pub(super) conn: Option<Conn>,
+}
+
+/// Sends `n` requests (written into `requests` by [`write_request`]) in
+/// one write, on `conn` if given (an idle connection) or else on a new
+/// one, and reads their answers in order, each within `timeout`
+/// (HTTP/1.1 pipelining, RFC 9112 §9.3.2). An answer that closes the
+/// connection (`Connection: close`, HTTP/1.0, a body until the end) or a
+/// connection that ends or fails leaves the later requests unanswered;
+/// the caller sends them again. An idle connection that turns out closed
+/// before anything came back is replaced by a new one and everything sent
+/// again, once (at least once: the receiver may have had the requests, and
+/// de-duplicates by `webhook-id`).
+pub(super) async fn pipeline(
+    endpoint: &Endpoint,
+    conn: Option<Conn>,
+    requests: &[u8],
+    n: usize,
+    timeout: Duration,
+) -> Pipelined {
+    let reused = conn.is_some();
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    let mut conn = match conn {
+        Some(conn) => conn,
+        None => match connect(endpoint, deadline, timeout).await {
+            Ok(conn) => conn,
+            Err(e) => return unanswered(Vec::new(), e, false),
+        },
+    };
+    let mut answers = Vec::with_capacity(n);
+    let mut first = exchange(
+        &mut conn,
+        endpoint,
+        requests,
+        n,
+        &mut answers,
+        deadline,
+        timeout,
+    )
+    .await;
+    if reused && answers.is_empty() && matches!(&first, Err(f) if f.silent) {
+        deadline = tokio::time::Instant::now() + timeout;
+        conn = match connect(endpoint, deadline, timeout).await {
+            Ok(conn) => conn,
+            Err(e) => return unanswered(answers, e, false),
+        };
+        first = exchange(
+            &mut conn,
+            endpoint,
+            requests,
+            n,
+            &mut answers,
+            deadline,
+            timeout,
+        )
+        .await;
+    }
+    match first {
+        // Nothing may follow the last answer on a connection kept.
+        Ok(true) if answers.len() == n && conn.inbuf.is_empty() => Pipelined {
+            answers,
+            error: None,
+            stalled: false,
+            conn: Some(conn),
+        },
+        Ok(_) if answers.len() == n => unanswered(answers, String::new(), false),
+        Ok(_) => unanswered(
+            answers,
+            format!(
+                "{}: the connection was closed after an answer",
+                endpoint.authority
+            ),
+            false,
+        ),
+        Err(f) => {
+            let stalled = f.timed_out && !answers.is_empty();
+            unanswered(answers, f.text, stalled)
+        }
+    }
+}
+
+fn unanswered(answers: Vec<Answer>, error: String, stalled: bool) -> Pipelined {
+    Pipelined {
+        error: (!error.is_empty()).then_some(error),
+        answers,
+        stalled,
+        conn: None,
+    }
+}
+
+async fn connect(
+    endpoint: &Endpoint,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<Conn, String> {
+    let stream = match tokio::time::timeout_at(
+        deadline,
+        TcpStream::connect((&*endpoint.host, endpoint.port)),
+    )
+    .await
+    {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => return Err(format!("cannot connect to {}: {e}", endpoint.authority)),
+        Err(_) => {
+            return Err(format!(
+                "{}: no connection within {timeout:?}",
+                endpoint.authority
+            ));
+        }
+    };
+    // Requests are written whole; waiting to fill a segment only delays them.
+    let _ = stream.set_nodelay(true);
+    Ok(Conn {
+        stream,
+        inbuf: Vec::with_capacity(1024),
+        idle_since: Instant::now(),
+    })
+}
+
+/// Writes the requests and reads their answers into `answers`, each
+/// within `timeout`; says whether the connection may carry more (false
+/// once an answer closes it, which leaves the requests after it
+/// unanswered).
+async fn exchange(
+    conn: &mut Conn,
+    endpoint: &Endpoint,
+    requests: &[u8],
+    n: usize,
+    answers: &mut Vec<Answer>,
+    deadline: tokio::time::Instant,
+    timeout: Duration,
+) -> Result<bool, Failed> {
+    match tokio::time::timeout_at(deadline, conn.stream.write_all(requests)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            return Err(Failed {
+                text: format!("cannot send to {}: {e}", endpoint.authority),
+                silent: true,
+                timed_out: false,
+            });
+        }
+        Err(_) => return Err(no_answer(endpoint, timeout)),
     }
     conn.inbuf.clear();
-    read_answer(conn, endpoint).await
+    let mut deadline = deadline;
+    while answers.len() < n {
+        let Ok(read) = tokio::time::timeout_at(deadline, read_answer(conn, endpoint)).await else {
+            return Err(no_answer(endpoint, timeout));
+        };
+        let (answer, keep_alive) = read?;
+        answers.push(answer);
+        if !keep_alive {
+            return Ok(false);
+        }
+        deadline = tokio::time::Instant::now() + timeout;
+    }
+    Ok(true)
+}
+
+fn no_answer(endpoint: &Endpoint, timeout: Duration) -> Failed {
+    Failed {
+        text: format!("{}: no answer within {timeout:?}", endpoint.authority),
+        silent: false,
+        timed_out: true,
+    }
 }
 
 /// How an answer's body is delimited (RFC 9112 §6.3).
@@ -217,6 +346,8 @@ enum Framing {
     Close,
 }
 
+/// Reads one answer, and past its body; also says whether the connection
+/// may carry more (what follows in `inbuf` belongs to the next answer).
 async fn read_answer(conn: &mut Conn, endpoint: &Endpoint) -> Result<(Answer, bool), Failed> {
     loop {
         let parsed = parse_head(&conn.inbuf)?;
@@ -234,6 +365,7 @@ async fn read_answer(conn: &mut Conn, endpoint: &Endpoint) -> Result<(Answer, bo
                         endpoint.authority
                     ),
                     silent: conn.inbuf.is_empty(),
+                    timed_out: false,
                 });
             }
             continue;
@@ -245,7 +377,7 @@ async fn read_answer(conn: &mut Conn, endpoint: &Endpoint) -> Result<(Answer, bo
             continue;
         }
         let reusable = keep_alive && answer.status != 101 && skip_body(conn, framing).await?;
-        return Ok((answer, reusable && conn.inbuf.is_empty()));
+        return Ok((answer, reusable));
     }
 }
 
@@ -324,6 +456,7 @@ async fn fill(conn: &mut Conn) -> Result<usize, Failed> {
         .map_err(|e| Failed {
             text: format!("cannot read the answer: {e}"),
             silent: conn.inbuf.is_empty() && is_reset(&e),
+            timed_out: false,
         })
 }
 

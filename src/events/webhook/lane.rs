@@ -5,7 +5,9 @@
 //! Ordering: the events of one key wait in a queue of their own and only
 //! its head is ever attempted, so a later version goes out only after the
 //! earlier one was acknowledged or given up on; different keys go out side
-//! by side (up to [`MAX_IN_FLIGHT`]). The cursor is the revision before
+//! by side (up to [`MAX_IN_FLIGHT`]), the heads due at once pipelined in
+//! batches on one connection each; what a connection left unanswered is
+//! due again first, without an attempt counted. The cursor is the revision before
 //! the oldest event not yet finished, so after a crash delivery resumes
 //! with nothing skipped, at the cost of sending again what was in flight.
 //!
@@ -26,6 +28,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
+use std::hash::BuildHasher;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -36,7 +39,7 @@ use futures_util::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Sleep;
 
-use super::attempt::{Outcome, Transport, attempt};
+use super::attempt::{Outcome, attempt_pipelined, attempt_reqwest};
 use super::http1::{Conn, Endpoint, IDLE_TIMEOUT};
 use super::{PoolShared, USER_AGENT};
 use crate::events::feed::{FeedEvent, ReadAfter};
@@ -46,7 +49,12 @@ use crate::events::subscriptions::{ActiveSubscription, SubscriptionOp};
 const READ_BATCH: usize = 1024;
 
 /// Attempts in flight per subscription at once (each for another key).
-pub(super) const MAX_IN_FLIGHT: usize = 32;
+pub(super) const MAX_IN_FLIGHT: usize = 64;
+
+/// Requests pipelined on one connection at most: the events due at once go
+/// out in batches of up to this many, each batch on a connection of its
+/// own.
+const PIPELINE_DEPTH: usize = 16;
 
 /// The cursor is logged whenever it moved, at most this often (and at once
 /// on a change of status). Each record rides the next group commit with no
@@ -64,9 +72,17 @@ const COUNT_EVERY: Duration = Duration::from_millis(20);
 /// Read batches a task counts at most per look.
 const COUNT_BATCHES: usize = 16;
 
-/// An attempt in flight: its revision, and when over, its outcome and the
-/// connection if it may be used again.
-type Attempt = Pin<Box<dyn Future<Output = (u64, Outcome, Option<Conn>)> + Send>>;
+/// A batch of attempts in flight (pipelined on one connection), and when
+/// over, each revision's outcome, whether the receiver stalled on the
+/// pipeline and the connection if it may be used again.
+type Attempt = Pin<Box<dyn Future<Output = Finished> + Send>>;
+
+/// A batch of attempts that is over.
+struct Finished {
+    outcomes: Vec<(u64, Outcome)>,
+    stalled: bool,
+    conn: Option<Conn>,
+}
 
 /// An event read and not yet finished.
 struct Pending {
@@ -97,14 +113,22 @@ pub(super) struct Lane {
     /// Every event up to here is delivered or given up on.
     cursor: u64,
     window: BTreeMap<u64, Pending>,
-    /// Revisions of each key's events in the window, oldest first; only
-    /// the head is ever attempted.
-    by_key: HashMap<Box<str>, VecDeque<u64>>,
+    /// Revisions of each key's events in the window, oldest first, by the
+    /// key's hash; only the head is ever attempted. Two keys with one hash
+    /// share a queue: their events then wait for each other, which keeps
+    /// each key's order.
+    by_key: HashMap<u64, VecDeque<u64>, foldhash::fast::RandomState>,
+    key_hasher: foldhash::fast::RandomState,
     /// Heads due now.
     ready: VecDeque<u64>,
     /// Heads waiting for their next attempt.
     timers: BTreeSet<(Instant, u64)>,
     in_flight: FuturesUnordered<Attempt>,
+    /// Events in the batches in flight.
+    in_flight_events: usize,
+    /// Requests pipelined per connection: [`PIPELINE_DEPTH`], or 1 once
+    /// the receiver stalled on a pipeline.
+    depth: usize,
     /// The receiver, for the pool's own HTTP/1.1 client (`None`: reqwest).
     endpoint: Option<Arc<Endpoint>>,
     /// Its idle keep-alive connections, the one used last at the back.
@@ -160,10 +184,13 @@ impl Lane {
             shared,
             cursor: state.cursor,
             window: BTreeMap::new(),
-            by_key: HashMap::new(),
+            by_key: HashMap::default(),
+            key_hasher: foldhash::fast::RandomState::default(),
             ready: VecDeque::new(),
             timers: BTreeSet::new(),
             in_flight: FuturesUnordered::new(),
+            in_flight_events: 0,
+            depth: PIPELINE_DEPTH,
             backoff: None,
             n_pending: 0,
             read_through: state.cursor,
@@ -233,12 +260,12 @@ impl Lane {
                 .filter(|_| self.in_flight.is_empty())
                 .map(|c| c.idle_since + IDLE_TIMEOUT);
             tokio::select! {
-                Some((revision, outcome, conn)) = self.in_flight.next(), if !self.in_flight.is_empty() => {
-                    self.finish_with(revision, outcome, conn);
+                Some(finished) = self.in_flight.next(), if !self.in_flight.is_empty() => {
+                    self.finish_with(finished);
                     // Every other attempt that is over too, before the rest
                     // of the loop runs again.
-                    while let Some(Some((revision, outcome, conn))) = self.in_flight.next().now_or_never() {
-                        self.finish_with(revision, outcome, conn);
+                    while let Some(Some(finished)) = self.in_flight.next().now_or_never() {
+                        self.finish_with(finished);
                     }
                 }
                 () = sleep_until(next_timer), if next_timer.is_some() => {}
@@ -396,7 +423,8 @@ impl Lane {
         if self.window.contains_key(&revision) {
             return;
         }
-        let queue = self.by_key.entry(event.change.key.clone()).or_default();
+        let hash = self.key_hasher.hash_one(&*event.change.key);
+        let queue = self.by_key.entry(hash).or_default();
         queue.push_back(revision);
         if queue.len() == 1 {
             self.ready.push_back(revision);
@@ -453,14 +481,20 @@ impl Lane {
                 if let Some(b) = &mut self.backoff {
                     b.probe = Some(revision);
                 }
-                self.send(revision);
+                self.send(&[revision]);
             }
             return;
         }
-        while self.in_flight.len() < MAX_IN_FLIGHT
-            && let Some(revision) = self.ready.pop_front()
-        {
-            self.send(revision);
+        while self.in_flight_events < MAX_IN_FLIGHT && !self.ready.is_empty() {
+            let room = MAX_IN_FLIGHT - self.in_flight_events;
+            let depth = if self.endpoint.is_some() {
+                self.depth
+            } else {
+                1
+            };
+            let n = depth.min(room).min(self.ready.len());
+            let batch: Vec<u64> = self.ready.drain(..n).collect();
+            self.send(&batch);
         }
     }
 
@@ -482,24 +516,51 @@ impl Lane {
         self.ready.remove(i)
     }
 
-    fn send(&mut self, revision: u64) {
-        let Some(pending) = self.window.get(&revision) else {
+    /// Starts attempts of `revisions` (each the head of its key): pipelined
+    /// on one connection to a plain `http://` receiver, else one at a time
+    /// through reqwest.
+    fn send(&mut self, revisions: &[u64]) {
+        let events: Vec<(u64, Arc<FeedEvent>)> = revisions
+            .iter()
+            .filter_map(|&r| self.window.get(&r).map(|p| (r, Arc::clone(&p.event))))
+            .collect();
+        if events.is_empty() {
             return;
-        };
-        let event = Arc::clone(&pending.event);
+        }
+        self.in_flight_events += events.len();
         let sub = Arc::clone(&self.sub);
-        let transport = match self.endpoint.clone() {
+        let timeout = self.shared.config.timeout;
+        match self.endpoint.clone() {
             Some(endpoint) => {
                 self.close_expired();
-                Transport::Plain(endpoint, self.idle.pop_back())
+                let conn = self.idle.pop_back();
+                self.in_flight.push(Box::pin(async move {
+                    let (revisions, events): (Vec<u64>, Vec<Arc<FeedEvent>>) =
+                        events.into_iter().unzip();
+                    let done = attempt_pipelined(&endpoint, conn, timeout, &sub, &events).await;
+                    Finished {
+                        outcomes: revisions.into_iter().zip(done.outcomes).collect(),
+                        stalled: done.stalled,
+                        conn: done.conn,
+                    }
+                }));
             }
-            None => Transport::Reqwest(self.shared.client.clone()),
-        };
-        let timeout = self.shared.config.timeout;
-        self.in_flight.push(Box::pin(async move {
-            let (outcome, conn) = attempt(transport, timeout, &sub, &event).await;
-            (revision, outcome, conn)
-        }));
+            None => {
+                let client = self.shared.client.clone();
+                for (revision, event) in events {
+                    let sub = Arc::clone(&sub);
+                    let client = client.clone();
+                    self.in_flight.push(Box::pin(async move {
+                        let outcome = attempt_reqwest(&client, &sub, &event).await;
+                        Finished {
+                            outcomes: vec![(revision, outcome)],
+                            stalled: false,
+                            conn: None,
+                        }
+                    }));
+                }
+            }
+        }
     }
 
     /// Closes the idle connections unused for [`IDLE_TIMEOUT`].
@@ -513,13 +574,37 @@ impl Lane {
         }
     }
 
-    /// Keeps the connection of an attempt that is over, then counts it.
-    fn finish_with(&mut self, revision: u64, outcome: Outcome, conn: Option<Conn>) {
-        if let Some(mut conn) = conn {
+    /// Keeps the connection of a batch that is over, then counts its
+    /// outcomes; what the connection left unanswered is due again first,
+    /// in its order.
+    fn finish_with(&mut self, finished: Finished) {
+        self.in_flight_events -= finished.outcomes.len();
+        if let Some(mut conn) = finished.conn {
             conn.idle_since = Instant::now();
             self.idle.push_back(conn);
         }
-        self.finish(revision, outcome);
+        if finished.stalled && self.depth > 1 {
+            tracing::warn!(subscription = %self.sub.def.id, url = %self.sub.def.callback_url, "the receiver stopped answering pipelined requests: sending one request per connection at a time from now on");
+            self.depth = 1;
+        }
+        let mut unanswered = Vec::new();
+        for (revision, outcome) in finished.outcomes {
+            if matches!(outcome, Outcome::Unanswered) {
+                if self.window.contains_key(&revision) {
+                    unanswered.push(revision);
+                }
+            } else {
+                self.finish(revision, outcome);
+            }
+        }
+        for revision in unanswered.into_iter().rev() {
+            if let Some(b) = &mut self.backoff
+                && b.probe == Some(revision)
+            {
+                b.probe = None;
+            }
+            self.ready.push_front(revision);
+        }
     }
 
     fn finish(&mut self, revision: u64, outcome: Outcome) {
@@ -552,6 +637,8 @@ impl Lane {
                 self.backoff = None;
                 self.done(revision);
             }
+            // Handled by `finish_with`.
+            Outcome::Unanswered => {}
             Outcome::Gone => {
                 stats.gone.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(subscription = %self.sub.def.id, url = %self.sub.def.callback_url, "receiver answered 410 Gone: removing the subscription");
@@ -632,13 +719,13 @@ impl Lane {
                 .pending
                 .store(self.n_pending as u64, Ordering::Relaxed);
         }
-        let key = &pending.event.change.key;
-        if let Some(queue) = self.by_key.get_mut(key) {
+        let hash = self.key_hasher.hash_one(&*pending.event.change.key);
+        if let Some(queue) = self.by_key.get_mut(&hash) {
             queue.retain(|&r| r != revision);
             match queue.front() {
                 Some(&next) => self.ready.push_back(next),
                 None => {
-                    self.by_key.remove(key);
+                    self.by_key.remove(&hash);
                 }
             }
         }
@@ -716,6 +803,7 @@ impl Lane {
         self.ready.clear();
         self.timers.clear();
         self.in_flight = FuturesUnordered::new();
+        self.in_flight_events = 0;
         self.backoff = None;
         self.n_pending = 0;
         self.sub.pending.store(0, Ordering::Relaxed);

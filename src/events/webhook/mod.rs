@@ -10,7 +10,9 @@
 //! The write path only puts a hint ("changes up to revision R exist") on a
 //! bounded crossbeam queue; a dispatcher thread drains it and wakes the
 //! tasks, which run on the pool's own tokio runtime (never the HTTP
-//! workers) and share one keep-alive reqwest client. A lost hint loses
+//! workers): `http://` callbacks through the pool's own pipelining HTTP/1.1
+//! client ([`http1`]), `https://` ones through one shared keep-alive
+//! reqwest client. A lost hint loses
 //! nothing: the dispatcher also looks at the feed on a short tick.
 
 mod attempt;
