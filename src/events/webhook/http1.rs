@@ -313,6 +313,9 @@ async fn exchange(
         }
         Err(_) => return Err(no_answer(endpoint, timeout)),
     }
+    if n > 1 {
+        ack_at_once(&conn.stream);
+    }
     conn.inbuf.clear();
     let mut deadline = deadline;
     while answers.len() < n {
@@ -327,6 +330,20 @@ async fn exchange(
         deadline = tokio::time::Instant::now() + timeout;
     }
     Ok(true)
+}
+
+/// Makes the kernel acknowledge each answer as soon as it is read, until
+/// the next write. A receiver with Nagle's algorithm on (no `TCP_NODELAY`,
+/// as with many servers' defaults) holds its second answer until the first
+/// is acknowledged, and after a write Linux delays acknowledgements (up to
+/// 40 ms) to piggyback them on the next one, which a pipeline only sends
+/// once every answer is in: without this, each pipeline waited for the
+/// delayed-ack timer.
+fn ack_at_once(stream: &TcpStream) {
+    #[cfg(target_os = "linux")]
+    let _ = stream.set_quickack(true);
+    #[cfg(not(target_os = "linux"))]
+    let _ = stream;
 }
 
 fn no_answer(endpoint: &Endpoint, timeout: Duration) -> Failed {
