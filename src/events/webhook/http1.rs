@@ -190,7 +190,7 @@ pub(super) async fn pipeline(
     n: usize,
     timeout: Duration,
 ) -> Pipelined {
-    let reused = conn.is_some();
+    let mut reused = conn.is_some();
     let mut deadline = tokio::time::Instant::now() + timeout;
     let mut conn = match conn {
         Some(conn) => conn,
@@ -200,23 +200,8 @@ pub(super) async fn pipeline(
         },
     };
     let mut answers = Vec::with_capacity(n);
-    let mut first = exchange(
-        &mut conn,
-        endpoint,
-        requests,
-        n,
-        &mut answers,
-        deadline,
-        timeout,
-    )
-    .await;
-    if reused && answers.is_empty() && matches!(&first, Err(f) if f.silent) {
-        deadline = tokio::time::Instant::now() + timeout;
-        conn = match connect(endpoint, deadline, timeout).await {
-            Ok(conn) => conn,
-            Err(e) => return unanswered(answers, e, false),
-        };
-        first = exchange(
+    let first = loop {
+        let result = exchange(
             &mut conn,
             endpoint,
             requests,
@@ -226,7 +211,17 @@ pub(super) async fn pipeline(
             timeout,
         )
         .await;
-    }
+        if !(reused && answers.is_empty() && matches!(&result, Err(f) if f.silent)) {
+            break result;
+        }
+        // A stale idle connection: once more on a new one.
+        reused = false;
+        deadline = tokio::time::Instant::now() + timeout;
+        conn = match connect(endpoint, deadline, timeout).await {
+            Ok(conn) => conn,
+            Err(e) => return unanswered(answers, e, false),
+        };
+    };
     match first {
         // Nothing may follow the last answer on a connection kept.
         Ok(true) if answers.len() == n && conn.inbuf.is_empty() => Pipelined {
