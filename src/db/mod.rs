@@ -631,7 +631,23 @@ impl<T> Outcome<T> {
 }
 
 impl Inner {
+    /// Refuses an empty, too long or reserved key. Inlined into every
+    /// lookup, so the common case is a few compares: the reserved names
+    /// are checked only for a key of their length, and the error is built
+    /// out of line.
+    #[inline]
     fn check_key(&self, key: &str) -> Result<(), DbError> {
+        let reserved_len = RESERVED_KEYS.iter().any(|r| r.len() == key.len());
+        if key.is_empty() || key.len() > self.config.max_key_bytes || reserved_len {
+            return self.check_key_slow(key);
+        }
+        Ok(())
+    }
+
+    /// [`Inner::check_key`] in full, with the error.
+    #[cold]
+    #[inline(never)]
+    fn check_key_slow(&self, key: &str) -> Result<(), DbError> {
         if key.is_empty() {
             return Err(DbError::InvalidKey("key is empty".into()));
         }

@@ -60,6 +60,57 @@ fn reserved_and_oversized_keys_are_refused() {
         );
     }
     assert_eq!(db.count(None), 0);
+    for key in ["", "count", "clear", "toolong"] {
+        assert!(
+            matches!(db.get(key), Err(DbError::InvalidKey(_))),
+            "get {key:?}"
+        );
+        assert!(
+            matches!(db.exists(key), Err(DbError::InvalidKey(_))),
+            "exists {key:?}"
+        );
+    }
+}
+
+/// The key check's fast path passes only keys it need not look at
+/// closely: keys of a reserved name's length and at the length limit take
+/// the full check, and get, exists and put all see its answer.
+#[test]
+fn keys_beside_the_reserved_names_and_at_the_limit_are_checked_exactly() {
+    let db = Db::open(Config {
+        max_key_bytes: 5,
+        ..Config::in_memory()
+    })
+    .expect("open");
+    let cases = [
+        ("users", true),
+        ("Count", true),
+        ("clea", true),
+        ("c", true),
+        ("count", false),
+        ("clear", false),
+        ("clearx", false),
+        ("", false),
+    ];
+    for (key, valid) in cases {
+        let put = db.put(key, b"1", PutOptions::default());
+        let got = db.get(key);
+        let exists = db.exists(key);
+        if valid {
+            assert!(put.is_ok(), "{key:?}: {put:?}");
+            assert_eq!(
+                got.expect("get").map(|e| e.value),
+                Some(Bytes::from_static(b"1")),
+                "{key:?}"
+            );
+            assert_eq!(exists, Ok(true), "{key:?}");
+        } else {
+            assert!(matches!(put, Err(DbError::InvalidKey(_))), "{key:?}");
+            assert!(matches!(got, Err(DbError::InvalidKey(_))), "{key:?}");
+            assert!(matches!(exists, Err(DbError::InvalidKey(_))), "{key:?}");
+        }
+    }
+    assert_eq!(db.count(None), 4);
 }
 
 #[test]

@@ -522,9 +522,18 @@ impl Store {
     fn read<T>(&self, key: &str, read: impl FnOnce(Option<&Packed>) -> T) -> T {
         let place = self.place(key);
         let table = self.map.shards()[place.shard].read();
+        // The probe reads the control bytes, then the slot they point to,
+        // then the entry: the slots' loads start now, so that their cache
+        // misses overlap the control bytes' instead of following them,
+        // and each candidate entry's second line loads with its first
+        // (the value of a ~100-byte entry ends there).
+        prefetch_probe(&table, place.hash);
         read(
             table
-                .get(place.hash, |(e, _)| e.key() == key)
+                .get(place.hash, |(e, _)| {
+                    e.prefetch_tail();
+                    e.key() == key
+                })
                 .map(|(e, _)| e),
         )
     }

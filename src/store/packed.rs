@@ -168,6 +168,12 @@ impl Packed {
         unsafe { self.0.as_ptr().add(HEADER).cast::<u64>().read() }
     }
 
+    /// Starts loading the entry's second cache line, where the value of
+    /// a small entry ends, while the first one (header and key) loads.
+    pub(super) fn prefetch_tail(&self) {
+        super::prefetch_line(self.0.as_ptr().wrapping_add(64));
+    }
+
     /// The key.
     pub(super) fn key(&self) -> &str {
         key_of(self.0)
