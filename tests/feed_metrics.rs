@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{Stop, TestServer, assert_error, client, poll_until, put, snapshot, stats};
+use common::{
+    Stop, TestServer, assert_error, client, poll_until, put, snapshot, stats, txn_succeeds,
+};
 use futures_util::{SinkExt, Stream, StreamExt};
 use openmetrics_parser::openmetrics::parse_openmetrics;
 use openmetrics_parser::prometheus::parse_prometheus;
@@ -142,16 +144,7 @@ async fn write_burst(server: &Arc<TestServer>, value: &str) {
                 .map(|i| json!({"op": "put", "key": format!("w{w}-{i}"), "value": value}))
                 .collect();
             tokio::spawn(async move {
-                let response = server
-                    .http()
-                    .post(server.at("/txn"))
-                    .json(&json!({"success": ops}))
-                    .send()
-                    .await
-                    .expect("POST /txn");
-                assert_eq!(response.status(), 200, "the burst's transaction");
-                let answer: Value = response.json().await.expect("txn answer");
-                assert_eq!(answer["succeeded"], true, "{answer}");
+                txn_succeeds(&server, ops).await;
             })
         })
         .collect();

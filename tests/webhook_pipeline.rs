@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use common::webhook::{subscribe, subscription};
-use common::{TestServer, metric, poll_until};
+use common::{TestServer, metric, poll_until, txn_succeeds};
 use serde_json::{Value, json};
 
 /// Keys written per round, in one transaction (so that their events are
@@ -201,16 +201,7 @@ async fn write_rounds(server: &TestServer) -> BTreeMap<String, Vec<u64>> {
         let ops: Vec<Value> = (0..KEYS)
             .map(|i| json!({"op": "put", "key": format!("p{i}"), "value": {"round": round}}))
             .collect();
-        let response = server
-            .http()
-            .post(server.at("/txn"))
-            .json(&json!({"success": ops}))
-            .send()
-            .await
-            .expect("POST /txn");
-        assert_eq!(response.status(), 200);
-        let answer: Value = response.json().await.expect("JSON");
-        assert_eq!(answer["succeeded"], true, "{answer}");
+        let answer = txn_succeeds(server, ops).await;
         for (i, result) in answer["results"]
             .as_array()
             .expect("results")

@@ -561,19 +561,26 @@ fn read_entries(
     Ok(entries)
 }
 
+/// The key at the start of a line `{"key":"…"` when it needs no
+/// unescaping (no quote, backslash or control character in it), and what
+/// follows its closing quote.
+fn plain_key(line: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = line.strip_prefix(b"{\"key\":\"")?;
+    let key_len = rest
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let (key, rest) = rest.split_at(key_len);
+    Some((std::str::from_utf8(key).ok()?, rest.strip_prefix(b"\"")?))
+}
+
 /// An entry line exactly as the encoder writes most of them
 /// (`{"key":"…","version":N,"expires_at_ms":N,"value":…}` with a key that
 /// needs no unescaping), read without the general parser; `None` for any
 /// other line, which the general parser then reads (and judges). The value
 /// is still checked to be one JSON document, as the general parser would.
 fn plain_entry(line: &[u8]) -> Option<SnapshotEntry<'_>> {
-    let rest = line.strip_prefix(b"{\"key\":\"")?;
-    let key_len = rest
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    let (key, rest) = rest.split_at(key_len);
-    let key = std::str::from_utf8(key).ok()?;
-    let rest = rest.strip_prefix(b"\",\"version\":")?;
+    let (key, rest) = plain_key(line)?;
+    let rest = rest.strip_prefix(b",\"version\":")?;
     let (version, rest) = whole_number(rest)?;
     let rest = rest.strip_prefix(b",\"expires_at_ms\":")?;
     let (expires_at_ms, rest) = whole_number(rest)?;
@@ -600,20 +607,15 @@ fn plain_entry(line: &[u8]) -> Option<SnapshotEntry<'_>> {
 /// reads the same key, value and expiry from the line; if not, the general
 /// parser is the one to say what is wrong with the line.
 pub fn plain_import_entry(line: &[u8]) -> Option<(&str, &[u8], u64)> {
-    let rest = line.strip_prefix(b"{\"key\":\"")?;
-    let key_len = rest
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    let (key, rest) = rest.split_at(key_len);
-    let key = std::str::from_utf8(key).ok()?;
-    let (expires_at_ms, rest) = match rest.strip_prefix(b"\",\"version\":") {
+    let (key, rest) = plain_key(line)?;
+    let (expires_at_ms, rest) = match rest.strip_prefix(b",\"version\":") {
         Some(rest) => {
             let (_, rest) = whole_number(rest)?;
             let rest = rest.strip_prefix(b",\"expires_at_ms\":")?;
             let (expires_at_ms, rest) = whole_number(rest)?;
             (expires_at_ms, rest.strip_prefix(b",")?)
         }
-        None => (0, rest.strip_prefix(b"\",")?),
+        None => (0, rest.strip_prefix(b",")?),
     };
     let value = rest.strip_prefix(b"\"value\":")?.strip_suffix(b"}")?;
     let (first, last) = (value.first()?, value.last()?);

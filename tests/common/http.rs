@@ -129,6 +129,21 @@ pub async fn snapshot(server: &TestServer) -> Value {
     answer.json().await.expect("json")
 }
 
+/// `POST /txn` with `ops` as its `success` branch, which must answer 200
+/// and succeed; returns the answer.
+pub async fn txn_succeeds(server: &TestServer, ops: Vec<Value>) -> Value {
+    let response = client()
+        .post(server.at("/txn"))
+        .json(&serde_json::json!({ "success": ops }))
+        .send()
+        .await
+        .expect("POST /txn");
+    assert_eq!(response.status(), 200, "POST /txn");
+    let answer: Value = response.json().await.expect("JSON");
+    assert_eq!(answer["succeeded"], true, "{answer}");
+    answer
+}
+
 /// The value of the unlabelled series `name` in `/metrics` (a counter's
 /// `…_total`), or 0 when it is not there yet.
 pub async fn metric(server: &TestServer, name: &str) -> f64 {

@@ -25,7 +25,7 @@ pub mod webhook;
 #[allow(unused_imports)]
 pub use http::{
     Reply, assert_error, client, enc, get, get_json, kv, metric, put, put_ttl, snapshot,
-    sse_changes, sse_events, stats,
+    sse_changes, sse_events, stats, txn_succeeds,
 };
 #[allow(unused_imports)]
 pub use poll::poll_until;
