@@ -47,8 +47,9 @@ fn write_webhook_id(id: &mut String, event: &FeedEvent) {
     id.push_str(itoa::Buffer::new().format(event.version()));
 }
 
-/// What a pipelined attempt came to.
-pub(super) struct Pipelined {
+/// What a pipelined attempt came to, per event (the HTTP side of it is
+/// [`super::http1::Pipelined`]).
+pub(super) struct PipelineOutcomes {
     /// One outcome per event, in order.
     pub(super) outcomes: Vec<Outcome>,
     /// The receiver answered some of the requests and then nothing within
@@ -70,7 +71,7 @@ pub(super) async fn attempt_pipelined(
     timeout: Duration,
     sub: &ActiveSubscription,
     events: &[Arc<FeedEvent>],
-) -> Pipelined {
+) -> PipelineOutcomes {
     let timestamp = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
@@ -108,7 +109,7 @@ pub(super) async fn attempt_pipelined(
         }
         outcomes.resize_with(events.len(), || Outcome::Unanswered);
     }
-    Pipelined {
+    PipelineOutcomes {
         outcomes,
         stalled: done.stalled,
         conn: done.conn,
