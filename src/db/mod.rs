@@ -29,8 +29,8 @@ use crate::events::webhook::{DeliveryConfig, DeliveryPool, RetrySchedule};
 
 use crate::snapshot::{self, Step};
 use crate::store::{
-    Change, Entry, EntryPage, Journal, ListPage, Mutation, NoJournal, Outcome, Precondition, Store,
-    StoreError, Submitted, copy_value,
+    Change, Entry, EntryPage, Journal, ListPage, Located, Mutation, NoJournal, Outcome,
+    Precondition, Store, StoreError, Submitted, copy_value,
 };
 use crate::value::ValueError;
 use crate::wal::{BatchSink, LogReader, Record, WalWriter};
@@ -672,6 +672,16 @@ impl Inner {
         mutation: Mutation,
         pre: Precondition,
     ) -> Result<Outcome<u64>, DbError> {
+        self.mutate_located(self.store.locate(key), mutation, pre)
+    }
+
+    /// [`Inner::mutate`] of a key whose place the store found already.
+    fn mutate_located(
+        &self,
+        key: Located<'_>,
+        mutation: Mutation,
+        pre: Precondition,
+    ) -> Result<Outcome<u64>, DbError> {
         if self.closed.load(Ordering::Acquire) {
             return Err(DbError::Unavailable("the database is shutting down".into()));
         }
@@ -684,9 +694,9 @@ impl Inner {
         let emit = &mut |event| self.hub.emit(event);
         let outcome = match &self.wal {
             Some(wal) => {
-                let o = self
-                    .store
-                    .mutate(key, mutation, pre, now, &WalJournal(wal), emit)?;
+                let o =
+                    self.store
+                        .mutate_located(key, mutation, pre, now, &WalJournal(wal), emit)?;
                 Outcome {
                     version: o.version,
                     created: o.created,
@@ -696,7 +706,7 @@ impl Inner {
             None => {
                 let o = self
                     .store
-                    .mutate(key, mutation, pre, now, &NoJournal, emit)?;
+                    .mutate_located(key, mutation, pre, now, &NoJournal, emit)?;
                 Outcome {
                     version: o.version,
                     created: o.created,
@@ -714,10 +724,10 @@ impl Inner {
         options: PutOptions,
     ) -> Result<Outcome<u64>, DbError> {
         // The key's table slots load while the value is checked.
-        self.store.prefetch(key);
+        let located = self.store.prefetch(key);
         let (value, expires_at_ms) = self.prepare_put(key, value, options.ttl, now_ms)?;
-        self.mutate(
-            key,
+        self.mutate_located(
+            located,
             Mutation::Put {
                 value,
                 expires_at_ms,

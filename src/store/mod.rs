@@ -398,6 +398,14 @@ struct Place {
     shard: usize,
 }
 
+/// A key with its place in the map, from [`Store::prefetch`]: a change of
+/// it ([`Store::mutate_located`]) hashes the key no second time.
+#[derive(Clone, Copy)]
+pub struct Located<'k> {
+    key: &'k str,
+    place: Place,
+}
+
 /// What happens to the ordered index when a change is applied.
 enum Indexing<'a> {
     /// Keep it exact (every change after start-up).
@@ -472,15 +480,25 @@ impl Store {
         }
     }
 
+    /// `key` with its place, for [`Store::mutate_located`].
+    pub fn locate<'k>(&self, key: &'k str) -> Located<'k> {
+        Located {
+            key,
+            place: self.place(key),
+        }
+    }
+
     /// Starts loading the part of its shard's table that a change of
     /// `key` will probe first (the control bytes and the slots of the
     /// key's first probe group), so that those cache misses overlap
     /// whatever the caller does before the change (checking the value).
     /// A hint only: nothing is read through the addresses, and a prefetch
     /// never faults.
-    pub fn prefetch(&self, key: &str) {
+    /// Returns the key with its place, for [`Store::mutate_located`].
+    pub fn prefetch<'k>(&self, key: &'k str) -> Located<'k> {
         let place = self.place(key);
         prefetch_probe(&self.map.shards()[place.shard].read(), place.hash);
+        Located { key, place }
     }
 
     fn write_shard(&self, shard: usize) -> RwLockWriteGuard<'_, Table> {
@@ -603,7 +621,24 @@ impl Store {
         journal: &J,
         emit: &mut dyn FnMut(ChangeEvent),
     ) -> Result<Outcome<J::Ticket>, StoreError> {
-        let place = self.place(key);
+        self.mutate_located(self.locate(key), mutation, pre, now_ms, journal, emit)
+    }
+
+    /// [`Store::mutate`] of a key whose place [`Store::prefetch`] found.
+    ///
+    /// # Errors
+    ///
+    /// As [`Store::mutate`].
+    pub fn mutate_located<J: Journal>(
+        &self,
+        located: Located<'_>,
+        mutation: Mutation,
+        pre: Precondition,
+        now_ms: u64,
+        journal: &J,
+        emit: &mut dyn FnMut(ChangeEvent),
+    ) -> Result<Outcome<J::Ticket>, StoreError> {
+        let Located { key, place } = located;
         let mut table = self.write_shard(place.shard);
         let side = &self.sides[place.shard];
         let committed = table
