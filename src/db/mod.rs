@@ -723,9 +723,12 @@ impl Inner {
         value: &[u8],
         options: PutOptions,
     ) -> Result<Outcome<u64>, DbError> {
-        // The key's table slots load while the value is checked.
+        // The key's table slots load while the value is checked, and then
+        // its entry while the value is copied and the clock read.
         let located = self.store.prefetch(key);
-        let (value, expires_at_ms) = self.prepare_put(key, value, options.ttl, now_ms)?;
+        let expires_at_ms = self.check_put(key, value, options.ttl, now_ms)?;
+        self.store.prefetch_entry(&located);
+        let value = copy_value(value);
         self.mutate_located(
             located,
             Mutation::Put {
@@ -745,18 +748,29 @@ impl Inner {
         ttl: Option<Duration>,
         now_ms: impl FnOnce() -> u64,
     ) -> Result<(Bytes, u64), DbError> {
+        let expires_at_ms = self.check_put(key, value, ttl, now_ms)?;
+        // A copy of its own: a slice of a request buffer would keep the
+        // whole buffer alive for as long as the value lives.
+        Ok((copy_value(value), expires_at_ms))
+    }
+
+    /// Checks a put and returns its expiry, as [`Inner::prepare_put`].
+    fn check_put(
+        &self,
+        key: &str,
+        value: &[u8],
+        ttl: Option<Duration>,
+        now_ms: impl FnOnce() -> u64,
+    ) -> Result<u64, DbError> {
         self.check_key(key)?;
         self.check_value(value)?;
         // Most puts never expire: they skip the clock read here (the
         // change reads it once more when it is made).
-        let expires_at_ms = if ttl.or(self.config.retention).is_some() {
+        Ok(if ttl.or(self.config.retention).is_some() {
             self.expiry(ttl, now_ms())
         } else {
             0
-        };
-        // A copy of its own: a slice of a request buffer would keep the
-        // whole buffer alive for as long as the value lives.
-        Ok((copy_value(value), expires_at_ms))
+        })
     }
 
     fn begin_delete(&self, key: &str, pre: Option<Precondition>) -> Result<Outcome<u64>, DbError> {

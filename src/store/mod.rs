@@ -501,6 +501,23 @@ impl Store {
         Located { key, place }
     }
 
+    /// Starts loading the entries a change of `located`'s key will compare
+    /// its key with (the probe's first two candidates, in practice the
+    /// key's own entry), so that the cache miss on the entry overlaps what
+    /// the caller does before the change. Call it a while after
+    /// [`Store::prefetch`], once the probe group it loads has arrived;
+    /// a hint only, like that one.
+    pub fn prefetch_entry(&self, located: &Located<'_>) {
+        let table = self.map.shards()[located.place.shard].read();
+        // SAFETY: the iterator and the buckets it yields are used within
+        // this statement, while the shard's read guard is held, so no
+        // bucket can be moved or freed under them.
+        for bucket in unsafe { table.iter_hash(located.place.hash) }.take(2) {
+            // SAFETY: as above.
+            unsafe { bucket.as_ref() }.0.prefetch();
+        }
+    }
+
     fn write_shard(&self, shard: usize) -> RwLockWriteGuard<'_, Table> {
         self.map.shards()[shard].write()
     }

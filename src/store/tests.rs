@@ -557,20 +557,37 @@ fn a_content_swap_replaces_entries_index_expiries_and_counts_at_once() {
     assert_eq!(fresh.count(None, NOW), 2);
 }
 
-/// A prefetch is a hint: on an empty store, a growing one and for keys
-/// that are there or not, it changes nothing a reader sees.
+/// A prefetch (of the probe group or of the entry) is a hint: on an empty
+/// store, a growing one and for keys that are there or not, it changes
+/// nothing a reader sees.
 #[test]
 fn a_prefetch_changes_nothing() {
     let store = Store::new();
-    store.prefetch("absent");
-    store.prefetch("");
+    store.prefetch_entry(&store.prefetch("absent"));
+    store.prefetch_entry(&store.prefetch(""));
     for i in 0..5_000 {
         let key = format!("k{i}");
-        store.prefetch(&key);
+        store.prefetch_entry(&store.prefetch(&key));
         put(&store, &key, &i.to_string(), Precondition::None).expect("put");
-        store.prefetch(&key);
+        let located = store.prefetch(&key);
+        store.prefetch_entry(&located);
+        // A change through the place the prefetch found is the change.
+        let again = Mutation::Put {
+            value: Bytes::from(i.to_string()),
+            expires_at_ms: 0,
+        };
+        store
+            .mutate_located(
+                located,
+                again,
+                Precondition::None,
+                NOW,
+                &NoJournal,
+                &mut |_| {},
+            )
+            .expect("put again");
     }
-    store.prefetch("absent");
+    store.prefetch_entry(&store.locate("absent"));
     assert_eq!(store.count(None, NOW), 5_000);
     for i in (0..5_000).step_by(97) {
         assert_eq!(value(&store, &format!("k{i}"), NOW), Some(i.to_string()));
