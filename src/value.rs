@@ -98,44 +98,36 @@ fn check_tokens(doc: &[u8]) -> Result<(), ValueError> {
     let mut depth = 0usize;
     let mut i = 0;
     while let Some(&byte) = doc.get(i) {
+        i += 1;
+        // Strings first: after them, most of a document is punctuation.
+        if byte == b'"' {
+            loop {
+                i = plain_run_end(doc, i);
+                match doc.get(i) {
+                    None => return Ok(()),
+                    Some(b'"') => break,
+                    Some(b'\\') => i += 2,
+                    Some(_) => return bad(i, "a raw control character in a string"),
+                }
+                if i >= doc.len() {
+                    return Ok(());
+                }
+            }
+            i += 1;
+            continue;
+        }
         match OUTSIDE_STRINGS[usize::from(byte)] {
-            Outside::Skip => i += 1,
+            Outside::Skip | Outside::Quote => {}
             Outside::Open => {
                 depth += 1;
                 if depth > MAX_DEPTH {
                     return Err(ValueError::TooDeep);
                 }
-                i += 1;
             }
-            Outside::Close => {
-                // The parser already checked that brackets balance.
-                depth = depth.saturating_sub(1);
-                i += 1;
-            }
-            Outside::Quote => {
-                i += 1;
-                loop {
-                    // Plain content, most of a document, in one tight loop.
-                    let Some(n) = doc[i..]
-                        .iter()
-                        .position(|&b| ENDS_PLAIN_STRING[usize::from(b)])
-                    else {
-                        return Ok(());
-                    };
-                    i += n;
-                    match doc[i] {
-                        b'"' => break,
-                        b'\\' => i += 2,
-                        _ => return bad(i, "a raw control character in a string"),
-                    }
-                    if i >= doc.len() {
-                        return Ok(());
-                    }
-                }
-                i += 1;
-            }
+            // The parser already checked that brackets balance.
+            Outside::Close => depth = depth.saturating_sub(1),
             Outside::Scalar => {
-                let start = i;
+                let start = i - 1;
                 i += doc[i..]
                     .iter()
                     .position(|&b| OUTSIDE_STRINGS[usize::from(b)] != Outside::Scalar)
@@ -148,6 +140,35 @@ fn check_tokens(doc: &[u8]) -> Result<(), ValueError> {
         }
     }
     Ok(())
+}
+
+/// The first position at or after `at` that is not plain string content
+/// (a `"`, a `\\` or a control character), or the end of `doc`: eight
+/// bytes at a time, which is where [`check_tokens`] spends most of its
+/// time otherwise.
+fn plain_run_end(doc: &[u8], mut at: usize) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // Flags the bytes of `w` below `n` (n ≤ 128). Only the lowest flag is
+    // exact (a borrow can flag a higher byte), and only it is used.
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS;
+    let quotes = ONES * u64::from(b'"');
+    let backslashes = ONES * u64::from(b'\\');
+    while let Some(chunk) = doc.get(at..at + 8) {
+        let mut word = [0; 8];
+        word.copy_from_slice(chunk);
+        let w = u64::from_le_bytes(word);
+        let ends = below(w, 0x20) | below(w ^ quotes, 1) | below(w ^ backslashes, 1);
+        if ends != 0 {
+            // Little-endian: the lowest flag is the first such byte.
+            return at + (ends.trailing_zeros() / 8) as usize;
+        }
+        at += 8;
+    }
+    at + doc[at..]
+        .iter()
+        .position(|&b| ENDS_PLAIN_STRING[usize::from(b)])
+        .unwrap_or(doc.len() - at)
 }
 
 /// What a byte outside strings is to [`check_tokens`].
@@ -317,15 +338,56 @@ mod tests {
 
     #[test]
     fn strings_are_checked_at_every_offset() {
-        // Escapes and control characters anywhere in a string.
-        for at in 0..24 {
+        // Escapes and control characters anywhere in a string, at every
+        // place within and across the eight-byte words it is read in.
+        for at in 0..40 {
             let with =
-                |middle: &str| format!("[\"{}{middle}{}\"]", "a".repeat(at), "b".repeat(24 - at));
+                |middle: &str| format!("[\"{}{middle}{}\"]", "a".repeat(at), "b".repeat(40 - at));
             check(&with("\u{1}"), false);
             check(&with("\u{1f}"), false);
             check(&with("\\\""), true);
             check(&with("\\\\"), true);
             check(&with("\u{7f}é"), true);
+        }
+    }
+
+    /// The scan of string content, which reads eight bytes at a time,
+    /// stops at a control character, a quote or a backslash wherever it
+    /// lies in the word.
+    #[test]
+    fn the_string_scan_stops_at_every_offset() {
+        let not_a_token = |at: usize| {
+            Err(ValueError::Invalid(format!(
+                "not a number, true, false or null at offset {at}"
+            )))
+        };
+        for len in 1..40 {
+            let doc = |at: usize, special: &[u8]| {
+                let mut doc = vec![b'"'];
+                doc.extend(std::iter::repeat_n(b'a', len));
+                doc.push(b'"');
+                doc[1 + at..1 + at + special.len()].copy_from_slice(special);
+                doc
+            };
+            for at in 0..len {
+                let control = Err(ValueError::Invalid(format!(
+                    "a raw control character in a string at offset {}",
+                    1 + at
+                )));
+                assert_eq!(check_tokens(&doc(at, b"\x1f")), control, "{len} {at}");
+                assert_eq!(check_tokens(&doc(at, b"\0")), control, "{len} {at}");
+                // The string ends there, and the `a`s after it are no token.
+                let ended = if at + 1 < len {
+                    not_a_token(2 + at)
+                } else {
+                    Ok(())
+                };
+                assert_eq!(check_tokens(&doc(at, b"\"")), ended, "{len} {at}");
+                if at + 1 < len {
+                    // An escaped quote does not end it.
+                    assert_eq!(check_tokens(&doc(at, b"\\\"")), Ok(()), "{len} {at}");
+                }
+            }
         }
     }
 
