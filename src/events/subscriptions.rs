@@ -9,7 +9,7 @@
 //! it may both hold the same change.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine;
@@ -354,6 +354,9 @@ pub fn signing_key(secret: &str) -> Vec<u8> {
 #[derive(Default)]
 pub struct Registry {
     subs: RwLock<Vec<Arc<ActiveSubscription>>>,
+    /// How many `subs` holds, set under its write lock: what every change
+    /// reads ([`Registry::is_empty`]) without taking the lock.
+    live: AtomicUsize,
     /// Bumped whenever a subscription comes or goes, so the delivery pool
     /// notices without being told.
     generation: AtomicU64,
@@ -380,6 +383,7 @@ impl Registry {
                 let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
                 if !subs.iter().any(|s| s.def.id == def.id) {
                     subs.push(Arc::new(ActiveSubscription::new(def.clone())));
+                    self.live.store(subs.len(), Ordering::Release);
                     self.generation.fetch_add(1, Ordering::AcqRel);
                 }
                 return;
@@ -394,6 +398,7 @@ impl Registry {
                     }
                     keep
                 });
+                self.live.store(subs.len(), Ordering::Release);
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 return;
             }
@@ -439,10 +444,13 @@ impl Registry {
                     .map_err(|e| format!("bad subscription record: {e}"))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        for old in std::mem::take(&mut *self.subs.write().unwrap_or_else(|e| e.into_inner())) {
+        let mut subs = self.subs.write().unwrap_or_else(|e| e.into_inner());
+        for old in std::mem::take(&mut *subs) {
             old.removed.store(true, Ordering::Release);
             old.wake.notify_one();
         }
+        self.live.store(0, Ordering::Release);
+        drop(subs);
         self.generation.fetch_add(1, Ordering::AcqRel);
         for op in ops {
             self.apply(op);
@@ -461,10 +469,7 @@ impl Registry {
 
     /// Whether there is any subscription at all (a cheap check per change).
     pub fn is_empty(&self) -> bool {
-        self.subs
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .is_empty()
+        self.live.load(Ordering::Acquire) == 0
     }
 
     /// The subscription with this target and URL, if any.
@@ -563,9 +568,16 @@ mod tests {
             last_error: None,
         });
         assert_eq!(active.state().cursor, 7);
+        assert!(!registry.is_empty());
         registry.apply(SubscriptionOp::Unsubscribe { id: "sub_1".into() });
         assert!(registry.is_empty());
         assert!(active.is_removed(), "in-flight deliveries see the removal");
+        // A snapshot's install replaces them all, or with none.
+        assert!(!copy.is_empty());
+        copy.replace(&registry.docs()).expect("replace");
+        assert!(copy.is_empty());
+        copy.replace(&[doc]).expect("replace");
+        assert!(!copy.is_empty());
         assert!(registry.apply_doc(b"{\"nope\":1}").is_err());
     }
 
