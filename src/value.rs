@@ -147,8 +147,9 @@ fn check_tokens(doc: &[u8]) -> Result<(), ValueError> {
 /// bytes at a time, which is where [`check_tokens`] spends most of its
 /// time otherwise.
 fn plain_run_end(doc: &[u8], mut at: usize) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    // 0x01 and 0x80 in every byte.
+    const ONES: u64 = u64::MAX / 255;
+    const HIGHS: u64 = ONES * 0x80;
     // Flags the bytes of `w` below `n` (n ≤ 128). Only the lowest flag is
     // exact (a borrow can flag a higher byte), and only it is used.
     let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGHS;
