@@ -20,6 +20,7 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 
+use super::bulk_load::BulkLoad;
 use super::txn::CheckedTxn;
 use super::{Db, DbError, Inner, now_ms};
 use crate::snapshot::{ExportLine, parse_line, plain_import_entry};
@@ -104,6 +105,8 @@ pub struct ImportSpool {
     /// No valid line is longer than this.
     max_line_bytes: usize,
     started: Instant,
+    /// Counts the import as running until its [`Spooled`] is dropped.
+    bulk: Option<BulkLoad>,
 }
 
 /// A batch of whole lines for a checking thread, and where its result goes.
@@ -139,6 +142,7 @@ pub struct Spooled {
     entries: u64,
     /// Control documents (subscriptions) in the export, not imported.
     pub metas: u64,
+    _bulk: Option<BulkLoad>,
 }
 
 impl Spooled {
@@ -367,6 +371,7 @@ impl ImportSpool {
             path: std::mem::take(&mut self.path),
             entries: self.entries,
             metas: self.metas,
+            _bulk: self.bulk.take(),
         })
     }
 
@@ -550,6 +555,7 @@ impl Db {
             trailer: false,
             max_line_bytes,
             started: Instant::now(),
+            bulk: Some(BulkLoad::start()),
         })
     }
 

@@ -3,6 +3,7 @@
 //! users call only this.
 
 mod background;
+mod bulk_load;
 mod event_log;
 mod import;
 mod log_source;
@@ -34,6 +35,7 @@ use crate::store::{
 };
 use crate::value::ValueError;
 use crate::wal::{BatchSink, LogReader, Record, WalWriter};
+pub use bulk_load::{ImportHooks, set_import_hooks};
 pub use import::{ImportMode, ImportResult, ImportSpool, Spooled};
 pub(crate) use pubsub::check_callback_url;
 pub use pubsub::{EventSubscription, SubscriptionStatus, Unsubscribe};
