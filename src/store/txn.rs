@@ -250,9 +250,12 @@ impl Store {
             (failure, failure_places)
         };
         let mut results = Vec::with_capacity(branch.len());
-        let mut changes = Vec::new();
+        // Sized for a branch of writes at once: an import's batch has
+        // thousands, and growing these step by step copied them each time.
+        let n_writes = branch.iter().filter(|op| op.is_write()).count();
+        let mut changes = Vec::with_capacity(n_writes);
         // The place of each change's key.
-        let mut change_places = Vec::new();
+        let mut change_places = Vec::with_capacity(n_writes);
         for (op, &place) in branch.iter().zip(branch_places) {
             // Writes need the value too: it is logged as the old value.
             let current = view(&mut locked, &written, op.key(), place, true);
@@ -396,7 +399,7 @@ impl Store {
         places: &[Place],
         emit: &mut dyn FnMut(ChangeEvent),
     ) {
-        let mut new = Vec::new();
+        let mut new = Vec::with_capacity(changes.len());
         for (change, &place) in changes.into_iter().zip(places) {
             let table = locked.table(place);
             let indexing = Indexing::Batch(&mut new);
