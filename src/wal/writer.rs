@@ -5,7 +5,11 @@
 //! Who commits a batch depends on the fsync policy. Under `always` a named
 //! thread does, because its fdatasync would stall an async worker; it
 //! yields once before taking a batch, so that a worker sharing its core
-//! enqueues what it has ready and one fdatasync carries it all. Under
+//! enqueues what it has ready and one fdatasync carries it all. It hands
+//! each written batch to a second thread that applies the batches in log
+//! order, so the write and fdatasync of the next batch overlap the apply of
+//! the one before (a large transaction or an import batch takes about as
+//! long to apply as to sync). Under
 //! `never` and `everysec` the waiting writer itself does, after yielding
 //! once so that the other requests ready on its worker enqueue first: one
 //! write(2) then carries many records with no thread hop at all. The thread
@@ -13,9 +17,11 @@
 //! anything a vanished writer left queued.
 //!
 //! Invariant: a record is applied only after it was written (and synced,
-//! under `always`); a failed write or sync poisons the log for good,
-//! truncates the file back to the last good write, and fails every waiting
-//! writer, so nothing unacknowledged is ever half-applied.
+//! under `always`), and batches are applied in log order; a failed write or
+//! sync poisons the log for good, truncates the file back to the last good
+//! write, and fails every writer waiting on a record after it (those before
+//! it are applied and acknowledged), so nothing unacknowledged is ever
+//! half-applied.
 
 use std::fs::File;
 use std::path::PathBuf;
@@ -51,6 +57,28 @@ struct Queue {
     closing: bool,
 }
 
+/// A batch taken from the queue and written, or refused (`ok` false).
+struct Written {
+    records: Vec<Record>,
+    last_seq: u64,
+    ok: bool,
+}
+
+/// What the writer thread hands the applying thread (under `always`), in
+/// log order.
+enum ToApply {
+    Batch(Written),
+    /// Rotations to answer once everything before them is applied.
+    Rotated(
+        Vec<std::sync::mpsc::Sender<Result<u64, WalError>>>,
+        Result<u64, WalError>,
+    ),
+}
+
+/// Batches written but not yet applied, at most: the writer waits for the
+/// applying thread beyond that.
+const APPLY_QUEUE: usize = 2;
+
 /// The open segment file and what is known about it.
 struct LogFile {
     file: File,
@@ -61,8 +89,6 @@ struct LogFile {
     /// Written since the last fdatasync.
     unsynced: bool,
     last_sync: Instant,
-    /// Applies what was written; whoever commits a batch calls it.
-    sink: Box<dyn BatchSink>,
     /// The queue's previous buffer, kept for its capacity.
     spare: Vec<u8>,
 }
@@ -74,16 +100,24 @@ struct Shared {
     /// never across I/O.
     queue: Mutex<Queue>,
     work: Condvar,
-    /// Guards the file and the sink. Held to commit one batch (its write,
-    /// its sync under `always`, its apply) or to rotate. Never taken while
-    /// holding a shard lock or `queue`; `queue` may be taken under it.
+    /// Guards the file. Held to write one batch (and sync it under
+    /// `always`; under `never`/`everysec` also to apply it) or to rotate.
+    /// Never taken while holding a shard lock, `queue` or `sink`; `queue`
+    /// and `sink` may be taken under it.
     log: Mutex<LogFile>,
+    /// Applies what was written: under `always` only the applying thread
+    /// takes it, otherwise whoever commits a batch, under `log`.
+    sink: Mutex<Box<dyn BatchSink>>,
     /// Pairs with `done` so blocking waiters cannot miss a wake-up.
     done_lock: Mutex<()>,
     done: Condvar,
     /// Async writers waiting for their sequence number, woken one by one.
     waiters: Mutex<Vec<(u64, Waker)>>,
+    /// The last record applied (so durable and visible).
     durable_seq: AtomicU64,
+    /// The last record written (and synced under `always`): a record up to
+    /// it is applied even once the log is poisoned, so its writer waits.
+    written_seq: AtomicU64,
     poisoned: OnceLock<String>,
     stats: WalStats,
     policy: FsyncPolicy,
@@ -106,12 +140,12 @@ impl Shared {
 
     fn check(&self, seq: u64) -> Option<Result<(), WalError>> {
         if self.durable_seq.load(Ordering::Acquire) >= seq {
-            Some(Ok(()))
-        } else {
-            self.poisoned
-                .get()
-                .map(|why| Err(WalError::Poisoned(why.clone())))
+            return Some(Ok(()));
         }
+        let why = self.poisoned.get()?;
+        // Written before the failure: it is being applied.
+        (self.written_seq.load(Ordering::Acquire) < seq)
+            .then(|| Err(WalError::Poisoned(why.clone())))
     }
 
     /// Wakes the writers whose records are now durable (all of them once
@@ -158,24 +192,49 @@ impl Shared {
     /// Takes everything queued and commits it as one batch: written, synced
     /// under `always`, applied in order, its writers woken.
     fn commit_queued(&self, log: &mut LogFile) {
+        if let Some(batch) = self.write_queued(log) {
+            self.apply(batch);
+        }
+    }
+
+    /// Takes everything queued and writes it as one batch (synced under
+    /// `always`); the caller applies it with [`Shared::apply`], batches in
+    /// the order they were written.
+    fn write_queued(&self, log: &mut LogFile) -> Option<Written> {
         let (buf, records, last_seq) = {
             let mut queue = self.lock_queue();
             if queue.records.is_empty() {
-                return;
+                return None;
             }
             let buf = std::mem::replace(&mut queue.buf, std::mem::take(&mut log.spare));
             (buf, std::mem::take(&mut queue.records), queue.last_seq)
         };
-        match self.write(log, &buf, records.len()) {
-            Ok(()) => {
-                log.sink.durable(records);
-                self.durable_seq.store(last_seq, Ordering::Release);
-            }
-            Err(_) => log.sink.failed(records),
+        let ok = self.write(log, &buf, records.len()).is_ok();
+        if ok {
+            self.written_seq.store(last_seq, Ordering::Release);
         }
         let mut buf = buf;
         buf.clear();
         log.spare = buf;
+        Some(Written {
+            records,
+            last_seq,
+            ok,
+        })
+    }
+
+    /// Applies a written batch (or forgets a refused one) and wakes its
+    /// writers.
+    fn apply(&self, batch: Written) {
+        {
+            let mut sink = relock(self.sink.lock());
+            if batch.ok {
+                sink.durable(batch.records);
+                self.durable_seq.store(batch.last_seq, Ordering::Release);
+            } else {
+                sink.failed(batch.records);
+            }
+        }
         self.wake_waiters();
     }
 
@@ -341,13 +400,14 @@ impl WalWriter {
                 policy,
                 unsynced: false,
                 last_sync: Instant::now(),
-                sink,
                 spare: Vec::new(),
             }),
+            sink: Mutex::new(sink),
             done_lock: Mutex::new(()),
             done: Condvar::new(),
             waiters: Mutex::new(Vec::new()),
             durable_seq: AtomicU64::new(0),
+            written_seq: AtomicU64::new(0),
             poisoned: OnceLock::new(),
             stats: WalStats::default(),
             policy,
@@ -552,10 +612,48 @@ impl Drop for WalWriter {
     }
 }
 
-/// The writer thread: commits batches under `always`; under every policy
-/// rotates, syncs each second under `everysec`, and commits what writers
-/// that went away before committing left in the queue.
+/// The writer thread: writes batches under `always` (a second thread,
+/// started here, applies them); under every policy rotates, syncs each
+/// second under `everysec`, and commits what writers that went away before
+/// committing left in the queue.
 fn run_thread(shared: &Shared) {
+    if shared.policy != FsyncPolicy::Always {
+        return write_loop(shared, None);
+    }
+    std::thread::scope(|scope| {
+        let (to_apply, applying) = crossbeam_channel::bounded::<ToApply>(APPLY_QUEUE);
+        let applier = std::thread::Builder::new()
+            .name("dododb-wal-apply".into())
+            .spawn_scoped(scope, move || {
+                for item in applying {
+                    match item {
+                        ToApply::Batch(batch) => shared.apply(batch),
+                        ToApply::Rotated(replies, result) => {
+                            for reply in replies {
+                                let _ = reply.send(result.clone());
+                            }
+                        }
+                    }
+                }
+            });
+        match applier {
+            Ok(_) => write_loop(shared, Some(&to_apply)),
+            Err(e) => {
+                // Applied by the writer thread itself then, as under the
+                // other policies.
+                tracing::error!("no WAL apply thread ({e}); the writer applies");
+                write_loop(shared, None);
+            }
+        }
+        // Dropping the sender ends the applying thread once it has applied
+        // everything; the scope waits for it.
+    });
+    shared.wake_waiters();
+}
+
+/// The writer thread's loop; written batches go to `to_apply` when given,
+/// else are applied at once.
+fn write_loop(shared: &Shared, to_apply: Option<&crossbeam_channel::Sender<ToApply>>) {
     let writers_commit = shared.policy != FsyncPolicy::Always;
     loop {
         let mut ticked = false;
@@ -598,7 +696,12 @@ fn run_thread(shared: &Shared) {
             std::thread::yield_now();
         }
         let mut log = shared.lock_log();
-        shared.commit_queued(&mut log);
+        let mut written = shared.write_queued(&mut log);
+        if to_apply.is_none()
+            && let Some(batch) = written.take()
+        {
+            shared.apply(batch);
+        }
         if log.policy == FsyncPolicy::EverySec
             && log.unsynced
             && (ticked || log.last_sync.elapsed() >= Duration::from_secs(1))
@@ -619,9 +722,23 @@ fn run_thread(shared: &Shared) {
             shared.sync_or_poison(&mut log);
         }
         drop(log);
-        if let Some(result) = switched {
-            for reply in rotations {
-                let _ = reply.send(result.clone());
+        match to_apply {
+            // In log order: the batch, then the rotation (answered once
+            // every record of the old segment is applied).
+            Some(to_apply) => {
+                if let Some(batch) = written {
+                    let _ = to_apply.send(ToApply::Batch(batch));
+                }
+                if let Some(result) = switched {
+                    let _ = to_apply.send(ToApply::Rotated(rotations, result));
+                }
+            }
+            None => {
+                if let Some(result) = switched {
+                    for reply in rotations {
+                        let _ = reply.send(result.clone());
+                    }
+                }
             }
         }
         if closing {
