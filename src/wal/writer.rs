@@ -893,6 +893,85 @@ mod tests {
         assert_eq!(report.truncated_bytes, 0);
     }
 
+    /// A sink that holds its first batch until told to go on.
+    struct Gated {
+        seen: Seen,
+        /// Set once the first batch is in `durable`; then the gate opens.
+        entered: Arc<(Mutex<(bool, bool)>, Condvar)>,
+    }
+
+    impl BatchSink for Gated {
+        fn durable(&mut self, records: Vec<Record>) {
+            let (state, changed) = &*self.entered;
+            let mut state = relock(state.lock());
+            state.0 = true;
+            changed.notify_all();
+            while !state.1 {
+                state = relock(changed.wait(state));
+            }
+            drop(state);
+            self.seen.durable(records);
+        }
+        fn failed(&mut self, records: Vec<Record>) {
+            self.seen.failed(records);
+        }
+    }
+
+    #[test]
+    fn a_batch_written_before_a_failed_sync_is_applied_and_acknowledged() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let mut faults = Faults::with(None, None, Some(2));
+        faults.batch_min = 5;
+        let seen = Seen::default();
+        let gate = Arc::new((Mutex::new((false, false)), Condvar::new()));
+        let sink = Gated {
+            seen: seen.clone(),
+            entered: Arc::clone(&gate),
+        };
+        let wal = WalWriter::start_with_faults(
+            tmp.path().to_path_buf(),
+            1,
+            FsyncPolicy::Always,
+            Box::new(sink),
+            faults,
+        )
+        .expect("start");
+        let first: Vec<u64> = (1..6)
+            .map(|v| wal.submit(put(v)).expect("submit"))
+            .collect();
+        // The first batch is written and synced, and held in its apply.
+        {
+            let (state, changed) = &*gate;
+            let mut state = relock(state.lock());
+            while !state.0 {
+                state = relock(changed.wait(state));
+            }
+        }
+        // The second one's sync fails while the first is being applied.
+        let second: Vec<u64> = (6..11)
+            .map(|v| wal.submit(put(v)).expect("submit"))
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while wal.poisoned().is_none() {
+            assert!(Instant::now() < deadline, "the second batch never failed");
+            std::thread::yield_now();
+        }
+        {
+            let (state, changed) = &*gate;
+            relock(state.lock()).1 = true;
+            changed.notify_all();
+        }
+        for seq in first {
+            assert!(wal.wait_blocking(seq).is_ok(), "record {seq} was written");
+        }
+        for seq in second {
+            assert!(matches!(wal.wait_blocking(seq), Err(WalError::Poisoned(_))));
+        }
+        assert_eq!(*relock(seen.applied.lock()), vec![1, 2, 3, 4, 5]);
+        assert_eq!(*relock(seen.failed.lock()), vec![6, 7, 8, 9, 10]);
+        wal.close();
+    }
+
     #[test]
     fn a_failed_write_fails_its_batch_and_leaves_nothing() {
         let tmp = tempfile::tempdir().expect("tmp");
