@@ -970,9 +970,11 @@ mod tests {
         for seq in second {
             assert!(matches!(wal.wait_blocking(seq), Err(WalError::Poisoned(_))));
         }
+        // Its writers may hear of the failure before the applying thread
+        // has forgotten the batch; closing waits for that thread.
+        wal.close();
         assert_eq!(*relock(seen.applied.lock()), vec![1, 2, 3, 4, 5]);
         assert_eq!(*relock(seen.failed.lock()), vec![6, 7, 8, 9, 10]);
-        wal.close();
     }
 
     #[test]
