@@ -1,13 +1,13 @@
 //! Criterion benchmarks of the engine without HTTP: store operations, JSON
 //! validation, key decoding, the WAL codec and group commit, snapshots and
-//! listing, and the embedded `Db` facade.
+//! listing. The embedded `Db` facade against a bare `DashMap` has its own
+//! binary, `benches/embedded.rs`.
 
 use std::hint::black_box;
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
-use dashmap::DashMap;
 use dododb::store::{Change, ChangeKind, Mutation, NoJournal, Precondition, Store};
 use dododb::wal::record::{Record, decode, encode};
 use dododb::{Config, Db, FsyncPolicy, PutOptions};
@@ -226,65 +226,5 @@ fn snapshots(c: &mut Criterion) {
     g.finish();
 }
 
-fn embedded(c: &mut Criterion) {
-    let keys: Vec<String> = (0..100_000).map(|i| format!("key:{i}")).collect();
-    // The floor under both figures: a bare DashMap of the same keys and
-    // values, read and written in the same order, without validation,
-    // versions or events. On a VM whose memory is slow, the map's own
-    // cache misses bound DodoDB's figures; the ratio to this says what
-    // DodoDB adds. It is built first, on a heap that the Db's 100k entries
-    // (and the churn of its puts) have not fragmented: built after them,
-    // where its keys and values landed depended on the Db's heap, and its
-    // get moved by half between builds of unrelated Db code.
-    let bare: DashMap<String, Bytes> = keys
-        .iter()
-        .map(|k| (k.clone(), Bytes::copy_from_slice(VALUE)))
-        .collect();
-    let db = Db::open(Config::in_memory()).expect("open");
-    for key in &keys {
-        db.put(key, VALUE, PutOptions::default()).expect("put");
-    }
-    let mut g = c.benchmark_group("embedded_db_in_memory");
-    g.throughput(Throughput::Elements(1));
-    let mut i = 0usize;
-    g.bench_function("get", |b| {
-        b.iter(|| {
-            i = (i + 7919) % keys.len();
-            black_box(db.get(&keys[i]).map(|e| e.map(|e| e.version)))
-        })
-    });
-    g.bench_function("put", |b| {
-        b.iter(|| {
-            i = (i + 7919) % keys.len();
-            db.put(&keys[i], VALUE, PutOptions::default())
-                .map(|w| w.version)
-        })
-    });
-    g.bench_function("bare_dashmap_get", |b| {
-        b.iter(|| {
-            i = (i + 7919) % keys.len();
-            black_box(bare.get(&keys[i]).map(|v| v.clone()))
-        })
-    });
-    g.bench_function("bare_dashmap_put", |b| {
-        b.iter(|| {
-            i = (i + 7919) % keys.len();
-            // An overwrite, like the put above: the value is copied into a
-            // new allocation, no key is allocated.
-            if let Some(mut value) = bare.get_mut(&keys[i]) {
-                *value = Bytes::copy_from_slice(VALUE);
-            }
-        })
-    });
-    g.finish();
-}
-
-criterion_group!(
-    benches,
-    store_ops,
-    validation_and_decoding,
-    wal,
-    snapshots,
-    embedded
-);
+criterion_group!(benches, store_ops, validation_and_decoding, wal, snapshots);
 criterion_main!(benches);
