@@ -12,16 +12,12 @@ use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use dashmap::DashMap;
 use dododb::{Config, Db, PutOptions};
-use mimalloc::MiMalloc;
 
-// The allocator the server ships with, so the figures are the server's.
-#[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
-
-const VALUE: &[u8] = br#"{"user":"ada","score":1234,"tags":["a","b","c"],"active":true,"note":"0123456789abcdef0123"}"#;
+mod common;
+use common::{VALUE, keys};
 
 fn embedded(c: &mut Criterion) {
-    let keys: Vec<String> = (0..100_000).map(|i| format!("key:{i}")).collect();
+    let keys = keys(100_000);
     // The floor under both figures: a bare DashMap of the same keys and
     // values, read and written in the same order, without validation,
     // versions or events. On a VM whose memory is slow, the map's own

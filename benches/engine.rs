@@ -11,13 +11,9 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use dododb::store::{Change, ChangeKind, Mutation, NoJournal, Precondition, Store};
 use dododb::wal::record::{Record, decode, encode};
 use dododb::{Config, Db, FsyncPolicy, PutOptions};
-use mimalloc::MiMalloc;
 
-// The allocator the server ships with, so the figures are the server's.
-#[global_allocator]
-static GLOBAL: MiMalloc = MiMalloc;
-
-const VALUE: &[u8] = br#"{"user":"ada","score":1234,"tags":["a","b","c"],"active":true,"note":"0123456789abcdef0123"}"#;
+mod common;
+use common::{VALUE, keys};
 
 fn filled_store(n: usize) -> Store {
     let store = Store::new();
@@ -40,7 +36,7 @@ fn filled_store(n: usize) -> Store {
 
 fn store_ops(c: &mut Criterion) {
     let store = filled_store(100_000);
-    let keys: Vec<String> = (0..100_000).map(|i| format!("key:{i}")).collect();
+    let keys = keys(100_000);
     let mut g = c.benchmark_group("store");
     g.throughput(Throughput::Elements(1));
     let mut i = 0usize;
