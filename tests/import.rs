@@ -391,3 +391,122 @@ async fn a_large_import_gives_each_entry_its_own_revision_and_event() {
         "{listed}"
     );
 }
+
+/// The body of an import of `n` entries `cut/<i>` (`{"n":<i>}`), with the
+/// entry at `again` writing `cut/00001` a second time.
+fn cut_export(n: usize, again: usize) -> (Vec<String>, String) {
+    let keys: Vec<String> = (0..n)
+        .map(|i| match i {
+            _ if i == again => "cut/00001".to_string(),
+            _ => format!("cut/{i:05}"),
+        })
+        .collect();
+    let body = keys
+        .iter()
+        .enumerate()
+        .map(|(i, key)| format!("{{\"key\":\"{key}\",\"value\":{{\"n\":{i}}}}}\n"))
+        .collect();
+    (keys, body)
+}
+
+/// Checks that exactly the first `whole` lines of a `cut_export` are
+/// there, each at its own revision after `since`, and the rest none
+/// (looking at every 511th line, none of them the repeated key).
+async fn only_the_first(server: &TestServer, keys: &[String], since: u64, whole: usize) {
+    let after = stats(server).await;
+    assert_eq!(after["revision"], since + whole as u64, "{after}");
+    for (i, key) in keys.iter().enumerate().step_by(511) {
+        let meta = server
+            .http()
+            .get(server.at(&format!("{}/meta", kv(key))))
+            .send()
+            .await
+            .expect("meta");
+        if i < whole {
+            let meta: Value = meta.json().await.expect("meta");
+            assert_eq!(meta["version"], since + 1 + i as u64, "{key}: {meta}");
+        } else {
+            assert_eq!(meta.status(), StatusCode::NOT_FOUND, "{key} (line {i})");
+        }
+    }
+}
+
+/// An import cut off in the log after a crash leaves whole batches, in
+/// order: here the last batch's record is torn by `kill -9` (its tail is
+/// cut from the file), so replay leaves out all of that batch and keeps
+/// the two before it, whose events read back from the log are the ones
+/// sent live, with the values they replaced.
+#[tokio::test]
+async fn a_torn_import_batch_is_left_out_whole_and_the_rest_reads_back() {
+    // Three batches of 4096 (the import's batch size).
+    const N: usize = 3 * 4096;
+    let mut server = TestServer::start(&["--fsync", "always"]);
+    put(&server, "cut/00005", "\"old\"").await;
+    let since = stats(&server).await["revision"].as_u64().expect("revision");
+    let (keys, body) = cut_export(N, 6_000);
+    let reply = post_import(&server, body).await;
+    assert_eq!(reply.status(), StatusCode::OK);
+
+    server.stop(Stop::Kill9);
+    let last = common::files::segments(&server.dir)
+        .pop()
+        .expect("a segment");
+    let len = std::fs::metadata(&last).expect("segment").len();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&last)
+        .expect("open");
+    file.set_len(len - 7).expect("cut");
+    drop(file);
+    server.start_again(&["--fsync", "always"]);
+    only_the_first(&server, &keys, since, 2 * 4096).await;
+
+    // Read back from the log (the restarted server's memory has none).
+    let feed = client()
+        .get(server.at(&format!("/events?prefix=cut/&since={since}")))
+        .send()
+        .await
+        .expect("feed");
+    let within = std::time::Duration::from_secs(60);
+    let events = sse_changes(&server, feed, "prefix=cut/", since, 2 * 4096, within).await;
+    for (i, event) in events.iter().enumerate() {
+        assert_eq!(event["version"], since + 1 + i as u64, "{event}");
+        assert_eq!(event["key"], keys[i], "{event}");
+        assert_eq!(event["new_value"], json!({"n": i}), "{event}");
+        let old = match i {
+            5 => json!("old"),
+            6_000 => json!({"n": 1}),
+            _ => Value::Null,
+        };
+        assert_eq!(event["old_value"], old, "{event}");
+    }
+}
+
+/// A batch the log refuses (a full disk) is neither applied nor replayed:
+/// the import fails, and what it leaves, before and after `kill -9`, is
+/// whole batches from the start of the export.
+#[tokio::test]
+async fn an_import_the_log_refuses_midway_leaves_whole_batches() {
+    const N: usize = 3 * 4096;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("data");
+    // Room for about two of the three batches (each about 240 KB).
+    let env = [("DODODB_TEST_WAL_SPACE_BYTES", "560000")];
+    let mut server =
+        TestServer::try_start_with_env(&dir, &["--fsync", "always"], &env).expect("started");
+    let since = stats(&server).await["revision"].as_u64().expect("revision");
+    let (keys, body) = cut_export(N, N);
+    let reply = post_import(&server, body).await;
+    assert_eq!(reply.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let keys_now = stats(&server).await["keys"].as_u64().expect("keys") as usize;
+    eprintln!("{keys_now} of {N} entries written before the log refused");
+    assert_eq!(keys_now % 4096, 0, "whole batches: {keys_now}");
+    assert!(keys_now < N, "{keys_now}");
+
+    server.stop(Stop::Kill9);
+    server.start_again(&["--fsync", "always"]);
+    let revision = stats(&server).await["revision"].as_u64().expect("revision");
+    let whole = (revision - since) as usize;
+    assert_eq!(whole, keys_now, "the same batches after the restart");
+    only_the_first(&server, &keys, since, whole).await;
+}

@@ -21,10 +21,9 @@ use std::time::Instant;
 use crossbeam_channel::{Receiver, Sender};
 
 use super::bulk_load::BulkLoad;
-use super::txn::CheckedTxn;
-use super::{Db, DbError, Inner, now_ms};
+use super::{Db, DbError, Inner, WalJournal, now_ms};
 use crate::snapshot::{ExportLine, parse_line, plain_import_entry};
-use crate::store::{TxnOp, copy_value};
+use crate::store::{NoJournal, PutBatch};
 
 /// What happens to the keys already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -588,8 +587,12 @@ impl Db {
         let mut entries = spooled.entries()?;
         let (mut imported, mut expired) = (0u64, 0u64);
         let mut revision = None;
-        let mut batch = Vec::with_capacity(BATCH);
-        let mut batch_bytes = 0;
+        // Each batch sized like the one before: a buffer of the largest
+        // size is fresh memory the kernel must clear, most of it unused.
+        let new_batch = |bytes: usize| PutBatch::with_capacity(BATCH, bytes + (64 << 10));
+        let mut batch = new_batch(64 << 10);
+        // Entries without an expiry get none, unless a retention applies.
+        let retention = inner.config.retention.is_some();
         loop {
             let entry = entries.next_entry()?;
             if let Some(entry) = &entry {
@@ -598,22 +601,20 @@ impl Db {
                     expired += 1;
                     continue;
                 }
-                if expires_at_ms == 0 {
+                if expires_at_ms == 0 && retention {
                     expires_at_ms = inner.expiry(None, now_ms());
                 }
-                batch_bytes += entry.key.len() + entry.value.len();
-                batch.push(TxnOp::Put {
-                    key: Box::from(entry.key),
-                    value: copy_value(entry.value),
-                    expires_at_ms,
-                });
+                batch.push(entry.key, entry.value, expires_at_ms);
             }
             let last = entry.is_none();
-            if batch.len() == BATCH || batch_bytes >= BATCH_BYTES || (last && !batch.is_empty()) {
+            if batch.len() == BATCH
+                || batch.data_len() >= BATCH_BYTES
+                || (last && !batch.is_empty())
+            {
                 imported += batch.len() as u64;
-                batch_bytes = 0;
+                let batch_bytes = batch.data_len().min(BATCH_BYTES);
                 let (last_revision, ticket) =
-                    inner.write_batch(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))?;
+                    inner.write_batch(std::mem::replace(&mut batch, new_batch(batch_bytes)))?;
                 revision = Some(last_revision);
                 in_flight.extend(ticket);
                 // Tickets are ordered: waiting for the oldest of too many
@@ -644,16 +645,23 @@ impl Db {
 impl Inner {
     /// Writes a batch of an import's puts the way a transaction writes:
     /// one revision each, one log record for all, applied with the shards
-    /// of its keys held. Returns the last revision and the ticket to wait
-    /// on.
-    fn write_batch(&self, puts: Vec<TxnOp>) -> Result<(u64, Option<u64>), DbError> {
-        let txn = CheckedTxn {
-            compare: Vec::new(),
-            success: puts,
-            failure: Vec::new(),
+    /// of its keys held (see `store/batch.rs`). Returns the last revision
+    /// and the ticket to wait on.
+    fn write_batch(&self, batch: PutBatch) -> Result<(u64, Option<u64>), DbError> {
+        self.check_writable()?;
+        let now = now_ms();
+        let emit = &mut |event| self.hub.emit(event);
+        let written = match &self.wal {
+            Some(wal) => self
+                .store
+                .put_batch(batch, now, &WalJournal(wal), emit)?
+                .map(|w| (w.last_version, w.ticket)),
+            None => self
+                .store
+                .put_batch(batch, now, &NoJournal, emit)?
+                .map(|w| (w.last_version, None)),
         };
-        let outcome = self.run_txn(txn, now_ms())?;
-        Ok((outcome.revision, outcome.ticket))
+        Ok(written.unwrap_or_else(|| (self.store.revision(), None)))
     }
 }
 

@@ -30,7 +30,7 @@ use crate::events::webhook::{DeliveryConfig, DeliveryPool, RetrySchedule};
 
 use crate::snapshot::{self, Step};
 use crate::store::{
-    Change, Entry, EntryPage, Journal, ListPage, Located, Mutation, NoJournal, Outcome,
+    Change, Entry, EntryPage, Journal, ListPage, Located, LoggedPuts, Mutation, NoJournal, Outcome,
     Precondition, Store, StoreError, Submitted, copy_value,
 };
 use crate::value::ValueError;
@@ -242,6 +242,7 @@ impl BatchSink for ApplySink {
             match record {
                 Record::Change(change) => self.store.apply(change, &mut |e| self.hub.emit(e)),
                 Record::Txn(changes) => self.store.apply_many(changes, &mut |e| self.hub.emit(e)),
+                Record::Puts(batch) => self.store.apply_batch(&batch, &mut |e| self.hub.emit(e)),
                 Record::Meta(doc) => {
                     if let Err(e) = self.registry.apply_doc(&doc) {
                         tracing::error!("{e}");
@@ -259,6 +260,7 @@ impl BatchSink for ApplySink {
             match record {
                 Record::Change(change) => self.store.abort(change),
                 Record::Txn(changes) => self.store.abort_many(changes),
+                Record::Puts(batch) => self.store.abort_batch(batch),
                 Record::Meta(_) | Record::Raft(_) => {}
             }
         }
@@ -289,6 +291,16 @@ impl Journal for WalJournal<'_> {
         self.0.stall_for(changes.iter().map(|c| &*c.key));
         self.0
             .submit(Record::Txn(changes))
+            .map(Submitted::Deferred)
+            .map_err(|e| StoreError::Unavailable(e.to_string()))
+    }
+
+    fn submit_batch(
+        &self,
+        batch: Arc<LoggedPuts>,
+    ) -> Result<Submitted<u64, Arc<LoggedPuts>>, StoreError> {
+        self.0
+            .submit(Record::Puts(batch))
             .map(Submitted::Deferred)
             .map_err(|e| StoreError::Unavailable(e.to_string()))
     }

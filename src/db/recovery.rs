@@ -140,6 +140,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovered, DbError> {
     let report = wal::replay(dir, replay_from, |record| match record {
         Record::Change(change) => store.replay(change),
         Record::Txn(changes) => changes.into_iter().for_each(|c| store.replay(c)),
+        Record::Puts(batch) => batch.changes().into_iter().for_each(|c| store.replay(c)),
         meta @ Record::Meta(_) => metas.push(meta),
         Record::Raft(_) => {}
     })
@@ -171,7 +172,7 @@ pub(super) fn meta_docs(metas: &[Record]) -> Vec<Bytes> {
         .iter()
         .filter_map(|r| match r {
             Record::Meta(doc) => Some(doc.clone()),
-            Record::Change(_) | Record::Txn(_) | Record::Raft(_) => None,
+            Record::Change(_) | Record::Txn(_) | Record::Puts(_) | Record::Raft(_) => None,
         })
         .collect()
 }

@@ -80,6 +80,7 @@ impl Inner {
                 let changes = match record {
                     Record::Change(change) => vec![change],
                     Record::Txn(changes) => changes,
+                    Record::Puts(batch) => batch.changes(),
                     Record::Meta(_) | Record::Raft(_) => Vec::new(),
                 };
                 for change in changes {

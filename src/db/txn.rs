@@ -123,14 +123,7 @@ impl Inner {
     /// Runs a checked transaction (or an import's batch of puts) as one
     /// log record; the caller waits on its ticket.
     pub(super) fn run_txn(&self, txn: CheckedTxn, now: u64) -> Result<TxnOutcome<u64>, DbError> {
-        if self.closed.load(Ordering::Acquire) {
-            return Err(DbError::Unavailable("the database is shutting down".into()));
-        }
-        if self.replica {
-            return Err(DbError::Unavailable(
-                "this database is a cluster member: writes go through the Raft log".into(),
-            ));
-        }
+        self.check_writable()?;
         let emit = &mut |event| self.hub.emit(event);
         let outcome = match &self.wal {
             Some(wal) => self.store.txn(
@@ -159,6 +152,20 @@ impl Inner {
             }
         };
         Ok(outcome)
+    }
+
+    /// Refuses a write of several keys once the database is closing, or on
+    /// a cluster member (whose writes come through the Raft log).
+    pub(super) fn check_writable(&self) -> Result<(), DbError> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(DbError::Unavailable("the database is shutting down".into()));
+        }
+        if self.replica {
+            return Err(DbError::Unavailable(
+                "this database is a cluster member: writes go through the Raft log".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Checks a whole transaction (limits, keys, values, no key written

@@ -8,6 +8,7 @@
 //! accepted it (see [`Store::apply`]). That keeps one code path for every
 //! change, and one place ([`Store::apply`]) where events are born.
 
+mod batch;
 mod change;
 mod index;
 mod list;
@@ -21,12 +22,13 @@ mod value_copy;
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use dashmap::{DashMap, RwLockWriteGuard, SharedValue};
 use hashbrown::raw::RawTable;
 
+pub use batch::{BatchWritten, LoggedPuts, PutBatch, PutRef};
 pub use change::{Change, ChangeEvent, ChangeKind};
 use index::Ordered;
 pub use list::{EntryPage, ListPage};
@@ -250,6 +252,23 @@ pub trait Journal {
         changes: Vec<Change>,
     ) -> Result<Submitted<Self::Ticket, Vec<Change>>, StoreError>;
 
+    /// Takes a batch of puts as one record (all or nothing), or hands it
+    /// back for immediate application; by default as the transaction of
+    /// its changes.
+    ///
+    /// # Errors
+    ///
+    /// As [`Journal::submit`].
+    fn submit_batch(
+        &self,
+        batch: Arc<LoggedPuts>,
+    ) -> Result<Submitted<Self::Ticket, Arc<LoggedPuts>>, StoreError> {
+        Ok(match self.submit_txn(batch.changes())? {
+            Submitted::ApplyNow(_) => Submitted::ApplyNow(batch),
+            Submitted::Deferred(ticket) => Submitted::Deferred(ticket),
+        })
+    }
+
     /// A ticket that is ready once everything submitted so far is applied,
     /// or `None` when nothing waits (no log).
     fn barrier(&self) -> Option<Self::Ticket>;
@@ -274,6 +293,13 @@ impl Journal for NoJournal {
 
     fn submit_txn(&self, changes: Vec<Change>) -> Result<Submitted<(), Vec<Change>>, StoreError> {
         Ok(Submitted::ApplyNow(changes))
+    }
+
+    fn submit_batch(
+        &self,
+        batch: Arc<LoggedPuts>,
+    ) -> Result<Submitted<(), Arc<LoggedPuts>>, StoreError> {
+        Ok(Submitted::ApplyNow(batch))
     }
 
     fn barrier(&self) -> Option<()> {
@@ -321,21 +347,6 @@ impl Side {
     fn lock(&self) -> MutexGuard<'_, SideState> {
         // A holder that panicked left the state as it was between changes.
         self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// The newest logged, unapplied state of `key`, if it has one.
-    fn pending(&self, key: &str) -> Option<(bool, u64, u64, Option<Bytes>)> {
-        if self.n_pending.load(Ordering::Relaxed) == 0 {
-            return None;
-        }
-        let state = self.lock();
-        let head = state.pending.get(key)?;
-        Some((
-            head.exists,
-            head.version,
-            head.expires_at_ms,
-            head.value.clone(),
-        ))
     }
 
     /// The newest logged, unapplied state of `key` with its value.
@@ -446,6 +457,8 @@ pub struct Store {
     ttl: TtlIndex,
     /// Times the whole content was swapped (see `swap.rs`).
     swaps: AtomicU64,
+    /// Batches of puts logged and not yet applied (`batch.rs`).
+    batches: batch::PendingBatches,
 }
 
 impl Default for Store {
@@ -467,6 +480,7 @@ impl Store {
             n_committed: AtomicUsize::new(0),
             ttl: TtlIndex::default(),
             swaps: AtomicU64::new(0),
+            batches: batch::PendingBatches::default(),
         }
     }
 
@@ -661,7 +675,9 @@ impl Store {
         let committed = table
             .get(place.hash, |(e, _)| e.key() == key)
             .map(|(e, _)| e);
-        let pending = side.pending(key);
+        let pending = self
+            .head_of(place, key)
+            .map(|h| (h.exists, h.version, h.expires_at_ms, h.value));
         // The state the change is checked against, as `(version,
         // expires_at_ms)` of an existing key: the newest logged one.
         let head = match &pending {

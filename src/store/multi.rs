@@ -165,6 +165,13 @@ impl WriteLocked<'_> {
         }
     }
 
+    /// Starts loading the probe group of a key at `place` (in a held
+    /// shard), as [`WriteLocked::prefetch`] does for the first keys: for a
+    /// caller that looks keys up one after another, some way ahead.
+    pub(super) fn prefetch_one(&self, place: Place) {
+        prefetch_probe(&self.guards[self.held(place)].1, place.hash);
+    }
+
     /// The committed entry of `key` (at `place`), which must be in one of
     /// the held shards.
     ///

@@ -221,7 +221,7 @@ impl Store {
             if let Some(state) = written.get(key) {
                 return state.clone();
             }
-            match self.sides[place.shard].head(key) {
+            match self.head_of(place, key) {
                 Some(head) => {
                     saw_pending = true;
                     let live =

@@ -102,6 +102,10 @@ impl LogReader {
                 found = changes.iter().map(|c| c.version).min();
                 found.is_none()
             }
+            Record::Puts(batch) => {
+                found = batch.first_version();
+                found.is_none()
+            }
             Record::Meta(_) | Record::Raft(_) => true,
         })?;
         if closed || found.is_some() {
@@ -163,6 +167,7 @@ impl LogReader {
                 let changes = match record {
                     Record::Change(change) => vec![change],
                     Record::Txn(changes) => changes,
+                    Record::Puts(batch) => batch.changes(),
                     Record::Meta(_) | Record::Raft(_) => return true,
                 };
                 for change in changes {

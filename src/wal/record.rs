@@ -1,9 +1,11 @@
 //! The WAL record codec: framing, checksums and the payload layout drawn in
 //! `docs/durability.md`. Pure functions over byte slices; no I/O.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 
-use crate::store::{Change, ChangeKind, copy_value};
+use crate::store::{Change, ChangeKind, LoggedPuts, copy_value};
 
 /// Bytes before each payload: length, length checksum, payload checksum.
 pub const HEADER_BYTES: usize = 12;
@@ -31,6 +33,10 @@ pub enum Record {
     Meta(Bytes),
     /// A transaction's changes, applied all together or not at all.
     Txn(Vec<Change>),
+    /// A batch of puts (an import's), applied all together or not at all.
+    /// Written as the transaction of its changes, and read back as one:
+    /// this form exists only on the way in.
+    Puts(Arc<LoggedPuts>),
     /// An item of a cluster member's Raft log (an entry, the vote, the
     /// committed index, a truncation or a purge), encoded by `raft/`.
     Raft(Bytes),
@@ -58,17 +64,31 @@ pub fn encode(record: &Record, out: &mut Vec<u8>) {
             put_bytes(out, doc);
         }),
         Record::Txn(changes) => framed(out, |out| {
-            out.push(KIND_TXN);
-            let n = u32::try_from(changes.len()).unwrap_or(u32::MAX);
-            out.extend_from_slice(&n.to_le_bytes());
+            txn_head(changes.len(), out);
             for change in changes {
-                // Each change is the payload of a change record, length first.
-                let len_at = out.len();
-                out.extend_from_slice(&[0; 4]);
-                change_payload(change, out);
-                let len = u32::try_from(out.len() - len_at - 4).unwrap_or(u32::MAX);
-                out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+                txn_member(out, |out| change_payload(change, out));
             }
+        }),
+        Record::Puts(batch) => framed(out, |out| {
+            // Each put takes 38 bytes besides its key and values.
+            out.reserve(5 + batch.data_len() + 38 * batch.len());
+            txn_head(batch.len(), out);
+            batch.visit(|put| {
+                txn_member(out, |out| {
+                    change_fields(
+                        out,
+                        &Fields {
+                            kind: ChangeKind::Update,
+                            version: put.version,
+                            timestamp_ms: put.timestamp_ms,
+                            expires_at_ms: put.expires_at_ms,
+                            key: put.key.as_bytes(),
+                            value: Some(put.value),
+                            old_value: put.old_value,
+                        },
+                    );
+                });
+            });
         }),
         Record::Raft(item) => framed(out, |out| {
             out.push(KIND_RAFT);
@@ -82,31 +102,72 @@ fn encode_change(change: &Change, out: &mut Vec<u8>) {
     framed(out, |out| change_payload(change, out));
 }
 
+/// The start of a transaction's payload: its kind and its count.
+fn txn_head(n: usize, out: &mut Vec<u8>) {
+    out.push(KIND_TXN);
+    out.extend_from_slice(&u32::try_from(n).unwrap_or(u32::MAX).to_le_bytes());
+}
+
+/// Appends one change of a transaction: the payload of a change record
+/// (which `payload` appends), length first.
+fn txn_member(out: &mut Vec<u8>, payload: impl FnOnce(&mut Vec<u8>)) {
+    let len_at = out.len();
+    out.extend_from_slice(&[0; 4]);
+    payload(out);
+    let len = u32::try_from(out.len() - len_at - 4).unwrap_or(u32::MAX);
+    out[len_at..len_at + 4].copy_from_slice(&len.to_le_bytes());
+}
+
+/// The fields of one key's change, borrowed.
+struct Fields<'a> {
+    kind: ChangeKind,
+    version: u64,
+    timestamp_ms: u64,
+    expires_at_ms: u64,
+    key: &'a [u8],
+    value: Option<&'a [u8]>,
+    old_value: Option<&'a [u8]>,
+}
+
 /// Appends the payload of one key's change to `out`.
 fn change_payload(change: &Change, out: &mut Vec<u8>) {
-    {
-        // Every change is logged with its old value (kinds 4-6), so that an
-        // event re-read from the log is whole; kinds 1-3 are still read.
-        let kind = match change.kind {
-            ChangeKind::Update => KIND_UPDATE_OLD,
-            ChangeKind::Delete => KIND_DELETE_OLD,
-            ChangeKind::Expire => KIND_EXPIRE_OLD,
-        };
-        out.push(kind);
-        out.extend_from_slice(&change.version.to_le_bytes());
-        out.extend_from_slice(&change.timestamp_ms.to_le_bytes());
-        out.extend_from_slice(&change.expires_at_ms.to_le_bytes());
-        put_bytes(out, change.key.as_bytes());
-        if let Some(value) = &change.value {
-            put_bytes(out, value);
+    change_fields(
+        out,
+        &Fields {
+            kind: change.kind,
+            version: change.version,
+            timestamp_ms: change.timestamp_ms,
+            expires_at_ms: change.expires_at_ms,
+            key: change.key.as_bytes(),
+            value: change.value.as_deref(),
+            old_value: change.old_value.as_deref(),
+        },
+    );
+}
+
+/// Appends the payload of a change with these fields to `out`.
+fn change_fields(out: &mut Vec<u8>, change: &Fields<'_>) {
+    // Every change is logged with its old value (kinds 4-6), so that an
+    // event re-read from the log is whole; kinds 1-3 are still read.
+    let kind = match change.kind {
+        ChangeKind::Update => KIND_UPDATE_OLD,
+        ChangeKind::Delete => KIND_DELETE_OLD,
+        ChangeKind::Expire => KIND_EXPIRE_OLD,
+    };
+    out.push(kind);
+    out.extend_from_slice(&change.version.to_le_bytes());
+    out.extend_from_slice(&change.timestamp_ms.to_le_bytes());
+    out.extend_from_slice(&change.expires_at_ms.to_le_bytes());
+    put_bytes(out, change.key);
+    if let Some(value) = change.value {
+        put_bytes(out, value);
+    }
+    match change.old_value {
+        Some(old) => {
+            out.push(1);
+            put_bytes(out, old);
         }
-        match &change.old_value {
-            Some(old) => {
-                out.push(1);
-                put_bytes(out, old);
-            }
-            None => out.push(0),
-        }
+        None => out.push(0),
     }
 }
 
@@ -327,6 +388,80 @@ mod tests {
         check(Record::Txn(vec![put, del]));
         check(Record::Txn(Vec::new()));
         check(Record::Raft(Bytes::from_static(b"{\"vote\":{}}")));
+    }
+
+    #[test]
+    fn a_batch_of_puts_is_written_as_the_transaction_of_its_changes() {
+        use crate::store::{NoJournal, PutBatch, Store, Submitted};
+
+        /// Keeps the batch it is given.
+        struct Keep(std::sync::Mutex<Option<Arc<LoggedPuts>>>);
+        impl crate::store::Journal for Keep {
+            type Ticket = ();
+            fn submit(
+                &self,
+                change: Change,
+                _: &dyn Fn() -> u64,
+            ) -> Result<Submitted<()>, crate::store::StoreError> {
+                Ok(Submitted::ApplyNow(change))
+            }
+            fn submit_txn(
+                &self,
+                changes: Vec<Change>,
+            ) -> Result<Submitted<(), Vec<Change>>, crate::store::StoreError> {
+                Ok(Submitted::ApplyNow(changes))
+            }
+            fn submit_batch(
+                &self,
+                batch: Arc<LoggedPuts>,
+            ) -> Result<Submitted<(), Arc<LoggedPuts>>, crate::store::StoreError> {
+                *self.0.lock().expect("lock") = Some(batch);
+                Ok(Submitted::Deferred(()))
+            }
+            fn barrier(&self) -> Option<()> {
+                None
+            }
+        }
+
+        let store = Store::new();
+        let old = crate::store::Mutation::Put {
+            value: Bytes::from_static(b" {\"was\": 1} "),
+            expires_at_ms: 0,
+        };
+        store
+            .mutate(
+                "b",
+                old,
+                crate::store::Precondition::None,
+                5,
+                &NoJournal,
+                &mut |_| {},
+            )
+            .expect("put");
+        let mut batch = PutBatch::default();
+        batch.push("a", b"[1]", 0);
+        batch.push("b 🦤", b"\"x\"", 1_700_000_000_000);
+        batch.push("b", b"2", 0);
+        batch.push("a", b"3", 0);
+        let keep = Keep(std::sync::Mutex::new(None));
+        store
+            .put_batch(batch, 7, &keep, &mut |_| {})
+            .expect("written");
+        let logged = keep.0.lock().expect("lock").take().expect("kept");
+        let changes = logged.changes();
+        assert_eq!(
+            changes[2].old_value.as_deref(),
+            Some(&b" {\"was\": 1} "[..])
+        );
+        assert_eq!(changes[3].old_value.as_deref(), Some(&b"[1]"[..]));
+        let (mut as_batch, mut as_txn) = (Vec::new(), Vec::new());
+        encode(&Record::Puts(Arc::clone(&logged)), &mut as_batch);
+        encode(&Record::Txn(changes.clone()), &mut as_txn);
+        assert_eq!(as_batch, as_txn, "the same bytes on disk");
+        assert_eq!(
+            decode(&as_batch),
+            Ok((Record::Txn(changes), as_batch.len()))
+        );
     }
 
     #[test]

@@ -786,6 +786,7 @@ mod tests {
         match record {
             Record::Change(c) => c.version,
             Record::Txn(changes) => changes.last().map_or(0, |c| c.version),
+            Record::Puts(batch) => batch.last_version(),
             Record::Meta(_) | Record::Raft(_) => 0,
         }
     }
