@@ -516,54 +516,11 @@ fn key_in<'a>(data: &'a [u8], item: &Item) -> &'a str {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Mutex;
-
     use super::*;
+    use crate::store::tests::Deferring;
     use crate::store::{Compare, Condition, Mutation, NoJournal, Precondition, TxnOp};
 
     const NOW: u64 = 1_000_000;
-
-    /// A journal that defers everything, like the WAL, keeping what it
-    /// took so the test applies or aborts it.
-    #[derive(Default)]
-    struct Keeping {
-        batches: Mutex<Vec<Arc<LoggedPuts>>>,
-        changes: Mutex<Vec<Change>>,
-    }
-
-    impl Journal for Keeping {
-        type Ticket = ();
-
-        fn submit(
-            &self,
-            mut change: Change,
-            next_version: &dyn Fn() -> u64,
-        ) -> Result<Submitted<()>, StoreError> {
-            change.version = next_version();
-            self.changes.lock().expect("lock").push(change);
-            Ok(Submitted::Deferred(()))
-        }
-
-        fn submit_txn(
-            &self,
-            changes: Vec<Change>,
-        ) -> Result<Submitted<(), Vec<Change>>, StoreError> {
-            self.changes.lock().expect("lock").extend(changes);
-            Ok(Submitted::Deferred(()))
-        }
-
-        fn submit_batch(
-            &self,
-            batch: Arc<LoggedPuts>,
-        ) -> Result<Submitted<(), Arc<LoggedPuts>>, StoreError> {
-            self.batches.lock().expect("lock").push(batch);
-            Ok(Submitted::Deferred(()))
-        }
-
-        fn barrier(&self) -> Option<()> {
-            Some(())
-        }
-    }
 
     fn batch(puts: &[(&str, &str)]) -> PutBatch {
         let mut batch = PutBatch::default();
@@ -598,11 +555,11 @@ mod tests {
     fn a_batch_takes_consecutive_revisions_and_logs_what_each_put_replaced() {
         let store = Store::new();
         put(&store, "a", "1", Precondition::None).expect("put");
-        let journal = Keeping::default();
+        let journal = Deferring::default();
         let puts = batch(&[("a", "2"), ("b", "3"), ("a", "4")]);
         let written = store.put_batch(puts, NOW, &journal, &mut |_| {});
         assert_eq!(written.expect("written").map(|w| w.last_version), Some(4));
-        let logged = journal.batches.lock().expect("lock").remove(0);
+        let logged = journal.1.lock().expect("lock").remove(0);
         let versions: Vec<u64> = logged.changes().iter().map(|c| c.version).collect();
         assert_eq!(versions, [2, 3, 4]);
         assert_eq!(olds(&logged), [Some("1".into()), None, Some("2".into())]);
@@ -615,7 +572,7 @@ mod tests {
         store
             .put_batch(again, NOW, &journal, &mut |_| {})
             .expect("written");
-        let second = journal.batches.lock().expect("lock").remove(0);
+        let second = journal.1.lock().expect("lock").remove(0);
         assert_eq!(olds(&second), [Some("3".into())]);
 
         let mut events = Vec::new();
@@ -644,11 +601,11 @@ mod tests {
     #[test]
     fn conditional_writes_and_compares_see_a_pending_batch() {
         let store = Store::new();
-        let journal = Keeping::default();
+        let journal = Deferring::default();
         store
             .put_batch(batch(&[("k", "1"), ("j", "2")]), NOW, &journal, &mut |_| {})
             .expect("written");
-        let logged = journal.batches.lock().expect("lock").remove(0);
+        let logged = journal.1.lock().expect("lock").remove(0);
         // The batch is logged, not applied: "k" is at version 1 for writers.
         assert_eq!(
             put(&store, "k", "x", Precondition::IfAbsent),
@@ -701,7 +658,7 @@ mod tests {
     fn an_aborted_batch_leaves_the_committed_state() {
         let store = Store::new();
         put(&store, "k", "1", Precondition::None).expect("put");
-        let journal = Keeping::default();
+        let journal = Deferring::default();
         store
             .put_batch(
                 batch(&[("k", "2"), ("new", "3")]),
@@ -710,7 +667,7 @@ mod tests {
                 &mut |_| {},
             )
             .expect("written");
-        let logged = journal.batches.lock().expect("lock").remove(0);
+        let logged = journal.1.lock().expect("lock").remove(0);
         assert_eq!(store.changes_in_flight(), 2);
         store.abort_batch(&logged);
         assert_eq!(store.changes_in_flight(), 0);

@@ -339,8 +339,13 @@ fn events_carry_old_and_new_values() {
     );
 }
 
-/// A journal that defers everything, like the WAL does.
-struct Deferring(std::sync::Mutex<Vec<Change>>);
+/// A journal that defers everything, like the WAL does: it keeps the
+/// changes (`.0`) and the batches of puts (`.1`) it took.
+#[derive(Default)]
+pub(super) struct Deferring(
+    pub(super) std::sync::Mutex<Vec<Change>>,
+    pub(super) std::sync::Mutex<Vec<Arc<LoggedPuts>>>,
+);
 
 impl Journal for Deferring {
     type Ticket = u64;
@@ -359,6 +364,15 @@ impl Journal for Deferring {
     fn submit_txn(&self, changes: Vec<Change>) -> Result<Submitted<u64, Vec<Change>>, StoreError> {
         let version = changes.last().map_or(0, |c| c.version);
         self.0.lock().expect("lock").extend(changes);
+        Ok(Submitted::Deferred(version))
+    }
+
+    fn submit_batch(
+        &self,
+        batch: Arc<LoggedPuts>,
+    ) -> Result<Submitted<u64, Arc<LoggedPuts>>, StoreError> {
+        let version = batch.last_version();
+        self.1.lock().expect("lock").push(batch);
         Ok(Submitted::Deferred(version))
     }
 
@@ -384,7 +398,7 @@ fn txn_get(key: &str) -> TxnOp {
 #[test]
 fn a_deferred_transaction_is_checked_against_and_applied_whole() {
     let store = Store::new();
-    let journal = Deferring(std::sync::Mutex::new(Vec::new()));
+    let journal = Deferring::default();
     let absent = |key: &str| Condition {
         key: Box::from(key),
         compare: Compare::Version(0),
@@ -448,7 +462,7 @@ fn a_deferred_transaction_is_checked_against_and_applied_whole() {
 #[test]
 fn deferred_changes_are_invisible_until_applied_but_checked_against() {
     let store = Store::new();
-    let journal = Deferring(std::sync::Mutex::new(Vec::new()));
+    let journal = Deferring::default();
     let put = |pre| {
         store.mutate(
             "k",
@@ -486,7 +500,7 @@ fn deferred_changes_are_invisible_until_applied_but_checked_against() {
 #[test]
 fn aborted_changes_leave_the_committed_state() {
     let store = Store::new();
-    let journal = Deferring(std::sync::Mutex::new(Vec::new()));
+    let journal = Deferring::default();
     store
         .mutate(
             "k",
@@ -605,7 +619,7 @@ fn a_large_deferred_batch_is_applied_whole_and_indexed_in_order() {
         for i in (0..n).step_by(3) {
             put(&store, &format!("k{i:05}"), "1", Precondition::None).expect("put");
         }
-        let journal = Deferring(std::sync::Mutex::new(Vec::new()));
+        let journal = Deferring::default();
         let ops: Vec<TxnOp> = (0..n)
             .map(|i| {
                 let value: &'static [u8] = if i % 2 == 0 { b"22" } else { &[b'7'; 300] };
