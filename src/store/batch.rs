@@ -39,6 +39,8 @@ struct Item {
     old_at: u32,
     /// Its length, or [`NO_OLD`].
     old_len: u32,
+    /// The batch's earlier put of the same key, or [`NO_OLD`].
+    earlier: u32,
     expires_at_ms: u64,
     /// The key's place in the map, found when the batch is written.
     hash: u64,
@@ -81,6 +83,7 @@ impl PutBatch {
             value_len: offset(value.len()),
             old_at: 0,
             old_len: NO_OLD,
+            earlier: NO_OLD,
             expires_at_ms,
             hash: 0,
             shard: 0,
@@ -117,6 +120,19 @@ pub struct LoggedPuts {
     timestamp_ms: u64,
     /// Each key's last put in the batch, by the key's hash.
     index: RawTable<(u64, u32)>,
+    /// One bit per [`filter_bit`] of the batch's keys: most keys looked
+    /// up in a batch are not in it, and this says so without the index.
+    filter: Box<[u64]>,
+}
+
+/// Bits in a batch's [`LoggedPuts::filter`]: 16 per put of a full batch,
+/// so a key not in it is taken for one about once in 16.
+const FILTER_BITS: usize = 1 << 16;
+
+/// The bit of a key's hash in a batch's filter (bits the shard and the
+/// tables' probe positions do not use).
+fn filter_bit(hash: u64) -> usize {
+    (hash >> 24) as usize & (FILTER_BITS - 1)
 }
 
 impl PartialEq for LoggedPuts {
@@ -216,6 +232,10 @@ impl LoggedPuts {
 
     /// The newest state of `key` in the batch, if it puts it.
     fn head(&self, hash: u64, key: &str) -> Option<Head> {
+        let bit = filter_bit(hash);
+        if self.filter[bit / 64] & (1 << (bit % 64)) == 0 {
+            return None;
+        }
         let &(_, i) = self.index.get(hash, |&(h, i)| {
             h == hash && self.key(&self.items[i as usize]) == key
         })?;
@@ -321,7 +341,9 @@ fn newer(own: Option<Head>, put: Option<Head>) -> Option<Head> {
     }
 }
 
-/// How many puts ahead [`Store::put_batch`] starts loading a key's probe.
+/// How many puts ahead [`Store::put_batch`] and the batch's application
+/// start loading a key's probe (a table of 1M keys is far larger than the
+/// cache: each lookup would wait for its own misses).
 const PREFETCH_AHEAD: usize = 16;
 
 impl Store {
@@ -357,9 +379,29 @@ impl Store {
             .iter()
             .map(|item| self.place(key_in(&data, item)))
             .collect();
-        for (item, place) in items.iter_mut().zip(&places) {
+        // What needs no lock first: each key's earlier put in the batch,
+        // the index and the filter.
+        let mut index: RawTable<(u64, u32)> = RawTable::with_capacity(items.len());
+        let mut filter = vec![0u64; FILTER_BITS / 64].into_boxed_slice();
+        for i in 0..items.len() {
+            let place = places[i];
+            let key = key_in(&data, &items[i]);
+            let found = index.get_mut(place.hash, |&(h, j)| {
+                h == place.hash && key_in(&data, &items[j as usize]) == key
+            });
+            let earlier = match found {
+                Some(slot) => std::mem::replace(&mut slot.1, i as u32),
+                None => {
+                    index.insert(place.hash, (place.hash, i as u32), |&(h, _)| h);
+                    NO_OLD
+                }
+            };
+            let bit = filter_bit(place.hash);
+            filter[bit / 64] |= 1 << (bit % 64);
+            let item = &mut items[i];
             item.hash = place.hash;
             item.shard = place.shard;
+            item.earlier = earlier;
         }
         let mut locked = self.lock_write_places(&places);
         let pending = self.batches.now();
@@ -367,7 +409,6 @@ impl Store {
         // Counted before the revisions are taken (see `Store::mutate`).
         self.in_flight.fetch_add(n, Ordering::AcqRel);
         let first_version = self.revision.fetch_add(n, Ordering::AcqRel) + 1;
-        let mut index: RawTable<(u64, u32)> = RawTable::with_capacity(items.len());
         let mut old = Vec::new();
         let live = |expires_at_ms: u64| expires_at_ms == 0 || expires_at_ms > now_ms;
         for i in 0..items.len() {
@@ -377,22 +418,12 @@ impl Store {
             let item = items[i];
             let place = places[i];
             let key = key_in(&data, &item);
-            let earlier = index.get_mut(item.hash, |&(h, j)| {
-                h == item.hash && key_in(&data, &items[j as usize]) == key
-            });
             // The value it replaces: an earlier put of the batch (as a
             // transaction's later operations see its earlier writes), else
             // the newest logged state, else the committed entry.
-            let replaced = match earlier {
-                Some(slot) => {
-                    let before = items[std::mem::replace(&mut slot.1, i as u32) as usize];
-                    Some(append_old(
-                        &mut old,
-                        &data[LoggedPuts::value_range(&before)],
-                    ))
-                }
+            let replaced = match items.get(item.earlier as usize) {
+                Some(before) => Some(append_old(&mut old, &data[LoggedPuts::value_range(before)])),
                 None => {
-                    index.insert(item.hash, (item.hash, i as u32), |&(h, _)| h);
                     let own = self.sides[place.shard].head(key);
                     match newer(own, newest_put(&pending, place.hash, key)) {
                         Some(head) => head
@@ -419,16 +450,21 @@ impl Store {
             first_version,
             timestamp_ms: now_ms,
             index,
+            filter,
         });
         let last = batch.last_version();
-        let submitted = journal.submit_batch(Arc::clone(&batch)).inspect_err(|_| {
-            for _ in 0..n {
-                self.settled();
-            }
-        })?;
+        let submitted = journal
+            .submit_batch(Arc::clone(&batch))
+            .inspect_err(|_| self.settled_many(n))?;
         let ticket = match submitted {
             Submitted::ApplyNow(batch) => {
-                self.apply_batch_locked(&mut locked, &batch, emit);
+                // Emitted before the locks go: another writer of these keys
+                // applies its change (and emits it) as soon as it has them.
+                let mut events = Vec::with_capacity(batch.len());
+                self.apply_batch_locked(&mut locked, &batch, &mut events);
+                events.into_iter().for_each(&mut *emit);
+                drop(locked);
+                self.settled_many(n);
                 None
             }
             Submitted::Deferred(ticket) => {
@@ -443,12 +479,19 @@ impl Store {
     }
 
     /// Applies a batch the log has accepted, with the shards of all its
-    /// keys held, so readers see all of it or none.
+    /// keys held, so readers see all of it or none. Its events are emitted
+    /// once the locks are let go (the caller applies every logged change,
+    /// one record after another, so they still follow the log's order).
     pub fn apply_batch(&self, batch: &Arc<LoggedPuts>, emit: &mut dyn FnMut(ChangeEvent)) {
         let places: Vec<Place> = batch.items.iter().map(LoggedPuts::place).collect();
         let mut locked = self.lock_write_places(&places);
         self.batches.remove(batch);
-        self.apply_batch_locked(&mut locked, batch, emit);
+        let mut events = Vec::with_capacity(batch.len());
+        self.apply_batch_locked(&mut locked, batch, &mut events);
+        drop(locked);
+        events.into_iter().for_each(&mut *emit);
+        // Settled once emitted: until then the feed waits for them.
+        self.settled_many(batch.len() as u64);
     }
 
     /// Forgets a batch the log failed to take.
@@ -457,20 +500,22 @@ impl Store {
         let locked = self.lock_write_places(&places);
         self.batches.remove(batch);
         drop(locked);
-        for _ in 0..batch.len() {
-            self.settled();
-        }
+        self.settled_many(batch.len() as u64);
     }
 
-    /// Applies the batch's puts in order, their shards held.
+    /// Applies the batch's puts in order, their shards held; their events
+    /// go to `events`, and the caller settles them.
     fn apply_batch_locked(
         &self,
         locked: &mut WriteLocked<'_>,
         batch: &LoggedPuts,
-        emit: &mut dyn FnMut(ChangeEvent),
+        events: &mut Vec<ChangeEvent>,
     ) {
         let mut new = Vec::with_capacity(batch.len());
         for (i, item) in batch.items.iter().enumerate() {
+            if let Some(ahead) = batch.items.get(i + PREFETCH_AHEAD) {
+                locked.prefetch_one(LoggedPuts::place(ahead));
+            }
             let place = LoggedPuts::place(item);
             let change = Change {
                 key: Box::from(batch.key(item)),
@@ -484,8 +529,13 @@ impl Store {
             };
             let table = locked.table(place);
             let indexing = super::Indexing::Batch(&mut new);
-            self.apply_locked(table, place, change, Some(&mut *emit), indexing);
-            self.settled();
+            self.apply_locked(
+                table,
+                place,
+                change,
+                Some(&mut |e| events.push(e)),
+                indexing,
+            );
         }
         self.index_new(&mut new);
     }

@@ -551,9 +551,16 @@ impl Store {
     /// One change that was in flight is settled (applied or aborted).
     /// Saturating: changes applied without a `mutate` (tests) never counted.
     fn settled(&self) {
+        self.settled_many(1);
+    }
+
+    /// [`Store::settled`] of `n` changes at once.
+    fn settled_many(&self, n: u64) {
         let _ = self
             .in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| {
+                Some(m.saturating_sub(n))
+            });
     }
 
     /// Raises the revision counter to at least `revision` (used by recovery

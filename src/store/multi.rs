@@ -127,6 +127,15 @@ impl WriteLocked<'_> {
     ///
     /// When the shard is not held: a bug of the caller.
     fn held(&self, place: Place) -> usize {
+        // Where every shard up to it is held (a batch of thousands of keys
+        // holds them all), it is at its own index.
+        if self
+            .guards
+            .get(place.shard)
+            .is_some_and(|(i, _)| *i == place.shard)
+        {
+            return place.shard;
+        }
         self.guards
             .binary_search_by_key(&place.shard, |(i, _)| *i)
             .expect("the key's shard is locked")
