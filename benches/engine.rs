@@ -19,7 +19,7 @@ fn filled_store(n: usize) -> Store {
     let store = Store::new();
     for i in 0..n {
         let put = Mutation::Put {
-            value: Bytes::copy_from_slice(VALUE),
+            value: VALUE,
             expires_at_ms: 0,
         };
         let _ = store.mutate(
@@ -50,7 +50,7 @@ fn store_ops(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 7919) % keys.len();
             let put = Mutation::Put {
-                value: Bytes::copy_from_slice(VALUE),
+                value: VALUE,
                 expires_at_ms: 0,
             };
             black_box(
@@ -70,7 +70,7 @@ fn store_ops(c: &mut Criterion) {
     g.bench_function("put_then_delete", |b| {
         b.iter(|| {
             let put = Mutation::Put {
-                value: Bytes::copy_from_slice(VALUE),
+                value: VALUE,
                 expires_at_ms: 0,
             };
             let _ = store.mutate(

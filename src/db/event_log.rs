@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use super::log_source::LogBackfill;
 use crate::events::feed::Backfill;
-use crate::events::{ChangeEvent, Listener};
+use crate::events::{Applied, ChangeEvent, Listener};
 use crate::store::Change;
 use crate::wal::reader::scan;
 use crate::wal::record::encode;
@@ -137,9 +137,9 @@ impl EventLog {
     /// The hub listener that queues each applied change not yet logged.
     pub(super) fn listener(self: &Arc<Self>) -> Listener {
         let log = Arc::clone(self);
-        Arc::new(move |event: &Arc<ChangeEvent>| {
-            if event.version > log.logged {
-                let _ = log.queue.send(Op::Change(Arc::clone(event)));
+        Arc::new(move |change: &Applied<'_>| {
+            if change.version > log.logged {
+                let _ = log.queue.send(Op::Change(Arc::clone(change.event())));
             }
         })
     }

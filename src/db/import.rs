@@ -23,7 +23,7 @@ use crossbeam_channel::{Receiver, Sender};
 use super::bulk_load::BulkLoad;
 use super::{Db, DbError, Inner, WalJournal, now_ms};
 use crate::snapshot::{ExportLine, parse_line, plain_import_entry};
-use crate::store::{NoJournal, PutBatch};
+use crate::store::{Applied, NoJournal, PutBatch};
 
 /// What happens to the keys already there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -650,7 +650,7 @@ impl Inner {
     fn write_batch(&self, batch: PutBatch) -> Result<(u64, Option<u64>), DbError> {
         self.check_writable()?;
         let now = now_ms();
-        let emit = &mut |event| self.hub.emit(event);
+        let emit = &mut |change: &Applied<'_>| self.hub.emit(change);
         let written = match &self.wal {
             Some(wal) => self
                 .store

@@ -30,8 +30,8 @@ use crate::events::webhook::{DeliveryConfig, DeliveryPool, RetrySchedule};
 
 use crate::snapshot::{self, Step};
 use crate::store::{
-    Change, Entry, EntryPage, Journal, ListPage, Located, LoggedPuts, Mutation, NoJournal, Outcome,
-    Precondition, Store, StoreError, Submitted, copy_value,
+    Applied, Change, Entry, EntryPage, Journal, ListPage, Located, LoggedPuts, Mutation, NoJournal,
+    Outcome, Precondition, Store, StoreError, Submitted, copy_value,
 };
 use crate::value::ValueError;
 use crate::wal::{BatchSink, LogReader, Record, WalWriter};
@@ -683,7 +683,7 @@ impl Inner {
     fn mutate(
         &self,
         key: &str,
-        mutation: Mutation,
+        mutation: Mutation<'_>,
         pre: Precondition,
     ) -> Result<Outcome<u64>, DbError> {
         self.mutate_located(self.store.locate(key), mutation, pre)
@@ -693,7 +693,7 @@ impl Inner {
     fn mutate_located(
         &self,
         key: Located<'_>,
-        mutation: Mutation,
+        mutation: Mutation<'_>,
         pre: Precondition,
     ) -> Result<Outcome<u64>, DbError> {
         if self.closed.load(Ordering::Acquire) {
@@ -705,7 +705,7 @@ impl Inner {
             ));
         }
         let now = now_ms();
-        let emit = &mut |event| self.hub.emit(event);
+        let emit = &mut |change: &Applied<'_>| self.hub.emit(change);
         let outcome = match &self.wal {
             Some(wal) => {
                 let o =
@@ -742,7 +742,6 @@ impl Inner {
         let located = self.store.prefetch(key);
         let expires_at_ms = self.check_put(key, value, options.ttl, now_ms)?;
         self.store.prefetch_entry(&located);
-        let value = copy_value(value);
         self.mutate_located(
             located,
             Mutation::Put {

@@ -14,7 +14,7 @@ use crate::events::subscriptions::{
     DeliveryState, FailedEvent, Subscription, SubscriptionOp, Target,
 };
 use crate::events::webhook::DeliveryStats;
-use crate::events::{EventHub, Listener};
+use crate::events::{Applied, EventHub, Listener};
 use crate::store::ChangeEvent;
 use crate::wal::Record;
 
@@ -42,9 +42,9 @@ pub(super) fn on_gone(slot: InnerSlot) -> crate::events::webhook::OnGone {
 pub(super) fn webhook_listener(inner: &Arc<Inner>) -> Listener {
     let registry = Arc::clone(&inner.registry);
     let pool = Arc::clone(&inner.pool);
-    Arc::new(move |event: &Arc<ChangeEvent>| {
+    Arc::new(move |change: &Applied<'_>| {
         if !registry.is_empty() {
-            pool.hint(event.version);
+            pool.hint(change.version);
         }
     })
 }
@@ -309,9 +309,9 @@ impl Db {
     ) -> EventSubscription {
         let (tx, rx) = bounded::<Arc<ChangeEvent>>(LOCAL_QUEUE);
         let pool = Arc::clone(&self.inner.pool);
-        let listener: Listener = Arc::new(move |event: &Arc<ChangeEvent>| {
-            if target.matches(&event.key)
-                && let Err(TrySendError::Full(_)) = tx.try_send(Arc::clone(event))
+        let listener: Listener = Arc::new(move |change: &Applied<'_>| {
+            if target.matches(change.key)
+                && let Err(TrySendError::Full(_)) = tx.try_send(Arc::clone(change.event()))
             {
                 pool.stats().dropped.fetch_add(1, Ordering::Relaxed);
             }

@@ -21,7 +21,7 @@ use crate::config::{Config, Storage};
 use crate::events::EventHub;
 use crate::events::subscriptions::Registry;
 use crate::snapshot;
-use crate::store::{Mutation, NoJournal, Precondition, Store, copy_value};
+use crate::store::{Mutation, NoJournal, Precondition, Store};
 
 /// Where a cluster member logs a subscription change: it returns once the
 /// change is committed and applied (through [`Db::apply_meta`]).
@@ -166,7 +166,7 @@ impl Db {
         now_ms: u64,
     ) -> Result<WriteResult, DbError> {
         let mutation = Mutation::Put {
-            value,
+            value: &value,
             expires_at_ms,
         };
         let o = self.apply(key, mutation, pre, now_ms)?;
@@ -247,7 +247,7 @@ impl Db {
                 continue;
             }
             let put = Mutation::Put {
-                value: copy_value(value),
+                value,
                 expires_at_ms,
             };
             if self.apply(key, put, Precondition::None, now_ms).is_ok() {
@@ -270,7 +270,7 @@ impl Db {
     fn apply(
         &self,
         key: &str,
-        mutation: Mutation,
+        mutation: Mutation<'_>,
         pre: Precondition,
         now_ms: u64,
     ) -> Result<(u64, bool), DbError> {

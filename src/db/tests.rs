@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::FsyncPolicy;
+use crate::{ChangeEvent, ChangeKind, Target};
 
 fn open_dir(dir: &std::path::Path) -> Db {
     Db::open(Config {
@@ -96,4 +97,72 @@ fn clear_with_prefix_removes_only_that_prefix() {
     }
     assert_eq!(db.clear(Some("a:")).expect("clear"), 2);
     assert_eq!(db.list("", None, 10).keys, vec![Box::from("b:1")]);
+}
+
+/// An in-memory database lends each change to its listeners without an
+/// owned event when no feed client is connected: the feed's ring still
+/// keeps every change with its old and new values, and a resume reads
+/// them back; a library subscriber still gets owned events with both.
+#[test]
+fn changes_lent_to_listeners_keep_their_old_and_new_values() {
+    use crate::events::feed::{FeedItem, TryNext};
+    let db = Db::open(Config::in_memory()).expect("open");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let _subscription = db.subscribe(Target::Prefix(String::new()), move |e| {
+        let _ = tx.send(e.clone());
+    });
+    db.put("k", b"1", PutOptions::default()).expect("put");
+    db.put("k", b"[2]", PutOptions::default()).expect("put");
+    db.put("other", b"{}", PutOptions::default()).expect("put");
+    db.delete("k", None).expect("delete");
+    let expected = [
+        ("k", ChangeKind::Update, None, Some(&b"1"[..]), 1),
+        (
+            "k",
+            ChangeKind::Update,
+            Some(&b"1"[..]),
+            Some(&b"[2]"[..]),
+            2,
+        ),
+        ("other", ChangeKind::Update, None, Some(&b"{}"[..]), 3),
+        ("k", ChangeKind::Delete, Some(&b"[2]"[..]), None, 4),
+    ];
+    let summary = |e: &ChangeEvent| {
+        (
+            e.key.to_string(),
+            e.kind,
+            e.old_value.as_ref().map(|v| v.to_vec()),
+            e.new_value.as_ref().map(|v| v.to_vec()),
+            e.version,
+        )
+    };
+    let expected: Vec<_> = expected
+        .iter()
+        .map(|&(k, kind, old, new, v)| {
+            (
+                k.to_string(),
+                kind,
+                old.map(<[u8]>::to_vec),
+                new.map(<[u8]>::to_vec),
+                v,
+            )
+        })
+        .collect();
+    let mut replay = db.feed().subscribe("", Some(0));
+    let replayed: Vec<_> = std::iter::from_fn(|| match replay.try_next() {
+        TryNext::Item(FeedItem::Event(e)) => Some(summary(&e.change)),
+        _ => None,
+    })
+    .collect();
+    assert_eq!(replayed, expected, "the ring");
+    let received: Vec<_> = expected
+        .iter()
+        .map(|_| {
+            let e = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("the subscriber's event");
+            summary(&e)
+        })
+        .collect();
+    assert_eq!(received, expected, "the subscriber");
 }

@@ -11,7 +11,7 @@ use bytes::Bytes;
 
 use super::{Db, DbError, Inner, WalJournal, now_ms};
 use crate::store::{
-    Compare, Condition, KeyHasher, NoJournal, OpResult, TxnOp, TxnOutcome, copy_value,
+    Applied, Compare, Condition, KeyHasher, NoJournal, OpResult, TxnOp, TxnOutcome, copy_value,
 };
 use crate::value;
 
@@ -124,7 +124,7 @@ impl Inner {
     /// log record; the caller waits on its ticket.
     pub(super) fn run_txn(&self, txn: CheckedTxn, now: u64) -> Result<TxnOutcome<u64>, DbError> {
         self.check_writable()?;
-        let emit = &mut |event| self.hub.emit(event);
+        let emit = &mut |change: &Applied<'_>| self.hub.emit(change);
         let outcome = match &self.wal {
             Some(wal) => self.store.txn(
                 &txn.compare,

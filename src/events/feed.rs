@@ -22,7 +22,7 @@ use tokio::sync::Notify;
 
 use super::payload::encode_payload;
 use super::ring::Ring;
-use super::{ChangeEvent, Listener};
+use super::{Applied, ChangeEvent, Listener};
 
 /// Events a client may have queued before it is cut off for falling
 /// behind. Its reader takes the whole queue at once, so a client holds at
@@ -371,7 +371,7 @@ impl Feed {
     /// client.
     pub fn listener(&self) -> Listener {
         let shared = Arc::clone(&self.shared);
-        Arc::new(move |event: &Arc<ChangeEvent>| shared.accept(Arc::clone(event)))
+        Arc::new(move |change: &Applied<'_>| shared.accept(change))
     }
 
     /// Opens a subscription to changes of keys starting with `prefix`.
@@ -503,14 +503,14 @@ impl Drop for Feed {
 
 impl Shared {
     /// Takes one applied change from the hub (on the write path).
-    fn accept(&self, change: Arc<ChangeEvent>) {
+    fn accept(&self, change: &Applied<'_>) {
         let mut st = lock(&self.state);
         let version = change.version;
         if version == st.next {
             self.deliver(&mut st, change);
             self.deliver_pending(&mut st);
         } else if version > st.next {
-            st.pending.insert(version, change);
+            st.pending.insert(version, Arc::clone(change.event()));
             if st.gap_since.is_none() {
                 st.gap_since = Some(Instant::now());
                 self.gap_wakeup.notify_one();
@@ -531,7 +531,7 @@ impl Shared {
     /// whether a gap remains.
     fn deliver_pending(&self, st: &mut State) {
         while let Some(change) = st.pending.remove(&st.next) {
-            self.deliver(st, change);
+            self.deliver(st, &Applied::of(&change));
         }
         st.gap_since = if st.pending.is_empty() {
             None
@@ -542,9 +542,11 @@ impl Shared {
 
     /// Appends the change that is next in version order to the ring and to
     /// every matching client's queue; cuts off clients whose queue is full.
-    fn deliver(&self, st: &mut State, change: Arc<ChangeEvent>) {
+    /// The ring copies the bytes it keeps, so the change is made an owned
+    /// event only when some client is connected.
+    fn deliver(&self, st: &mut State, change: &Applied<'_>) {
         st.next = change.version + 1;
-        st.ring.push(&change);
+        st.ring.push(change);
         st.built.push_back(Weak::new());
         if st.ring.len() > self.retained
             && let Some(evicted) = st.ring.pop_front()
@@ -556,7 +558,7 @@ impl Shared {
         if st.clients.is_empty() {
             return;
         }
-        let event = Arc::new(FeedEvent::new(change));
+        let event = Arc::new(FeedEvent::new(Arc::clone(change.event())));
         if let Some(slot) = st.built.back_mut() {
             *slot = Arc::downgrade(&event);
         }
@@ -883,7 +885,7 @@ mod tests {
     fn push(feed: &Feed, versions: impl IntoIterator<Item = u64>) {
         let listener = feed.listener();
         for v in versions {
-            listener(&change(v, &format!("k{v}")));
+            listener(&Applied::of(&change(v, &format!("k{v}"))));
         }
     }
 
@@ -931,7 +933,7 @@ mod tests {
         let listener = feed.listener();
         for v in 1..=6 {
             let key = if v % 2 == 0 { "a/" } else { "b/" };
-            listener(&change(v, &format!("{key}{v}")));
+            listener(&Applied::of(&change(v, &format!("{key}{v}"))));
         }
         let reader = feed.reader();
         let all = read(&reader, 0, "");
@@ -1098,7 +1100,7 @@ mod tests {
         let listener = feed.listener();
         let writer = std::thread::spawn(move || {
             for v in 1..=3 {
-                listener(&change(v, "k"));
+                listener(&Applied::of(&change(v, "k")));
             }
         });
         let mut got = Vec::new();

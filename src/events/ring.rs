@@ -15,7 +15,7 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 
-use super::{ChangeEvent, ChangeKind};
+use super::{Applied, ChangeEvent, ChangeKind};
 
 /// Dead bytes in front of the buffer's live part are dropped once they
 /// are at least this many and at least as many as the live bytes: each
@@ -40,7 +40,7 @@ struct Record {
 /// A value's length, or the mark for none.
 const NONE: u32 = u32::MAX;
 
-fn len_of(value: Option<&Bytes>) -> u32 {
+fn len_of(value: Option<&[u8]>) -> u32 {
     value.map_or(NONE, |v| {
         u32::try_from(v.len())
             .ok()
@@ -91,18 +91,18 @@ impl Ring {
     }
 
     /// Appends a change; its version must be above every retained one.
-    pub(super) fn push(&mut self, change: &ChangeEvent) {
+    pub(super) fn push(&mut self, change: &Applied<'_>) {
         let record = Record {
             version: change.version,
             timestamp_ms: change.timestamp_ms,
             start: self.dropped + self.bytes.len() as u64,
             key_len: u32::try_from(change.key.len()).expect("keys are shorter than 4 GiB"),
-            old_len: len_of(change.old_value.as_ref()),
-            new_len: len_of(change.new_value.as_ref()),
+            old_len: len_of(change.old_value),
+            new_len: len_of(change.new_value),
             kind: change.kind,
         };
         self.bytes.extend_from_slice(change.key.as_bytes());
-        for value in [&change.old_value, &change.new_value].into_iter().flatten() {
+        for value in [change.old_value, change.new_value].into_iter().flatten() {
             self.bytes.extend_from_slice(value);
         }
         self.records.push_back(record);
@@ -196,8 +196,10 @@ impl Ring {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::{COMPACT_AT, Ring};
-    use crate::events::{ChangeEvent, ChangeKind};
+    use crate::events::{Applied, ChangeEvent, ChangeKind};
     use bytes::Bytes;
 
     fn change(version: u64, key: &str, old: Option<&[u8]>, new: Option<&[u8]>) -> ChangeEvent {
@@ -225,7 +227,7 @@ mod tests {
             change(9, "a/b", Some(b""), Some(b"[1,2]")),
         ];
         for c in &changes {
-            ring.push(c);
+            ring.push(&Applied::of(&Arc::new(c.clone())));
         }
         assert_eq!(ring.len(), 4);
         assert_eq!(ring.oldest(), Some(3));
@@ -265,12 +267,13 @@ mod tests {
         for v in 1..=20_000u64 {
             let new = value(v);
             let old = v.is_multiple_of(3).then(|| value(v - 1));
-            ring.push(&change(
+            let change = Arc::new(change(
                 v,
                 &format!("k{v}"),
                 old.as_deref().map(str::as_bytes),
                 Some(new.as_bytes()),
             ));
+            ring.push(&Applied::of(&change));
             if ring.len() > 100 {
                 assert_eq!(ring.pop_front(), Some(v - 100));
             }

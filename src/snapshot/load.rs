@@ -751,7 +751,7 @@ mod tests {
                 format!("{{\"n\":{i},\"pad\":\"{}\"}}", "y".repeat(80))
             };
             let put = Mutation::Put {
-                value: Bytes::from(value),
+                value: value.as_bytes(),
                 expires_at_ms: if i % 5 == 0 { u64::MAX } else { 0 },
             };
             let key = format!("key:{i}");

@@ -23,7 +23,10 @@ use bytes::Bytes;
 use hashbrown::raw::RawTable;
 
 use super::multi::WriteLocked;
-use super::{Change, ChangeEvent, ChangeKind, Head, Journal, Place, Store, StoreError, Submitted};
+use super::{
+    Applied, Applying, Change, ChangeEvent, ChangeKind, Head, Journal, Place, Store, StoreError,
+    Submitted,
+};
 
 /// Marks an entry without an old value in [`Item::old_len`].
 const NO_OLD: u32 = u32::MAX;
@@ -369,7 +372,7 @@ impl Store {
         batch: PutBatch,
         now_ms: u64,
         journal: &J,
-        emit: &mut dyn FnMut(ChangeEvent),
+        emit: &mut dyn FnMut(&Applied<'_>),
     ) -> Result<Option<BatchWritten<J::Ticket>>, StoreError> {
         let PutBatch { data, mut items } = batch;
         if items.is_empty() {
@@ -462,7 +465,7 @@ impl Store {
                 // applies its change (and emits it) as soon as it has them.
                 let mut events = Vec::with_capacity(batch.len());
                 self.apply_batch_locked(&mut locked, &batch, &mut events);
-                events.into_iter().for_each(&mut *emit);
+                events.iter().for_each(|e| emit(&Applied::of(e)));
                 drop(locked);
                 self.settled_many(n);
                 None
@@ -482,14 +485,14 @@ impl Store {
     /// keys held, so readers see all of it or none. Its events are emitted
     /// once the locks are let go (the caller applies every logged change,
     /// one record after another, so they still follow the log's order).
-    pub fn apply_batch(&self, batch: &Arc<LoggedPuts>, emit: &mut dyn FnMut(ChangeEvent)) {
+    pub fn apply_batch(&self, batch: &Arc<LoggedPuts>, emit: &mut dyn FnMut(&Applied<'_>)) {
         let places: Vec<Place> = batch.items.iter().map(LoggedPuts::place).collect();
         let mut locked = self.lock_write_places(&places);
         self.batches.remove(batch);
         let mut events = Vec::with_capacity(batch.len());
         self.apply_batch_locked(&mut locked, batch, &mut events);
         drop(locked);
-        events.into_iter().for_each(&mut *emit);
+        events.iter().for_each(|e| emit(&Applied::of(e)));
         // Settled once emitted: until then the feed waits for them.
         self.settled_many(batch.len() as u64);
     }
@@ -509,7 +512,7 @@ impl Store {
         &self,
         locked: &mut WriteLocked<'_>,
         batch: &LoggedPuts,
-        events: &mut Vec<ChangeEvent>,
+        events: &mut Vec<Arc<ChangeEvent>>,
     ) {
         let mut new = Vec::with_capacity(batch.len());
         for (i, item) in batch.items.iter().enumerate() {
@@ -517,25 +520,21 @@ impl Store {
                 locked.prefetch_one(LoggedPuts::place(ahead));
             }
             let place = LoggedPuts::place(item);
-            let change = Change {
-                key: Box::from(batch.key(item)),
+            let value = batch.data.slice(LoggedPuts::value_range(item));
+            let change = Applying {
+                key: batch.key(item),
                 kind: ChangeKind::Update,
-                value: Some(batch.data.slice(LoggedPuts::value_range(item))),
+                value: Some(&value),
+                shared: Some(&value),
                 version: batch.first_version + i as u64,
                 expires_at_ms: item.expires_at_ms,
                 timestamp_ms: batch.timestamp_ms,
-                // Found again from the entry when applied.
-                old_value: None,
             };
             let table = locked.table(place);
             let indexing = super::Indexing::Batch(&mut new);
-            self.apply_locked(
-                table,
-                place,
-                change,
-                Some(&mut |e| events.push(e)),
-                indexing,
-            );
+            // The events are emitted once the caller is done: kept.
+            let keep = &mut |e: &Applied<'_>| events.push(Arc::clone(e.event()));
+            self.apply_locked(table, place, change, Some(keep), indexing);
         }
         self.index_new(&mut new);
     }
@@ -582,7 +581,7 @@ mod tests {
 
     fn put(store: &Store, key: &str, value: &str, pre: Precondition) -> Result<u64, StoreError> {
         let put = Mutation::Put {
-            value: Bytes::copy_from_slice(value.as_bytes()),
+            value: value.as_bytes(),
             expires_at_ms: 0,
         };
         store
@@ -626,8 +625,9 @@ mod tests {
         assert_eq!(olds(&second), [Some("3".into())]);
 
         let mut events = Vec::new();
-        store.apply_batch(&logged, &mut |e| events.push(e));
-        store.apply_batch(&second, &mut |e| events.push(e));
+        let mut keep = |e: &Applied<'_>| events.push(ChangeEvent::clone(e.event()));
+        store.apply_batch(&logged, &mut keep);
+        store.apply_batch(&second, &mut keep);
         let seen: Vec<(String, u64, Option<Bytes>)> = events
             .into_iter()
             .map(|e| (e.key.into(), e.version, e.old_value))
@@ -678,7 +678,7 @@ mod tests {
         assert!(seen.succeeded, "the compare sees the pending put");
         // A later single write of a batch's key wins over the batch.
         let later = Mutation::Put {
-            value: Bytes::from_static(b"9"),
+            value: b"9",
             expires_at_ms: 0,
         };
         store

@@ -29,7 +29,7 @@ use dashmap::{DashMap, RwLockWriteGuard, SharedValue};
 use hashbrown::raw::RawTable;
 
 pub use batch::{BatchWritten, LoggedPuts, PutBatch, PutRef};
-pub use change::{Change, ChangeEvent, ChangeKind};
+pub use change::{Applied, Change, ChangeEvent, ChangeKind};
 use index::Ordered;
 pub use list::{EntryPage, ListPage};
 use packed::{KeyRef, Packed};
@@ -167,13 +167,14 @@ pub enum Precondition {
     IfExists,
 }
 
-/// A change a caller asks for.
+/// A change a caller asks for. A value is borrowed: the store copies it
+/// into the entry, and into a change record only where a journal logs it.
 #[derive(Debug, Clone)]
-pub enum Mutation {
+pub enum Mutation<'v> {
     /// Store `value`; `expires_at_ms` 0 means no expiry.
     Put {
         /// The validated JSON document.
-        value: Bytes,
+        value: &'v [u8],
         /// Unix milliseconds of expiry, 0 for never.
         expires_at_ms: u64,
     },
@@ -218,11 +219,11 @@ pub trait Journal {
     type Ticket;
 
     /// Whether the journal logs changes, keeping their old values (for
-    /// the events it replays) and deferring some. A journal that hands
-    /// every change back for immediate application does not, and the
-    /// store then skips what only a logged change needs: the old value's
-    /// copy (the application reads it from the entry itself) and the
-    /// pending state's reference to the new value.
+    /// the events it replays) and deferring some. A journal that does
+    /// not is never handed a single key's change: the store takes its
+    /// revision and applies it at once from the caller's bytes, without
+    /// the change record (its key and old value copied) that only a log
+    /// needs. Transactions still pass through [`Journal::submit_txn`].
     const LOGS: bool = true;
 
     /// Takes a change or hands it back for immediate application. The
@@ -282,6 +283,9 @@ impl Journal for NoJournal {
 
     const LOGS: bool = false;
 
+    /// Not called by the store, which applies a change of a journal that
+    /// does not log without handing it over (see [`Journal::LOGS`]); a
+    /// change handed here is applied at once all the same.
     fn submit(
         &self,
         mut change: Change,
@@ -415,6 +419,35 @@ struct Place {
 pub struct Located<'k> {
     key: &'k str,
     place: Place,
+}
+
+/// A change on its way into the map, borrowed: from a logged [`Change`],
+/// or straight from the caller of a change applied at once.
+#[derive(Clone, Copy)]
+struct Applying<'a> {
+    key: &'a str,
+    kind: ChangeKind,
+    /// The new value (updates only).
+    value: Option<&'a [u8]>,
+    /// The new value as a logged change holds it, which its event shares.
+    shared: Option<&'a Bytes>,
+    version: u64,
+    expires_at_ms: u64,
+    timestamp_ms: u64,
+}
+
+impl<'a> From<&'a Change> for Applying<'a> {
+    fn from(change: &'a Change) -> Applying<'a> {
+        Applying {
+            key: &change.key,
+            kind: change.kind,
+            value: change.value.as_deref(),
+            shared: change.value.as_ref(),
+            version: change.version,
+            expires_at_ms: change.expires_at_ms,
+            timestamp_ms: change.timestamp_ms,
+        }
+    }
 }
 
 /// What happens to the ordered index when a change is applied.
@@ -653,11 +686,11 @@ impl Store {
     pub fn mutate<J: Journal>(
         &self,
         key: &str,
-        mutation: Mutation,
+        mutation: Mutation<'_>,
         pre: Precondition,
         now_ms: u64,
         journal: &J,
-        emit: &mut dyn FnMut(ChangeEvent),
+        emit: &mut dyn FnMut(&Applied<'_>),
     ) -> Result<Outcome<J::Ticket>, StoreError> {
         self.mutate_located(self.locate(key), mutation, pre, now_ms, journal, emit)
     }
@@ -670,11 +703,11 @@ impl Store {
     pub fn mutate_located<J: Journal>(
         &self,
         located: Located<'_>,
-        mutation: Mutation,
+        mutation: Mutation<'_>,
         pre: Precondition,
         now_ms: u64,
         journal: &J,
-        emit: &mut dyn FnMut(ChangeEvent),
+        emit: &mut dyn FnMut(&Applied<'_>),
     ) -> Result<Outcome<J::Ticket>, StoreError> {
         let Located { key, place } = located;
         let mut table = self.write_shard(place.shard);
@@ -737,10 +770,31 @@ impl Store {
         // Counted before the revision is taken, so that a revision the feed
         // misses is either still counted here or settled for good.
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let created = kind == ChangeKind::Update && current.is_none();
+        if !J::LOGS {
+            // Applied at once from the caller's value: no change record is
+            // built (see `Journal::LOGS`).
+            let version = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
+            let change = Applying {
+                key,
+                kind,
+                value,
+                shared: None,
+                version,
+                expires_at_ms,
+                timestamp_ms: now_ms,
+            };
+            self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
+            self.settled();
+            return Ok(Outcome {
+                version,
+                created,
+                ticket: None,
+            });
+        }
         // What subscribers will see as the old value, decided now from the
         // newest logged state, so that it is logged with the change.
         let old_value = match pending {
-            _ if !J::LOGS => None,
             Some((exists, _, at, value)) => {
                 value.filter(|_| exists && (kind == ChangeKind::Expire || at == 0 || at > now_ms))
             }
@@ -748,7 +802,10 @@ impl Store {
                 .filter(|e| kind == ChangeKind::Expire || e.is_live_by(|| now_ms))
                 .map(|e| Bytes::copy_from_slice(e.value())),
         };
-        let pending_value = if J::LOGS { value.clone() } else { None };
+        // One copy of the new value, shared by the record and the
+        // pending state.
+        let value = value.map(copy_value);
+        let pending_value = value.clone();
         let change = Change {
             key: Box::from(key),
             kind,
@@ -769,6 +826,7 @@ impl Store {
             .inspect_err(|_| self.settled())?;
         let ticket = match submitted {
             Submitted::ApplyNow(change) => {
+                let change = Applying::from(&change);
                 self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
                 self.settled();
                 None
@@ -784,10 +842,9 @@ impl Store {
                 Some(ticket)
             }
         };
-        let version = taken.get();
         Ok(Outcome {
-            version,
-            created: kind == ChangeKind::Update && current.is_none(),
+            version: taken.get(),
+            created,
             ticket,
         })
     }
@@ -795,10 +852,11 @@ impl Store {
     /// Applies a change that the log has accepted, reporting it to `emit`.
     /// A change older than the key's committed version is ignored, which
     /// makes replaying a WAL over a fuzzy snapshot safe.
-    pub fn apply(&self, change: Change, emit: &mut dyn FnMut(ChangeEvent)) {
+    pub fn apply(&self, change: Change, emit: &mut dyn FnMut(&Applied<'_>)) {
         let place = self.place(&change.key);
         let mut table = self.write_shard(place.shard);
         self.sides[place.shard].settle(&change.key, change.version);
+        let change = Applying::from(&change);
         self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
         drop(table);
         self.settled();
@@ -811,7 +869,7 @@ impl Store {
     pub fn replay(&self, change: Change) {
         let place = self.place(&change.key);
         let mut table = self.write_shard(place.shard);
-        self.apply_locked(&mut table, place, change, None, Indexing::Defer);
+        self.apply_locked(&mut table, place, (&change).into(), None, Indexing::Defer);
     }
 
     /// Loads one snapshot entry: [`Store::replay`] of an update, written
@@ -907,27 +965,30 @@ impl Store {
 
     /// Applies `change` under its shard's write lock, held by the caller,
     /// who has also settled its pending state, if it had one (see
-    /// [`Side::settle`]). Builds an event only when there is an `emit`.
+    /// [`Side::settle`]). Reports it to `emit`, if there is one, just
+    /// before the entry changes, so that the old value is lent from the
+    /// entry itself: nobody else sees the entry until the lock is
+    /// released, by which time the change is made.
     fn apply_locked(
         &self,
         table: &mut Table,
         place: Place,
-        change: Change,
-        emit: Option<&mut dyn FnMut(ChangeEvent)>,
+        change: Applying<'_>,
+        emit: Option<&mut dyn FnMut(&Applied<'_>)>,
         mut indexing: Indexing<'_>,
     ) {
-        self.advance_revision(change.version);
-        let side = &self.sides[place.shard];
-        let Change {
+        let Applying {
             key,
             kind,
             value,
+            shared,
             version,
             expires_at_ms,
             timestamp_ms,
-            old_value: _,
         } = change;
-        let eq = |(e, _): &(Packed, SharedValue<()>)| e.key() == &*key;
+        self.advance_revision(version);
+        let side = &self.sides[place.shard];
+        let eq = |(e, _): &(Packed, SharedValue<()>)| e.key() == key;
         // One probe for the whole change.
         let found = table.find(place.hash, eq);
         // SAFETY: a bucket of this table, which the caller's write lock
@@ -937,22 +998,21 @@ impl Store {
         if current.is_some_and(|(e, _)| version <= e.version()) {
             return;
         }
+        if let Some(emit) = emit {
+            // A value that had already expired is gone for subscribers too,
+            // except in the expire event itself, which reports what expired.
+            let old_value = current
+                .filter(|(e, _)| kind == ChangeKind::Expire || e.is_live_by(|| timestamp_ms))
+                .map(|(e, _)| e.value());
+            emit(&Applied::new(key, kind, old_value, value, version, timestamp_ms).sharing(shared));
+        }
         let index = !matches!(indexing, Indexing::Defer);
-        // A value that had already expired is gone for subscribers too,
-        // except in the expire event itself, which reports what expired.
-        let emitting = emit.is_some();
-        let wants_old =
-            |e: &Packed| emitting && (kind == ChangeKind::Expire || e.is_live_by(|| timestamp_ms));
-        let mut old_value = None;
         let (had_old, old_expiry) = current.map_or((false, 0), |(e, _)| (true, e.expires_at_ms()));
         match value {
             Some(value) => {
                 // SAFETY: as for `current`, which is no longer used.
                 if let Some((entry, _)) = found.as_ref().map(|bucket| unsafe { bucket.as_mut() }) {
-                    if wants_old(entry) {
-                        old_value = Some(copy_value(entry.value()));
-                    }
-                    let moved = entry.set(&value, version, expires_at_ms);
+                    let moved = entry.set(value, version, expires_at_ms);
                     if moved.is_some() && index {
                         // The old allocation is still alive here.
                         self.index_waiting(&mut indexing);
@@ -960,7 +1020,7 @@ impl Store {
                     }
                     drop(moved);
                 } else {
-                    let entry = Packed::new(&key, &value, version, expires_at_ms);
+                    let entry = Packed::new(key, value, version, expires_at_ms);
                     match &mut indexing {
                         Indexing::Keep => side.lock().order.insert(entry.key_ref()),
                         Indexing::Batch(new) => new.push((place.shard, entry.key_ref())),
@@ -971,49 +1031,26 @@ impl Store {
                         hasher.hash_one(e.key())
                     });
                 }
-                self.forget_expiry(had_old, old_expiry, &key);
+                self.forget_expiry(had_old, old_expiry, key);
                 if expires_at_ms != 0 {
-                    self.ttl.insert(expires_at_ms, &key);
+                    self.ttl.insert(expires_at_ms, key);
                 }
                 if !had_old {
                     self.n_committed.fetch_add(1, Ordering::AcqRel);
-                }
-                if let Some(emit) = emit {
-                    emit(ChangeEvent {
-                        key,
-                        kind,
-                        old_value,
-                        new_value: Some(value),
-                        version,
-                        timestamp_ms,
-                    });
                 }
             }
             None => {
                 // SAFETY: as for `current`, which is no longer used.
                 if let Some((entry, _)) = found.map(|bucket| unsafe { table.remove(bucket) }.0) {
-                    if wants_old(&entry) {
-                        old_value = Some(copy_value(entry.value()));
-                    }
                     if index {
                         // Out of the index before the entry is freed.
                         self.index_waiting(&mut indexing);
-                        side.lock().order.remove(&key);
+                        side.lock().order.remove(key);
                     }
                     drop(entry);
                     self.n_committed.fetch_sub(1, Ordering::AcqRel);
                 }
-                self.forget_expiry(had_old, old_expiry, &key);
-                if let Some(emit) = emit {
-                    emit(ChangeEvent {
-                        key,
-                        kind,
-                        old_value,
-                        new_value: None,
-                        version,
-                        timestamp_ms,
-                    });
-                }
+                self.forget_expiry(had_old, old_expiry, key);
             }
         }
     }

@@ -205,7 +205,7 @@ mod tests {
         let keys: Vec<String> = (0..2000).map(|i| format!("key-{i}")).collect();
         for key in &keys {
             let put = Mutation::Put {
-                value: bytes::Bytes::from_static(b"1"),
+                value: b"1",
                 expires_at_ms: 0,
             };
             store

@@ -23,11 +23,10 @@ fn put_ttl(
     expires_at_ms: u64,
     pre: Precondition,
 ) -> Result<Outcome<()>, StoreError> {
-    let value = Bytes::copy_from_slice(value.as_bytes());
     store.mutate(
         key,
         Mutation::Put {
-            value,
+            value: value.as_bytes(),
             expires_at_ms,
         },
         pre,
@@ -119,13 +118,13 @@ fn expired_keys_are_invisible_before_they_are_reaped() {
     let again = store.mutate(
         "t",
         Mutation::Put {
-            value: Bytes::from_static(b"3"),
+            value: b"3",
             expires_at_ms: 0,
         },
         Precondition::IfAbsent,
         NOW + 20,
         &NoJournal,
-        &mut |e| events.push(e),
+        &mut |e: &Applied<'_>| events.push(ChangeEvent::clone(e.event())),
     );
     assert!(again.expect("put over expired").created);
     assert_eq!(
@@ -213,14 +212,14 @@ fn listing_and_counting_agree_with_a_btreemap_model() {
             .map(|_| ['a', 'b', '/'][rng.usize(0..3)])
             .collect()
     };
-    let mut emit = |_: ChangeEvent| {};
+    let mut emit = |_: &Applied<'_>| {};
     for step in 0..1_500 {
         let key = random_key(&mut rng);
         match rng.u8(0..10) {
             0..=4 => {
                 let expires_at_ms = if rng.bool() { now + rng.u64(1..20) } else { 0 };
                 let put = Mutation::Put {
-                    value: Bytes::from_static(b"1"),
+                    value: b"1",
                     expires_at_ms,
                 };
                 store
@@ -298,18 +297,18 @@ fn listing_and_counting_agree_with_a_btreemap_model() {
 fn events_carry_old_and_new_values() {
     let store = Store::new();
     let mut events = Vec::new();
-    let mut emit = |e: ChangeEvent| events.push(e);
+    let mut emit = |e: &Applied<'_>| events.push(ChangeEvent::clone(e.event()));
     for (m, pre) in [
         (
             Mutation::Put {
-                value: Bytes::from_static(b"1"),
+                value: b"1",
                 expires_at_ms: 0,
             },
             Precondition::None,
         ),
         (
             Mutation::Put {
-                value: Bytes::from_static(b"2"),
+                value: b"2",
                 expires_at_ms: 0,
             },
             Precondition::None,
@@ -467,7 +466,7 @@ fn deferred_changes_are_invisible_until_applied_but_checked_against() {
         store.mutate(
             "k",
             Mutation::Put {
-                value: Bytes::from_static(b"1"),
+                value: b"1",
                 expires_at_ms: 0,
             },
             pre,
@@ -505,7 +504,7 @@ fn aborted_changes_leave_the_committed_state() {
         .mutate(
             "k",
             Mutation::Put {
-                value: Bytes::from_static(b"1"),
+                value: b"1",
                 expires_at_ms: 0,
             },
             Precondition::None,
@@ -586,8 +585,9 @@ fn a_prefetch_changes_nothing() {
         let located = store.prefetch(&key);
         store.prefetch_entry(&located);
         // A change through the place the prefetch found is the change.
+        let value = i.to_string();
         let again = Mutation::Put {
-            value: Bytes::from(i.to_string()),
+            value: value.as_bytes(),
             expires_at_ms: 0,
         };
         store
@@ -632,7 +632,7 @@ fn a_large_deferred_batch_is_applied_whole_and_indexed_in_order() {
         assert_eq!(store.changes_in_flight(), n as u64);
         let changes = std::mem::take(&mut *journal.0.lock().expect("lock"));
         let mut events = Vec::new();
-        store.apply_many(changes, &mut |e| events.push(e));
+        store.apply_many(changes, &mut |e| events.push(ChangeEvent::clone(e.event())));
         let versions: Vec<u64> = events.iter().map(|e| e.version).collect();
         let first = versions[0];
         assert_eq!(

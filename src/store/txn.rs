@@ -19,7 +19,7 @@ use super::multi::WriteLocked;
 use super::packed::Packed;
 use super::value_copy::copy_value;
 use super::{
-    Change, ChangeEvent, ChangeKind, Entry, Head, Indexing, Journal, KeyHasher, Place, Store,
+    Applied, Change, ChangeKind, Entry, Head, Indexing, Journal, KeyHasher, Place, Store,
     StoreError, Submitted,
 };
 use crate::json_eq::json_eq;
@@ -175,7 +175,7 @@ impl Store {
         failure: Vec<TxnOp>,
         now_ms: u64,
         journal: &J,
-        emit: &mut dyn FnMut(ChangeEvent),
+        emit: &mut dyn FnMut(&Applied<'_>),
     ) -> Result<TxnOutcome<J::Ticket>, StoreError> {
         let keys = || {
             conditions
@@ -374,7 +374,7 @@ impl Store {
 
     /// Applies a transaction's changes that the log has accepted, with the
     /// shards of all its keys held, so readers see all of them or none.
-    pub fn apply_many(&self, changes: Vec<Change>, emit: &mut dyn FnMut(ChangeEvent)) {
+    pub fn apply_many(&self, changes: Vec<Change>, emit: &mut dyn FnMut(&Applied<'_>)) {
         let places: Vec<Place> = changes.iter().map(|c| self.place(&c.key)).collect();
         let mut locked = self.lock_write_places(&places);
         // Their pending states go first, each shard's in one go: nobody
@@ -397,13 +397,13 @@ impl Store {
         locked: &mut WriteLocked<'_>,
         changes: Vec<Change>,
         places: &[Place],
-        emit: &mut dyn FnMut(ChangeEvent),
+        emit: &mut dyn FnMut(&Applied<'_>),
     ) {
         let mut new = Vec::with_capacity(changes.len());
         for (change, &place) in changes.into_iter().zip(places) {
             let table = locked.table(place);
             let indexing = Indexing::Batch(&mut new);
-            self.apply_locked(table, place, change, Some(&mut *emit), indexing);
+            self.apply_locked(table, place, (&change).into(), Some(&mut *emit), indexing);
             self.settled();
         }
         self.index_new(&mut new);

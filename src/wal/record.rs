@@ -425,7 +425,7 @@ mod tests {
 
         let store = Store::new();
         let old = crate::store::Mutation::Put {
-            value: Bytes::from_static(b" {\"was\": 1} "),
+            value: b" {\"was\": 1} ",
             expires_at_ms: 0,
         };
         store
