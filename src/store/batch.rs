@@ -23,6 +23,7 @@ use bytes::Bytes;
 use hashbrown::raw::RawTable;
 
 use super::multi::WriteLocked;
+use super::packed::Packed;
 use super::{
     Applied, Applying, Change, ChangeEvent, ChangeKind, Head, Journal, Place, Store, StoreError,
     Submitted,
@@ -464,7 +465,8 @@ impl Store {
                 // Emitted before the locks go: another writer of these keys
                 // applies its change (and emits it) as soon as it has them.
                 let mut events = Vec::with_capacity(batch.len());
-                self.apply_batch_locked(&mut locked, &batch, &mut events);
+                let fresh = new_entries(&batch);
+                self.apply_batch_locked(&mut locked, &batch, fresh, &mut events);
                 events.iter().for_each(|e| emit(&Applied::of(e)));
                 drop(locked);
                 self.settled_many(n);
@@ -487,10 +489,14 @@ impl Store {
     /// one record after another, so they still follow the log's order).
     pub fn apply_batch(&self, batch: &Arc<LoggedPuts>, emit: &mut dyn FnMut(&Applied<'_>)) {
         let places: Vec<Place> = batch.items.iter().map(LoggedPuts::place).collect();
+        // Made before the locks are taken: allocating and filling the new
+        // entries (fresh memory the kernel clears, for an import) was most
+        // of the time they were held.
+        let fresh = new_entries(batch);
         let mut locked = self.lock_write_places(&places);
         self.batches.remove(batch);
         let mut events = Vec::with_capacity(batch.len());
-        self.apply_batch_locked(&mut locked, batch, &mut events);
+        self.apply_batch_locked(&mut locked, batch, fresh, &mut events);
         drop(locked);
         events.iter().for_each(|e| emit(&Applied::of(e)));
         // Settled once emitted: until then the feed waits for them.
@@ -506,16 +512,18 @@ impl Store {
         self.settled_many(batch.len() as u64);
     }
 
-    /// Applies the batch's puts in order, their shards held; their events
-    /// go to `events`, and the caller settles them.
+    /// Applies the batch's puts in order, their shards held, with the
+    /// entries [`new_entries`] made for them; their events go to `events`,
+    /// and the caller settles them.
     fn apply_batch_locked(
         &self,
         locked: &mut WriteLocked<'_>,
         batch: &LoggedPuts,
+        fresh: Vec<Packed>,
         events: &mut Vec<Arc<ChangeEvent>>,
     ) {
         let mut new = Vec::with_capacity(batch.len());
-        for (i, item) in batch.items.iter().enumerate() {
+        for ((i, item), fresh) in batch.items.iter().enumerate().zip(fresh) {
             if let Some(ahead) = batch.items.get(i + PREFETCH_AHEAD) {
                 locked.prefetch_one(LoggedPuts::place(ahead));
             }
@@ -534,10 +542,25 @@ impl Store {
             let indexing = super::Indexing::Batch(&mut new);
             // The events are emitted once the caller is done: kept.
             let keep = &mut |e: &Applied<'_>| events.push(Arc::clone(e.event()));
-            self.apply_locked(table, place, change, Some(keep), indexing);
+            self.apply_locked_with(table, place, change, Some(keep), indexing, Some(fresh));
         }
         self.index_new(&mut new);
     }
+}
+
+/// The entry each put of `batch` makes if its key has none (one whose key
+/// has one is dropped, the existing entry overwritten in place).
+fn new_entries(batch: &LoggedPuts) -> Vec<Packed> {
+    batch
+        .items
+        .iter()
+        .enumerate()
+        .map(|(i, item)| {
+            let value = &batch.data[LoggedPuts::value_range(item)];
+            let version = batch.first_version + i as u64;
+            Packed::new(batch.key(item), value, version, item.expires_at_ms)
+        })
+        .collect()
 }
 
 /// Appends `value` to `old`; returns where it is.

@@ -975,7 +975,22 @@ impl Store {
         place: Place,
         change: Applying<'_>,
         emit: Option<&mut dyn FnMut(&Applied<'_>)>,
+        indexing: Indexing<'_>,
+    ) {
+        self.apply_locked_with(table, place, change, emit, indexing, None);
+    }
+
+    /// [`Store::apply_locked`], with the new entry of an update already
+    /// made (`fresh`: the change's key, value, version and expiry, built
+    /// before the locks were taken), used if the key has none.
+    fn apply_locked_with(
+        &self,
+        table: &mut Table,
+        place: Place,
+        change: Applying<'_>,
+        emit: Option<&mut dyn FnMut(&Applied<'_>)>,
         mut indexing: Indexing<'_>,
+        fresh: Option<Packed>,
     ) {
         let Applying {
             key,
@@ -1020,7 +1035,8 @@ impl Store {
                     }
                     drop(moved);
                 } else {
-                    let entry = Packed::new(key, value, version, expires_at_ms);
+                    let entry =
+                        fresh.unwrap_or_else(|| Packed::new(key, value, version, expires_at_ms));
                     match &mut indexing {
                         Indexing::Keep => side.lock().order.insert(entry.key_ref()),
                         Indexing::Batch(new) => new.push((place.shard, entry.key_ref())),
