@@ -77,12 +77,7 @@ impl Inner {
             let mut segment_lost = vec![0u64; subs.len()];
             let mut segment_through = through;
             crate::wal::reader::scan(dir, n, 0, &mut |record| {
-                let changes = match record {
-                    Record::Change(change) => vec![change],
-                    Record::Txn(changes) => changes,
-                    Record::Puts(batch) => batch.changes(),
-                    Record::Meta(_) | Record::Raft(_) => Vec::new(),
-                };
+                let changes = record.into_changes().unwrap_or_default();
                 for change in changes {
                     segment_through = segment_through.max(change.version);
                     for (i, sub) in subs.iter().enumerate() {

@@ -164,11 +164,8 @@ impl LogReader {
             let from = if n == start.segment { start.offset } else { 0 };
             let mut stop = false;
             let scanned = scan_at(&self.dir, n, from, &mut |offset, record| {
-                let changes = match record {
-                    Record::Change(change) => vec![change],
-                    Record::Txn(changes) => changes,
-                    Record::Puts(batch) => batch.changes(),
-                    Record::Meta(_) | Record::Raft(_) => return true,
+                let Some(changes) = record.into_changes() else {
+                    return true;
                 };
                 for change in changes {
                     if change.version <= after {

@@ -42,6 +42,21 @@ pub enum Record {
     Raft(Bytes),
 }
 
+impl Record {
+    /// The key changes the record holds, in order, or `None` for one that
+    /// holds none (a meta document, a Raft item). Records read back from
+    /// disk never are `Puts` (it is written as a `Txn`), but one handed
+    /// over in memory may be.
+    pub fn into_changes(self) -> Option<Vec<Change>> {
+        match self {
+            Record::Change(change) => Some(vec![change]),
+            Record::Txn(changes) => Some(changes),
+            Record::Puts(batch) => Some(batch.changes()),
+            Record::Meta(_) | Record::Raft(_) => None,
+        }
+    }
+}
+
 /// What is wrong with the bytes at some offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DecodeError {
