@@ -737,11 +737,12 @@ impl Inner {
         value: &[u8],
         options: PutOptions,
     ) -> Result<Outcome<u64>, DbError> {
-        // The key's table slots load while the value is checked, and then
-        // its entry while the value is copied and the clock read.
+        // The key's table slots load while the value's structure is
+        // parsed, and then its entry while its tokens are scanned.
         let located = self.store.prefetch(key);
-        let expires_at_ms = self.check_put(key, value, options.ttl, now_ms)?;
-        self.store.prefetch_entry(&located);
+        let expires_at_ms = self.check_put(key, value, options.ttl, now_ms, || {
+            self.store.prefetch_entry(&located)
+        })?;
         self.mutate_located(
             located,
             Mutation::Put {
@@ -761,22 +762,25 @@ impl Inner {
         ttl: Option<Duration>,
         now_ms: impl FnOnce() -> u64,
     ) -> Result<(Bytes, u64), DbError> {
-        let expires_at_ms = self.check_put(key, value, ttl, now_ms)?;
+        let expires_at_ms = self.check_put(key, value, ttl, now_ms, || {})?;
         // A copy of its own: a slice of a request buffer would keep the
         // whole buffer alive for as long as the value lives.
         Ok((copy_value(value), expires_at_ms))
     }
 
-    /// Checks a put and returns its expiry, as [`Inner::prepare_put`].
+    /// Checks a put and returns its expiry, as [`Inner::prepare_put`];
+    /// `meanwhile` runs midway through the value's check, as
+    /// [`crate::value::validate_overlapping`] says.
     fn check_put(
         &self,
         key: &str,
         value: &[u8],
         ttl: Option<Duration>,
         now_ms: impl FnOnce() -> u64,
+        meanwhile: impl FnOnce(),
     ) -> Result<u64, DbError> {
         self.check_key(key)?;
-        self.check_value(value)?;
+        self.check_value_overlapping(value, meanwhile)?;
         // Most puts never expire: they skip the clock read here (the
         // change reads it once more when it is made).
         Ok(if ttl.or(self.config.retention).is_some() {

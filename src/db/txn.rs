@@ -261,13 +261,23 @@ impl Inner {
 
     /// A value's size and syntax.
     pub(super) fn check_value(&self, value: &[u8]) -> Result<(), DbError> {
+        self.check_value_overlapping(value, || {})
+    }
+
+    /// [`Inner::check_value`], calling `meanwhile` midway as
+    /// [`value::validate_overlapping`] does.
+    pub(super) fn check_value_overlapping(
+        &self,
+        value: &[u8],
+        meanwhile: impl FnOnce(),
+    ) -> Result<(), DbError> {
         if value.len() > self.config.max_value_bytes {
             return Err(DbError::ValueTooLarge {
                 size: value.len(),
                 max: self.config.max_value_bytes,
             });
         }
-        value::validate(value)?;
+        value::validate_overlapping(value, meanwhile)?;
         Ok(())
     }
 }
