@@ -8,10 +8,11 @@
 //!
 //! After criterion's groups, `--bench` also prints the ratios measured
 //! interleaved: rounds that time the `Db` and the floor one right after
-//! the other. On this kind of VM the floor itself
+//! the other, at 100k keys and again at 1k (in cache, so that only the
+//! work each side does is compared). On this kind of VM the floor itself
 //! moves by up to 1.6× between criterion runs a minute apart, so a ratio
-//! of two separate criterion estimates says more about when each ran than
-//! about the `Db`; a ratio within one round does not.
+//! of two separate criterion estimates says more about when each ran
+//! than about the `Db`; a ratio within one round does not.
 
 use std::hint::black_box;
 use std::time::Instant;
@@ -32,13 +33,14 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn new() -> Self {
-        let keys = keys(100_000);
+    /// Both stores with the keys `key:0` .. `key:{n-1}` and [`VALUE`].
+    fn new(n: usize) -> Self {
+        let keys = keys(n);
         // The floor under both figures: a bare DashMap of the same keys and
         // values, read and written in the same order, without validation,
         // versions or events. On a VM whose memory is slow, the map's own
         // cache misses bound DodoDB's figures; the ratio to this says what
-        // DodoDB adds. It is built first, on a heap that the Db's 100k
+        // DodoDB adds. It is built first, on a heap that the Db's
         // entries (and the churn of its puts) have not fragmented: built
         // after them, where its keys and values landed depended on the Db's
         // heap, and its get moved by half between builds of unrelated Db
@@ -94,7 +96,7 @@ impl Fixture {
 type Op = fn(&Fixture, &mut usize);
 
 fn embedded(c: &mut Criterion) {
-    let f = Fixture::new();
+    let f = Fixture::new(CACHE_MISSING_KEYS);
     let mut g = c.benchmark_group("embedded_db_in_memory");
     g.throughput(Throughput::Elements(1));
     let ops: [(&str, Op); 4] = [
@@ -164,10 +166,33 @@ fn interleaved(f: &Fixture, name: &str, db_op: Op, bare_op: Op) {
     }
 }
 
+/// Keys of the stores the figures are for: each side's 100k entries
+/// outgrow the L2 caches, so most operations miss them.
+const CACHE_MISSING_KEYS: usize = 100_000;
+
+/// Keys of a store that stays in the L2 caches: what the `Db` costs in
+/// work alone, with memory taken out of both sides.
+const IN_CACHE_KEYS: usize = 1_000;
+
 fn interleaved_ratios() {
-    let f = Fixture::new();
-    interleaved(&f, "get", Fixture::db_get, Fixture::bare_get);
-    interleaved(&f, "put", Fixture::db_put, Fixture::bare_put);
+    for (n, label) in [
+        (CACHE_MISSING_KEYS, "100k keys"),
+        (IN_CACHE_KEYS, "1k keys, in cache"),
+    ] {
+        let f = Fixture::new(n);
+        interleaved(
+            &f,
+            &format!("get, {label}"),
+            Fixture::db_get,
+            Fixture::bare_get,
+        );
+        interleaved(
+            &f,
+            &format!("put, {label}"),
+            Fixture::db_put,
+            Fixture::bare_put,
+        );
+    }
 }
 
 criterion_group!(benches, embedded);
