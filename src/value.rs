@@ -53,7 +53,8 @@ pub fn validate(doc: &[u8]) -> Result<(), ValueError> {
 
 /// [`validate`], calling `meanwhile` once the parser has accepted the
 /// document's structure and before the token scan: a put starts loading
-/// its key's entry there, so that the scan hides that cache miss.
+/// its key's entry there, so that the scan hides that cache miss. It
+/// runs while this thread's validator is in use, so it must not validate.
 ///
 /// # Errors
 ///
@@ -326,6 +327,20 @@ mod tests {
         ] {
             check(doc, false);
         }
+    }
+
+    #[test]
+    fn the_overlapping_call_runs_once_for_a_parsed_document_and_never_for_a_refused_one() {
+        let calls = |doc: &[u8]| {
+            let mut n = 0;
+            let result = validate_overlapping(doc, || n += 1);
+            (result.is_ok(), n)
+        };
+        assert_eq!(calls(br#"{"a":[1,2,{"b":null}]}"#), (true, 1));
+        // Parsed, then refused by the token scan: the call was made.
+        assert_eq!(calls(b"[1\0]"), (false, 1));
+        assert_eq!(calls(br#"{"a":"#), (false, 0));
+        assert_eq!(calls(b"nope"), (false, 0));
     }
 
     #[test]
