@@ -329,6 +329,155 @@ mod tests {
         }
     }
 
+    /// A small deterministic generator (xorshift64*), so that a failure
+    /// names a seed that reproduces it.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+        }
+
+        fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+
+        fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
+            from[self.below(from.len())]
+        }
+    }
+
+    /// A random JSON document at most `depth` deep, with random spacing.
+    fn generate(rng: &mut Rng, depth: usize, out: &mut Vec<u8>) {
+        let space = |rng: &mut Rng, out: &mut Vec<u8>| {
+            out.extend_from_slice(rng.pick(&["", "", "", " ", "\n", " \t\r\n "]).as_bytes())
+        };
+        space(rng, out);
+        let kind = if depth == 0 {
+            rng.below(3)
+        } else {
+            rng.below(5)
+        };
+        match kind {
+            0 => out.extend_from_slice(
+                rng.pick(&[
+                    "0",
+                    "-0",
+                    "1234",
+                    "-7",
+                    "3.25",
+                    "1e10",
+                    "-2.5E-3",
+                    "1e+2",
+                    "0.5",
+                    "18446744073709551616",
+                    "123456789012345678901234567890",
+                    "true",
+                    "false",
+                    "null",
+                ])
+                .as_bytes(),
+            ),
+            1 | 2 => {
+                out.push(b'"');
+                for _ in 0..rng.below(12) {
+                    out.extend_from_slice(
+                        rng.pick(&[
+                            "a", "b", "Z", "0", " ", "\\\"", "\\\\", "\\n", "\\/", "é", "🦤",
+                        ])
+                        .as_bytes(),
+                    );
+                }
+                out.push(b'"');
+            }
+            3 => {
+                out.push(b'[');
+                for i in 0..rng.below(4) {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    generate(rng, depth - 1, out);
+                }
+                space(rng, out);
+                out.push(b']');
+            }
+            _ => {
+                out.push(b'{');
+                for i in 0..rng.below(4) {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    space(rng, out);
+                    out.extend_from_slice(rng.pick(&["\"k\"", "\"name\"", "\"\""]).as_bytes());
+                    space(rng, out);
+                    out.push(b':');
+                    generate(rng, depth - 1, out);
+                }
+                space(rng, out);
+                out.push(b'}');
+            }
+        }
+        space(rng, out);
+    }
+
+    /// Replaces, inserts or deletes a few bytes of `doc`, with bytes that
+    /// matter to JSON's grammar (and a few that never may appear raw).
+    fn mutate(rng: &mut Rng, doc: &mut Vec<u8>) {
+        const BYTES: &[u8] = b"\"\\{}[],:0123456789-+.eEtrfalsn \t\n\r\x00\x01\x1fZ\x7f\xc3\xff";
+        for _ in 0..=rng.below(3) {
+            let byte = BYTES[rng.below(BYTES.len())];
+            let at = rng.below(doc.len() + 1);
+            match rng.below(3) {
+                0 if at < doc.len() => doc[at] = byte,
+                1 if at < doc.len() => {
+                    doc.remove(at);
+                }
+                _ => doc.insert(at, byte),
+            }
+        }
+    }
+
+    /// What a strict reader says of `doc`: serde_json, which rejects what
+    /// simd-json is lax about, after a UTF-8 check (it skips the strings
+    /// it ignores without one).
+    fn strictly_valid(doc: &[u8]) -> bool {
+        std::str::from_utf8(doc).is_ok()
+            && serde_json::from_slice::<serde::de::IgnoredAny>(doc).is_ok()
+    }
+
+    #[test]
+    fn agrees_with_serde_json_on_generated_and_mutated_documents() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        let (mut accepted, mut refused) = (0, 0);
+        for case in 0..60_000 {
+            let mut doc = Vec::new();
+            generate(&mut rng, 4, &mut doc);
+            if case % 2 == 1 {
+                mutate(&mut rng, &mut doc);
+            }
+            let expected = strictly_valid(&doc);
+            assert_eq!(
+                validate(&doc).is_ok(),
+                expected,
+                "case {case}: {:?}",
+                String::from_utf8_lossy(&doc)
+            );
+            if expected {
+                accepted += 1;
+            } else {
+                refused += 1;
+            }
+        }
+        // Both sides of the comparison were exercised.
+        assert!(
+            accepted > 30_000 && refused > 10_000,
+            "{accepted} / {refused}"
+        );
+    }
+
     #[test]
     fn the_overlapping_call_runs_once_for_a_parsed_document_and_never_for_a_refused_one() {
         let calls = |doc: &[u8]| {
