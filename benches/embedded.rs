@@ -112,11 +112,12 @@ fn embedded(c: &mut Criterion) {
     g.finish();
 }
 
-/// Rounds of the interleaved comparison, and operations per side in each.
+/// Rounds of the interleaved comparison, and operations per pass (each
+/// side makes two passes a round).
 const ROUNDS: usize = 21;
 const OPS_PER_SIDE: usize = 100_000;
 
-/// Nanoseconds per operation of `op` over one side of a round.
+/// Nanoseconds per operation of `op` over one pass.
 fn time_side(f: &Fixture, op: Op, i: &mut usize) -> f64 {
     let start = Instant::now();
     for _ in 0..OPS_PER_SIDE {
@@ -125,7 +126,7 @@ fn time_side(f: &Fixture, op: Op, i: &mut usize) -> f64 {
     start.elapsed().as_nanos() as f64 / OPS_PER_SIDE as f64
 }
 
-/// The median and the quartiles of `xs`.
+/// The lower quartile, the median and the upper quartile of `xs`.
 fn quartiles(mut xs: Vec<f64>) -> [f64; 3] {
     xs.sort_by(f64::total_cmp);
     let at = |q: f64| xs[((xs.len() - 1) as f64 * q).round() as usize];
@@ -146,15 +147,15 @@ fn interleaved(f: &Fixture, name: &str, db_op: Op, bare_op: Op) {
     // One untimed turn, so that the first timed pass is already cold.
     time_side(f, db_op, &mut i);
     time_side(f, bare_op, &mut i);
-    let mut passes: [[Vec<f64>; 2]; 2] = Default::default(); // [cold, warm][db, bare]
+    // Per kind of pass, the times of the `Db` side and of the bare side.
+    let (mut cold, mut warm): ([Vec<f64>; 2], [Vec<f64>; 2]) = Default::default();
     for _ in 0..ROUNDS {
         for (side, op) in [db_op, bare_op].into_iter().enumerate() {
-            for pass in &mut passes {
-                pass[side].push(time_side(f, op, &mut i));
-            }
+            cold[side].push(time_side(f, op, &mut i));
+            warm[side].push(time_side(f, op, &mut i));
         }
     }
-    for (kind, [db, bare]) in ["warm", "cold"].into_iter().zip(passes.into_iter().rev()) {
+    for (kind, [db, bare]) in [("warm", warm), ("cold", cold)] {
         let ratios = db.iter().zip(&bare).map(|(db, bare)| bare / db).collect();
         let [q1, ratio, q3] = quartiles(ratios);
         let [_, db, _] = quartiles(db);
