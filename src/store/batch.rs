@@ -537,12 +537,13 @@ impl Store {
                 version: batch.first_version + i as u64,
                 expires_at_ms: item.expires_at_ms,
                 timestamp_ms: batch.timestamp_ms,
+                fresh: Some(fresh),
             };
             let table = locked.table(place);
             let indexing = super::Indexing::Batch(&mut new);
             // The events are emitted once the caller is done: kept.
             let keep = &mut |e: &Applied<'_>| events.push(Arc::clone(e.event()));
-            self.apply_locked_with(table, place, change, Some(keep), indexing, Some(fresh));
+            self.apply_locked(table, place, change, Some(keep), indexing);
         }
         self.index_new(&mut new);
     }

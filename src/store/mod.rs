@@ -423,7 +423,6 @@ pub struct Located<'k> {
 
 /// A change on its way into the map, borrowed: from a logged [`Change`],
 /// or straight from the caller of a change applied at once.
-#[derive(Clone, Copy)]
 struct Applying<'a> {
     key: &'a str,
     kind: ChangeKind,
@@ -434,6 +433,10 @@ struct Applying<'a> {
     version: u64,
     expires_at_ms: u64,
     timestamp_ms: u64,
+    /// The new entry of an update, already made from the fields above
+    /// (an import batch builds its entries before it takes the locks);
+    /// used if the key has none, and made under the lock otherwise.
+    fresh: Option<Packed>,
 }
 
 impl<'a> From<&'a Change> for Applying<'a> {
@@ -446,6 +449,7 @@ impl<'a> From<&'a Change> for Applying<'a> {
             version: change.version,
             expires_at_ms: change.expires_at_ms,
             timestamp_ms: change.timestamp_ms,
+            fresh: None,
         }
     }
 }
@@ -783,6 +787,7 @@ impl Store {
                 version,
                 expires_at_ms,
                 timestamp_ms: now_ms,
+                fresh: None,
             };
             self.apply_locked(&mut table, place, change, Some(emit), Indexing::Keep);
             self.settled();
@@ -975,22 +980,7 @@ impl Store {
         place: Place,
         change: Applying<'_>,
         emit: Option<&mut dyn FnMut(&Applied<'_>)>,
-        indexing: Indexing<'_>,
-    ) {
-        self.apply_locked_with(table, place, change, emit, indexing, None);
-    }
-
-    /// [`Store::apply_locked`], with the new entry of an update already
-    /// made (`fresh`: the change's key, value, version and expiry, built
-    /// before the locks were taken), used if the key has none.
-    fn apply_locked_with(
-        &self,
-        table: &mut Table,
-        place: Place,
-        change: Applying<'_>,
-        emit: Option<&mut dyn FnMut(&Applied<'_>)>,
         mut indexing: Indexing<'_>,
-        fresh: Option<Packed>,
     ) {
         let Applying {
             key,
@@ -1000,6 +990,7 @@ impl Store {
             version,
             expires_at_ms,
             timestamp_ms,
+            fresh,
         } = change;
         self.advance_revision(version);
         let side = &self.sides[place.shard];
